@@ -1,0 +1,3 @@
+"""kmemleak-offline: record kernel/user allocation events, find leaks offline."""
+
+__version__ = "0.1.0"

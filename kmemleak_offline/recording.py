@@ -1,0 +1,363 @@
+"""Recording format v1 (shared/spec/trace-format.md): schema, streaming writer, reader.
+
+The one module that knows the on-disk layout. `record` and `import` write through
+`RecordingWriter`; `analyze`, `info` and `diff` read through `open_recording`. A recording is one
+Parquet file, or, while recording (or after a crash), a folder of complete part files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+METADATA_KEY = b"kmemleak_offline"
+PARTS_SUFFIX = ".parts"
+PART_GLOB = "part-*.parquet"
+
+KINDS = ("sample", "stack", "lost", "comm", "mmap", "fork", "exit", "ksym", "usym")
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
+SCHEMA = pa.schema(
+    [
+        pa.field("kind", _DICT, nullable=False),
+        pa.field("time", pa.uint64()),
+        pa.field("cpu", pa.uint32()),
+        pa.field("ring", pa.uint32()),
+        pa.field("seq", pa.uint64()),
+        pa.field("pid", pa.int32()),
+        pa.field("tid", pa.int32()),
+        pa.field("event", _DICT),
+        pa.field("raw", pa.binary()),
+        pa.field("stack_id", pa.uint32()),
+        pa.field("callchain", pa.list_(pa.uint64())),
+        pa.field("lost", pa.uint64()),
+        pa.field("comm", pa.string()),
+        pa.field("exec", pa.bool_()),
+        pa.field("ppid", pa.int32()),
+        pa.field("ptid", pa.int32()),
+        pa.field("addr", pa.uint64()),
+        pa.field("len", pa.uint64()),
+        pa.field("pgoff", pa.uint64()),
+        pa.field("filename", pa.string()),
+        pa.field("build_id", pa.binary()),
+        pa.field("name", pa.string()),
+        pa.field("module", pa.string()),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+
+
+class RecordingError(Exception):
+    """A file that is not a usable recording (foreign, truncated, too new...). One-line message."""
+
+
+def new_metadata(producer: str) -> dict[str, Any]:
+    """A metadata skeleton with every required key, for writers to fill in."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "producer": producer,
+        "host": {},
+        "clock": {"perf_clock": "monotonic", "start_ns": 0, "stop_ns": 0,
+                  "anchor": {"perf_ns": 0, "realtime_ns": 0}},
+        "events": {},
+        "alloc": [],
+        "free": [],
+        "options": {},
+        "counts": {},
+        "probes": [],
+    }
+
+
+def to_table(columns: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> pa.Table:
+    """Conform a partial set of columns (dict of lists/arrays, or a table) to SCHEMA; absent -> null."""
+    if isinstance(columns, pa.RecordBatch):
+        columns = pa.Table.from_batches([columns])
+    if isinstance(columns, pa.Table):
+        n = columns.num_rows
+        get = {name: columns.column(name) for name in columns.column_names}
+    else:
+        get = dict(columns)
+        n = None
+        for v in get.values():
+            n = len(v)
+            break
+        n = n or 0
+    arrays = []
+    for f in SCHEMA:
+        if f.name in get and get[f.name] is not None:
+            v = get[f.name]
+            if isinstance(v, pa.ChunkedArray):
+                v = v.combine_chunks()
+            if not isinstance(v, pa.Array):
+                v = pa.array(v, type=f.type.value_type if f.type == _DICT else f.type)
+            if v.type != f.type:
+                v = v.cast(f.type)
+            arrays.append(v)
+        else:
+            arrays.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _encode_meta(meta: Mapping[str, Any]) -> dict[bytes, bytes]:
+    return {METADATA_KEY: json.dumps(meta, sort_keys=False).encode()}
+
+
+class RecordingWriter:
+    """Streaming writer: rows in batches, metadata at close.
+
+    With `parts=True` (the recorder's crash-safe mode) rows go to `<path>.parts/part-NNNNN.parquet`,
+    each a complete file written to a temporary name and renamed, carrying the metadata as known
+    then; `close()` merges them into `path` and removes the folder. A killed writer leaves the
+    folder, which readers accept as a recording.
+    """
+
+    def __init__(self, path: str | os.PathLike, metadata: Mapping[str, Any], *, parts: bool = False,
+                 row_group_rows: int = 1 << 20, compression: str = "zstd") -> None:
+        self.path = Path(path)
+        self.metadata: dict[str, Any] = json.loads(json.dumps(metadata))
+        self.parts = parts
+        self.row_group_rows = row_group_rows
+        self.compression = compression
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._part_no = 0
+        self.rows_written = 0
+        self.closed = False
+        if parts:
+            self.parts_dir = Path(str(self.path) + PARTS_SUFFIX)
+            if self.parts_dir.exists():
+                shutil.rmtree(self.parts_dir)
+            self.parts_dir.mkdir(parents=True)
+
+    def write(self, rows: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
+        """Queue rows (any subset of columns); they reach disk at the next row group or part."""
+        table = to_table(rows)
+        if table.num_rows == 0:
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if not self.parts and self._pending_rows >= self.row_group_rows:
+            self._flush_single()
+
+    def _take_pending(self) -> pa.Table | None:
+        if not self._pending:
+            return None
+        table = pa.concat_tables(self._pending).unify_dictionaries().combine_chunks()
+        self._pending.clear()
+        self._pending_rows = 0
+        return table
+
+    def _flush_single(self) -> None:
+        table = self._take_pending()
+        if table is None:
+            return
+        if self._writer is None:
+            self._tmp = self.path.with_name(self.path.name + ".tmp")
+            self._writer = pq.ParquetWriter(self._tmp, SCHEMA.with_metadata(_encode_meta(self.metadata)),
+                                            compression=self.compression)
+        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        self.rows_written += table.num_rows
+
+    def flush_part(self) -> Path | None:
+        """Parts mode: write what is queued as one complete part file (atomically renamed)."""
+        table = self._take_pending()
+        if table is None:
+            table = to_table({"kind": []})
+            if self._part_no:  # nothing new: refresh metadata only when asked via an empty first part
+                return None
+        final = self.parts_dir / f"part-{self._part_no:05d}.parquet"
+        tmp = self.parts_dir / f".part-{self._part_no:05d}.tmp"
+        pq.write_table(table.replace_schema_metadata(_encode_meta(self.metadata)), tmp,
+                       compression=self.compression)
+        os.replace(tmp, final)
+        self._part_no += 1
+        self.rows_written += table.num_rows
+        return final
+
+    def close(self) -> Path:
+        """Finish: one Parquet file at `path` with the final metadata."""
+        if self.closed:
+            return self.path
+        self.closed = True
+        if self.parts:
+            self.flush_part()
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with pq.ParquetWriter(tmp, SCHEMA.with_metadata(_encode_meta(self.metadata)),
+                                  compression=self.compression) as w:
+                for part in sorted(self.parts_dir.glob(PART_GLOB)):
+                    pf = pq.ParquetFile(part)
+                    for i in range(pf.num_row_groups):
+                        w.write_table(pf.read_row_group(i).cast(SCHEMA))
+            os.replace(tmp, self.path)
+            shutil.rmtree(self.parts_dir)
+            return self.path
+        self._flush_single()
+        if self._writer is None:
+            self._tmp = self.path.with_name(self.path.name + ".tmp")
+            self._writer = pq.ParquetWriter(self._tmp, SCHEMA.with_metadata(_encode_meta(self.metadata)),
+                                            compression=self.compression)
+        self._writer.add_key_value_metadata(_encode_meta(self.metadata))
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+
+def write_recording(path: str | os.PathLike, metadata: Mapping[str, Any],
+                    tables: Iterable[Mapping[str, Any] | pa.Table]) -> Path:
+    """Write a whole recording at once (tests, import, synthetic data)."""
+    w = RecordingWriter(path, metadata)
+    for t in tables:
+        w.write(t)
+    return w.close()
+
+
+@dataclass
+class Recording:
+    """An opened recording: its metadata and its files (one, or the parts of a folder)."""
+
+    path: Path
+    metadata: dict[str, Any]
+    files: list[Path]
+    partial: bool = False  # a parts folder (recorder still running, or killed)
+    _num_rows: int | None = field(default=None, repr=False)
+
+    @property
+    def num_rows(self) -> int:
+        if self._num_rows is None:
+            self._num_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        return self._num_rows
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def table(self, kinds: Iterable[str] | None = None,
+              columns: Iterable[str] | None = None) -> pa.Table:
+        """Rows of the given kinds with the given columns (all when None), conformed to SCHEMA types.
+
+        Columns absent from an older or foreign writer's file come back as nulls.
+        """
+        kinds = list(kinds) if kinds is not None else None
+        want = list(columns) if columns is not None else list(COLUMNS)
+        out = []
+        for f in self.files:
+            try:
+                pf = pq.ParquetFile(f)
+                present = set(pf.schema_arrow.names)
+                cols = [c for c in want if c in present]
+                read_cols = list(dict.fromkeys(cols + (["kind"] if kinds is not None else [])))
+                for i in range(pf.num_row_groups):
+                    t = pf.read_row_group(i, columns=read_cols)
+                    if kinds is not None:
+                        k = t.column("kind")
+                        if pa.types.is_dictionary(k.type):
+                            k = k.cast(pa.string())
+                        t = t.filter(pc.is_in(k, value_set=pa.array(kinds, pa.string())))
+                    out.append(_conform(t, want))
+            except (OSError, pa.ArrowException) as exc:
+                raise RecordingError(f"{f}: cannot read recording data ({_short(exc)}); "
+                                     "the file is truncated or corrupt") from None
+        if not out:
+            return _conform(to_table({"kind": []}), want)
+        return pa.concat_tables(out, promote_options="permissive").unify_dictionaries()
+
+
+def _conform(t: pa.Table, want: list[str]) -> pa.Table:
+    arrays, fields = [], []
+    for name in want:
+        f = SCHEMA.field(name) if name in COLUMNS else None
+        if name in t.column_names:
+            col = t.column(name)
+            if f is not None and col.type != f.type:
+                col = col.cast(f.type)
+        elif f is not None:
+            col = pa.chunked_array([pa.nulls(t.num_rows, f.type)])
+        else:
+            continue
+        arrays.append(col)
+        fields.append(f if f is not None else pa.field(name, col.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+
+
+def _read_meta(f: Path) -> dict[str, Any]:
+    try:
+        kv = pq.read_schema(f).metadata or {}
+    except FileNotFoundError:
+        raise RecordingError(f"{f}: no such file") from None
+    except IsADirectoryError:
+        raise RecordingError(f"{f}: is a directory, not a recording") from None
+    except PermissionError:
+        raise RecordingError(f"{f}: permission denied") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise RecordingError(f"{f}: not a recording (not a readable Parquet file: {_short(exc)})") from None
+    if METADATA_KEY not in kv:
+        raise RecordingError(f"{f}: a Parquet file, but not a kmemleak-offline recording "
+                             "(no 'kmemleak_offline' metadata)")
+    try:
+        meta = json.loads(kv[METADATA_KEY])
+    except ValueError:
+        raise RecordingError(f"{f}: recording metadata is not valid JSON") from None
+    return validate_metadata(meta, f)
+
+
+def validate_metadata(meta: Any, where: Path | str) -> dict[str, Any]:
+    """Check the keys readers rely on; refuse a newer major format_version."""
+    if not isinstance(meta, dict):
+        raise RecordingError(f"{where}: recording metadata is not a JSON object")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise RecordingError(f"{where}: recording metadata has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise RecordingError(f"{where}: recording format_version {version} is newer than this "
+                             f"kmemleak-offline understands ({FORMAT_VERSION}); upgrade kmemleak-offline")
+    base = new_metadata(meta.get("producer", "unknown"))
+    for key, default in base.items():
+        meta.setdefault(key, default)
+    for key in ("host", "clock", "events", "options", "counts"):
+        if not isinstance(meta[key], dict):
+            raise RecordingError(f"{where}: recording metadata key {key!r} is not an object")
+    meta["clock"].setdefault("anchor", {"perf_ns": 0, "realtime_ns": 0})
+    return meta
+
+
+def open_recording(path: str | os.PathLike) -> Recording:
+    """Open a recording file or parts folder; RecordingError with one line if it is not one."""
+    p = Path(path)
+    if not p.exists():
+        parts = Path(str(p) + PARTS_SUFFIX)
+        if parts.is_dir():
+            p = parts  # the recorder was killed before it could merge: read its parts
+        else:
+            raise RecordingError(f"{p}: no such file")
+    if p.is_dir():
+        files = sorted(p.glob(PART_GLOB))
+        if not files:
+            raise RecordingError(f"{p}: a folder with no recording parts ({PART_GLOB})")
+        meta = _read_meta(files[-1])
+        for f in files[:-1]:
+            _read_meta(f)
+        return Recording(path=p, metadata=meta, files=files, partial=True)
+    if not os.access(p, os.R_OK):
+        raise RecordingError(f"{p}: permission denied")
+    meta = _read_meta(p)
+    try:
+        pq.ParquetFile(p).metadata  # footer readable
+    except (OSError, pa.ArrowException) as exc:
+        raise RecordingError(f"{p}: truncated or corrupt recording ({_short(exc)})") from None
+    return Recording(path=p, metadata=meta, files=[p])
