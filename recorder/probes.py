@@ -1,0 +1,335 @@
+"""Uprobes on a user-space allocator (libc malloc & co), created in tracefs and always removed.
+
+Why tracefs `uprobe_events` and not the uprobe PMU: tracefs probes fetch the arguments (size, ptr...)
+into the raw payload, so samples decode like any tracepoint with the recording's `format` text.
+
+Cost matters (facts note §4): a probe on an instruction the kernel must single-step out of line
+costs ~14x one on an emulated instruction (push/jmp/call). A function that has a return probe has
+a breakpoint at +0 anyway (the uretprobe must see the return address on top of the stack), so its
+entry probe shares that breakpoint at +0. Entry-only functions (free) get their probe moved to the
+first emulated `push` reachable without touching the argument registers (free+9 in glibc 2.36,
+which also skips free(NULL), a no-op); when the bytes are not understood the probe stays at +0.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, BinaryIO, Self
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+DEFAULT_LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+GROUP_PREFIX = "kmlo_"
+STACK_WORDS = 32  # posix_memalign: caller stack words fetched at return (see docs/allocators.md)
+
+# func -> (entry fetchargs, return fetchargs or None). Field names are the analyser's contract
+# (kmemleak_offline/malloc.py): size, nmemb, oldptr, memptr, align, ptr (returned or freed), ret, sp, wN.
+_RET_PTR = ["ptr=$retval:x64"]
+_PM_RET = ["ret=$retval:s32", "sp=%sp:x64"] + [f"w{i}=+{8 * i}(%sp):x64" for i in range(STACK_WORDS)]
+ALLOCATORS: dict[str, tuple[list[str], list[str] | None]] = {
+    "malloc": (["size=%di:u64"], _RET_PTR),
+    "calloc": (["nmemb=%di:u64", "size=%si:u64"], _RET_PTR),
+    "realloc": (["oldptr=%di:x64", "size=%si:u64"], _RET_PTR),
+    "reallocarray": (["oldptr=%di:x64", "nmemb=%si:u64", "size=%dx:u64"], _RET_PTR),
+    "free": (["ptr=%di:x64"], None),
+    "posix_memalign": (["memptr=%di:x64", "align=%si:u64", "size=%dx:u64"], _PM_RET),
+    "aligned_alloc": (["align=%di:u64", "size=%si:u64"], _RET_PTR),
+    "memalign": (["align=%di:u64", "size=%si:u64"], _RET_PTR),
+    "valloc": (["size=%di:u64"], _RET_PTR),
+    "pvalloc": (["size=%di:u64"], _RET_PTR),
+}
+# Argument registers read by each entry probe: the probe may not move past a write to them.
+_NULL_IS_NOOP = {"free"}  # a `test %rdi,%rdi; je` skipping the NULL case may be stepped over
+
+
+class ProbeError(Exception):
+    """Probe lookup/creation failed; one-line message."""
+
+
+@dataclass(frozen=True)
+class ProbeDef:
+    """One tracefs uprobe: `p:`/`r:` GROUP/NAME PATH:OFFSET FETCHARGS."""
+
+    group: str
+    name: str
+    kind: str  # "entry" | "return"
+    func: str  # allocator role: malloc, calloc, ... (without the symbol prefix)
+    symbol: str  # the ELF symbol probed, e.g. "je_malloc"
+    path: str
+    offset: int  # file offset of the probed instruction
+    fetchargs: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # other allocator names at the same address (memalign = aligned_alloc)
+
+    @property
+    def event(self) -> str:
+        """The `sys:name` of the tracefs event."""
+        return f"{self.group}:{self.name}"
+
+    @property
+    def definition(self) -> str:
+        """The line written to uprobe_events."""
+        letter = "r" if self.kind == "return" else "p"
+        args = " ".join(self.fetchargs)
+        return f"{letter}:{self.group}/{self.name} {self.path}:{self.offset:#x}" + (f" {args}" if args else "")
+
+
+def default_group() -> str:
+    """A private group per recorder process, so concurrent recorders never collide."""
+    return f"{GROUP_PREFIX}{os.getpid()}"
+
+
+def _func_symbols(elf: ELFFile, wanted: set[str]) -> dict[str, int]:
+    """name -> st_value of defined function symbols (.dynsym first, then .symtab)."""
+    found: dict[str, int] = {}
+    for secname in (".dynsym", ".symtab"):
+        sec = elf.get_section_by_name(secname)
+        if sec is None or sec["sh_type"] == "SHT_NOBITS" or not hasattr(sec, "iter_symbols"):
+            continue
+        for sym in sec.iter_symbols():
+            if sym.name in wanted and sym.name not in found and sym["st_value"] and \
+                    sym["st_shndx"] != "SHN_UNDEF" and sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC"):
+                found[sym.name] = int(sym["st_value"])
+    return found
+
+
+def _vaddr_to_offset(elf: ELFFile, vaddr: int) -> int:
+    for seg in elf.iter_segments():
+        if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= vaddr < seg["p_vaddr"] + seg["p_filesz"]:
+            return vaddr - seg["p_vaddr"] + seg["p_offset"]
+    raise ProbeError(f"address {vaddr:#x} is in no PT_LOAD segment")
+
+
+_PUSH = set(range(0x50, 0x58))
+
+
+def cheap_entry_offset(code: bytes, null_skip_ok: bool) -> int:
+    """Offset of the first emulated `push` reachable from +0 with argument registers untouched.
+
+    Conservative x86-64 decoding of a handful of side-effect-free instruction forms; anything else
+    ends the walk and returns 0 (probe at function entry). `null_skip_ok` lets the walk step over
+    `test %rdi,%rdi; je` (only for functions where ptr == NULL is a no-op, i.e. free).
+    """
+    i, tested_rdi = 0, False
+    while i < min(len(code), 24):
+        b = code[i]
+        if b in _PUSH or (b == 0x41 and i + 1 < len(code) and code[i + 1] in _PUSH):
+            return i
+        if code[i:i + 4] == b"\xf3\x0f\x1e\xfa":  # endbr64
+            i += 4
+        elif code[i:i + 3] == b"\x48\x85\xff":  # test %rdi,%rdi
+            tested_rdi, i = True, i + 3
+        elif code[i:i + 2] == b"\x80\x3d":  # cmpb $imm8, disp32(%rip): reads memory, sets flags
+            i += 7
+        elif b == 0x74 and tested_rdi and null_skip_ok:  # je rel8 (rdi == NULL path skipped)
+            i += 2
+        elif code[i:i + 2] == b"\x0f\x84" and tested_rdi and null_skip_ok:  # je rel32
+            i += 6
+        else:
+            return 0
+    return 0
+
+
+def _read_code(stream: BinaryIO, offset: int, n: int = 32) -> bytes:
+    stream.seek(offset)
+    return stream.read(n)
+
+
+def allocator_probes(lib_path: str = DEFAULT_LIBC, prefix: str = "", group: str | None = None,
+                     funcs: Iterable[str] | None = None) -> list[ProbeDef]:
+    """Probe definitions for the allocator functions `lib_path` defines (prefix: e.g. `je_`).
+
+    Functions sharing one address (glibc's memalign == aligned_alloc) are probed once, under the
+    first name of ALLOCATORS, so a call is never counted twice.
+    """
+    group = group or default_group()
+    want = list(funcs) if funcs is not None else list(ALLOCATORS)
+    unknown = [f for f in want if f not in ALLOCATORS]
+    if unknown:
+        raise ProbeError(f"unknown allocator function(s): {', '.join(unknown)}")
+    path = os.path.realpath(lib_path)
+    try:
+        with open(path, "rb") as stream:
+            return _probes_from_elf(stream, lib_path, path, prefix, group, want)
+    except OSError as exc:
+        raise ProbeError(f"{lib_path}: cannot open allocator library ({exc.strerror})") from None
+
+
+def _probes_from_elf(stream: BinaryIO, lib_path: str, path: str, prefix: str, group: str,
+                     want: list[str]) -> list[ProbeDef]:
+    try:
+        elf = ELFFile(stream)
+        syms = _func_symbols(elf, {prefix + f for f in want})
+        if not syms:
+            raise ProbeError(f"{lib_path}: defines none of {prefix}malloc/{prefix}free/... "
+                             "(wrong --malloc-lib or --malloc-prefix?)")
+        if prefix + "free" not in syms:
+            raise ProbeError(f"{lib_path}: no {prefix}free symbol; cannot match frees")
+        defs: list[ProbeDef] = []
+        by_addr: dict[int, str] = {}
+        aliases: dict[str, tuple[str, ...]] = {}
+        for func in want:
+            sym = prefix + func
+            if sym not in syms:
+                continue
+            vaddr = syms[sym]
+            if vaddr in by_addr:  # alias of an already probed function
+                aliases[by_addr[vaddr]] = aliases.get(by_addr[vaddr], ()) + (func,)
+                continue
+            by_addr[vaddr] = func
+            off = _vaddr_to_offset(elf, vaddr)
+            entry_args, ret_args = ALLOCATORS[func]
+            entry_off = off
+            if ret_args is None:
+                entry_off = off + cheap_entry_offset(_read_code(stream, off), func in _NULL_IS_NOOP)
+            defs.append(ProbeDef(group, func, "entry", func, sym, path, entry_off, tuple(entry_args)))
+            if ret_args is not None:
+                defs.append(ProbeDef(group, f"{func}_ret", "return", func, sym, path, off, tuple(ret_args)))
+        defs = [replace(d, aliases=aliases.get(d.func, ())) for d in defs]
+    except ELFError as exc:
+        raise ProbeError(f"{lib_path}: not an ELF file ({exc})") from None
+    return defs
+
+
+def probe_metadata(defs: Sequence[ProbeDef]) -> list[dict[str, Any]]:
+    """The recording's `probes` list: what was created (and removed) on the target."""
+    return [{"event": d.event, "group": d.group, "name": d.name, "kind": d.kind, "func": d.func,
+             "symbol": d.symbol, "aliases": list(d.aliases), "path": d.path, "offset": d.offset,
+             "fetchargs": list(d.fetchargs), "definition": d.definition} for d in defs]
+
+
+def malloc_event_specs(defs: Sequence[ProbeDef]) -> tuple[list[str], list[str]]:
+    """Default `--alloc`/`--free` specs for a malloc recording.
+
+    Allocations are the return events (ptr = returned pointer, stack taken there); sizes come from
+    pairing with the entry events, which kmemleak_offline.malloc does; frees are the free entries.
+    """
+    alloc = [f"{d.event}//ptr=ptr/stack/" for d in defs if d.kind == "return"]
+    free = [f"{d.event}//ptr=ptr/" for d in defs if d.kind == "entry" and d.func == "free"]
+    return alloc, free
+
+
+def tracefs_root() -> str:
+    """The tracefs mount that has uprobe_events, or ProbeError."""
+    for root in TRACEFS_CANDIDATES:
+        if os.path.exists(os.path.join(root, "uprobe_events")):
+            return root
+    raise ProbeError("no tracefs with uprobe_events (mount -t tracefs nodev /sys/kernel/tracing)")
+
+
+def _write_line(path: str, line: str) -> None:
+    # Python's open(..., "a") lseeks to the end, which tracefs rejects: use O_APPEND, one line per write.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class CreatedEvent:
+    """An event created in tracefs: its id and format text (for the recording's `events`)."""
+
+    probe: ProbeDef
+    id: int
+    format: str
+
+
+@dataclass
+class UprobeSet:
+    """Creates uprobes and always removes them: remove() is idempotent, also run by __exit__ and atexit."""
+
+    root: str = field(default_factory=tracefs_root)
+    created: list[CreatedEvent] = field(default_factory=list)
+    _defined: list[ProbeDef] = field(default_factory=list)
+    _atexit: bool = False
+
+    @property
+    def events(self) -> dict[str, CreatedEvent]:
+        return {c.probe.event: c for c in self.created}
+
+    def create(self, defs: Sequence[ProbeDef]) -> list[CreatedEvent]:
+        """Write each definition, then read its id and format; on any failure remove all and raise."""
+        if not self._atexit:
+            atexit.register(self.remove)
+            self._atexit = True
+        ev_path = os.path.join(self.root, "uprobe_events")
+        try:
+            for d in defs:
+                try:
+                    _write_line(ev_path, d.definition)
+                except OSError as exc:
+                    raise ProbeError(f"cannot create uprobe {d.event} ({exc.strerror}): {d.definition}") from None
+                self._defined.append(d)
+                evdir = os.path.join(self.root, "events", d.group, d.name)
+                try:
+                    with open(os.path.join(evdir, "format")) as f:
+                        fmt = f.read()
+                    with open(os.path.join(evdir, "id")) as f:
+                        ev_id = int(f.read().strip())
+                except (OSError, ValueError) as exc:
+                    raise ProbeError(f"uprobe {d.event} created but unreadable: {exc}") from None
+                self.created.append(CreatedEvent(d, ev_id, fmt))
+        except BaseException:
+            self.remove()
+            raise
+        return list(self.created)
+
+    def remove(self) -> None:
+        """Remove every probe this set defined (reverse order); EBUSY is retried briefly."""
+        ev_path = os.path.join(self.root, "uprobe_events")
+        errors = []
+        for d in reversed(self._defined):
+            for attempt in range(50):
+                try:
+                    _write_line(ev_path, f"-:{d.group}/{d.name}")
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT or exc.errno == errno.EINVAL and not os.path.exists(
+                            os.path.join(self.root, "events", d.group, d.name)):
+                        break
+                    if exc.errno == errno.EBUSY and attempt < 49:  # a perf fd is still closing
+                        time.sleep(0.02)
+                        continue
+                    errors.append(f"{d.event}: {exc.strerror}")
+                    break
+        self._defined.clear()
+        self.created.clear()
+        if self._atexit:
+            atexit.unregister(self.remove)
+            self._atexit = False
+        if errors:
+            raise ProbeError("could not remove uprobes: " + "; ".join(errors))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def remove_stale_groups(root: str | None = None) -> list[str]:
+    """Remove kmlo_<pid> probes left by recorders that died by SIGKILL (their pid is gone)."""
+    root = root or tracefs_root()
+    removed = []
+    with open(os.path.join(root, "uprobe_events")) as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        ident = line.split()[0].split(":", 1)[-1] if line.strip() else ""
+        group, _, name = ident.partition("/")
+        if not group.startswith(GROUP_PREFIX) or not group[len(GROUP_PREFIX):].isdigit():
+            continue
+        if os.path.exists(f"/proc/{group[len(GROUP_PREFIX):]}"):
+            continue
+        try:
+            _write_line(os.path.join(root, "uprobe_events"), f"-:{group}/{name}")
+            removed.append(f"{group}:{name}")
+        except OSError:
+            pass
+    return removed
