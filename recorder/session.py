@@ -1,0 +1,438 @@
+"""The record loop: open events, drain rings on a hot thread, split/write in 1 s batches, stop.
+
+Threads: the drain thread only polls and copies ring bytes into a deque; the main thread handles
+signals, splits batches into rows (recorder.records), writes a crash-safe part about every second
+and decides when to stop. Nothing here decodes tracepoint payloads.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import platform
+import select
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kmemleak_offline.recording import RecordingWriter, new_metadata
+from recorder import perf_event as pe
+from recorder import procfs
+from recorder.errors import RecordError, RecordInputError
+from recorder.events import TracedEvent, check_userspace_filter, resolve
+from recorder.records import EventInfo, RingBatch, Splitter
+from recorder.ring import PAGE_SIZE, Ring
+
+PRODUCER = "kmemleak-offline 0.1.0 record"
+FLUSH_EVERY_S = 1.0
+
+
+@dataclass
+class RecordConfig:
+    """Everything `record` was asked to do, already syntax-checked by the command."""
+
+    alloc: str
+    free: str
+    output: Path
+    cpus: list[int] | None = None
+    pids: list[int] | None = None
+    tids: list[int] | None = None
+    mmap_pages: int = 128
+    call_graph: bool = False
+    duration_s: float | None = None
+    command: list[str] = field(default_factory=list)
+    verbose: int = 0
+
+
+@dataclass
+class _Target:
+    """One task to attach to in per-task mode (pid argument of perf_event_open)."""
+
+    tid: int
+    inherit: bool
+
+
+class Session:
+    """One recording, from checks to the merged file."""
+
+    def __init__(self, cfg: RecordConfig) -> None:
+        self.cfg = cfg
+        self.fds: list[int] = []
+        self.event_fds: dict[str, list[int]] = {}
+        self.rings: list[Ring] = []
+        self.ring_cpu: list[int] = []
+        self.pending: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.stop = threading.Event()
+        self.stop_reason = ""
+        self.child: int | None = None
+        self.child_status: int | None = None
+        self.writer: RecordingWriter | None = None
+        self.bytes_in = 0
+        self._usr1 = False
+        self._hup: set[int] = set()
+        self._go: int | None = None
+
+    # ---------------------------------------------------------------- setup
+    def prepare(self) -> None:
+        cfg = self.cfg
+        if os.geteuid() != 0:
+            raise RecordError("record needs root (perf_event_open on tracepoints, "
+                              "/proc/kallsyms addresses); run it as root")
+        if cfg.mmap_pages < 1 or cfg.mmap_pages & (cfg.mmap_pages - 1):
+            raise RecordInputError(f"-m/--mmap-pages must be a power of two, not {cfg.mmap_pages}")
+        if sum(x is not None and x != [] for x in (cfg.pids, cfg.tids)) + bool(cfg.command) > 1:
+            raise RecordInputError("use only one of -p, -t and -- CMD")
+        out_dir = cfg.output.resolve().parent
+        if not out_dir.is_dir():
+            raise RecordInputError(f"output folder {out_dir} does not exist")
+        self.tracefs = procfs.tracefs_root()
+        self.events, self.call_graph = resolve(cfg.alloc, cfg.free, self.tracefs, cfg.call_graph)
+        online = procfs.online_cpus()
+        if cfg.cpus is not None:
+            bad = [c for c in cfg.cpus if c not in online]
+            if bad:
+                raise RecordInputError(f"CPU {bad[0]} is not online (online: {online})")
+            self.cpus = cfg.cpus
+        else:
+            self.cpus = online
+        self.per_task = bool(cfg.pids or cfg.tids or cfg.command)
+        self.targets: list[_Target] = []
+        self.traced_pids: list[int] = []
+        for pid in cfg.pids or []:
+            self.targets += [_Target(t, True) for t in procfs.threads_of(pid)]
+            self.traced_pids.append(pid)
+        for tid in cfg.tids or []:
+            self.traced_pids.append(procfs.tgid_of(tid))
+            self.targets.append(_Target(tid, False))
+        self.traced_pids = sorted(set(self.traced_pids))
+        if cfg.command:
+            import shutil
+
+            if shutil.which(cfg.command[0]) is None:
+                raise RecordInputError(f"command not found: {cfg.command[0]}")
+
+    # ----------------------------------------------------------------- open
+    def _attr(self, *, tracepoint: TracedEvent | None, leader: bool, inherit: bool) -> pe.PerfEventAttr:
+        a = pe.PerfEventAttr()
+        flags = pe.FLAG_DISABLED | pe.FLAG_SAMPLE_ID_ALL | pe.FLAG_USE_CLOCKID
+        if tracepoint is None:
+            a.type, a.config = pe.PERF_TYPE_SOFTWARE, pe.PERF_COUNT_SW_DUMMY
+            a.sample_type = pe.SAMPLE_BASE
+            flags |= pe.FLAG_COMM | pe.FLAG_COMM_EXEC | pe.FLAG_TASK
+            if self.per_task:
+                flags |= pe.FLAG_MMAP | pe.FLAG_MMAP2 | pe.FLAG_BUILD_ID
+        else:
+            a.type, a.config = pe.PERF_TYPE_TRACEPOINT, tracepoint.fmt.id
+            a.sample_type = pe.SAMPLE_BASE | pe.PERF_SAMPLE_RAW
+            if tracepoint.callchain:
+                a.sample_type |= pe.PERF_SAMPLE_CALLCHAIN
+                if tracepoint.max_stack:
+                    a.sample_max_stack = int(tracepoint.max_stack)
+            if not self.per_task:
+                flags |= pe.FLAG_EXCLUDE_CALLCHAIN_USER
+        a.sample_period = 1
+        a.read_format = pe.PERF_FORMAT_LOST
+        a.clockid = pe.CLOCK_MONOTONIC
+        if inherit:
+            flags |= pe.FLAG_INHERIT
+        if self.cfg.command:
+            flags |= pe.FLAG_ENABLE_ON_EXEC
+        if leader:
+            flags |= pe.FLAG_WATERMARK
+            a.wakeup = self.cfg.mmap_pages * PAGE_SIZE // 4
+        a.flags = flags
+        return a
+
+    def _open(self, attr: pe.PerfEventAttr, pid: int, cpu: int, what: str) -> int:
+        try:
+            fd = pe.perf_event_open(attr, pid, cpu)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise RecordInputError(f"task {pid} does not exist (it exited?)") from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise RecordError(f"perf_event_open({what}) refused: {exc.strerror}; run as root "
+                                  "or lower /proc/sys/kernel/perf_event_paranoid") from None
+            if exc.errno == errno.EMFILE:
+                raise RecordError("too many open files: raise `ulimit -n` (one fd per event, "
+                                  "CPU and thread)") from None
+            raise RecordError(f"perf_event_open({what}, pid={pid}, cpu={cpu}) failed: "
+                              f"{exc.strerror}") from None
+        self.fds.append(fd)
+        return fd
+
+    def open_events(self) -> None:
+        """One ring per CPU (on a side-band dummy leader); every other event SET_OUTPUT to it."""
+        self.ids: dict[int, EventInfo] = {}
+        self.kernel_filters: dict[str, str] = {}
+        self.userspace_filters: dict[str, str] = {}
+        tasks = self.targets or ([_Target(-1, False)] if not self.per_task else [])
+        if self.cfg.command:
+            tasks = [_Target(self._fork_child(), True)]
+        for cpu in self.cpus:
+            leader = -1
+            for task in tasks:
+                fd = self._open(self._attr(tracepoint=None, leader=leader < 0, inherit=task.inherit),
+                                task.tid, cpu, "side-band dummy")
+                self.ids[pe.event_id(fd)] = EventInfo(None, False)
+                if leader < 0:
+                    leader = fd
+                    try:
+                        self.rings.append(Ring(fd, self.cfg.mmap_pages))
+                    except OSError as exc:
+                        raise RecordError(f"cannot mmap a {self.cfg.mmap_pages}-page ring on CPU "
+                                          f"{cpu}: {exc.strerror}") from None
+                    self.ring_cpu.append(cpu)
+                else:
+                    pe.set_output(fd, leader)
+                for ev in self.events:
+                    fd = self._open(self._attr(tracepoint=ev, leader=False, inherit=task.inherit),
+                                    task.tid, cpu, ev.name)
+                    self._apply_filter(ev, fd)
+                    pe.set_output(fd, leader)
+                    self.ids[pe.event_id(fd)] = EventInfo(ev.name, ev.callchain)
+                    self.event_fds.setdefault(ev.name, []).append(fd)
+        for name, flt in self.userspace_filters.items():
+            print(f"{name} filters '{flt}' in userspace", flush=True)
+
+    def _apply_filter(self, ev: TracedEvent, fd: int) -> None:
+        flt = ev.filter
+        if not flt or ev.name in self.userspace_filters:
+            return
+        try:
+            pe.set_filter(fd, flt)
+            self.kernel_filters[ev.name] = flt
+        except OSError:
+            if ev.name in self.kernel_filters:  # accepted on another fd: should not happen
+                raise RecordError(f"{ev.name}: the kernel accepted filter '{flt}' on one CPU "
+                                  "and refused it on another") from None
+            check_userspace_filter(ev)
+            self.userspace_filters[ev.name] = flt
+
+    def _fork_child(self) -> int:
+        """Fork CMD held on a pipe; it execs once release_child() writes to the pipe."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: wait for the go, then exec (never returns into the recorder)
+            try:
+                os.close(w)
+                os.read(r, 1)
+                os.close(r)
+                os.execvp(self.cfg.command[0], self.cfg.command)
+            except OSError as exc:
+                os.write(2, f"cannot run {self.cfg.command[0]}: {exc.strerror}\n".encode())
+            os._exit(127)
+        os.close(r)
+        self.child, self._go = pid, w
+        return pid
+
+    def release_child(self) -> None:
+        if self.child is not None and self._go is not None:
+            os.write(self._go, b"x")
+            os.close(self._go)
+            self._go = None
+
+    # ------------------------------------------------------------- metadata
+    def _metadata(self) -> dict:
+        meta = new_metadata(PRODUCER)
+        u = platform.uname()
+        meta["host"] = {"hostname": u.node, "kernel_release": u.release, "machine": u.machine,
+                        "page_size": PAGE_SIZE, "ncpus": os.cpu_count()}
+        meta["events"] = {ev.name: {"id": ev.fmt.id, "format": ev.fmt.text} for ev in self.events}
+        meta["alloc"] = [ev.spec.canonical() for ev in self.events if ev.role == "alloc"]
+        meta["free"] = [ev.spec.canonical() for ev in self.events if ev.role == "free"]
+        cfg = self.cfg
+        meta["options"] = {"cpus": cfg.cpus, "pids": cfg.pids, "tids": cfg.tids,
+                           "mmap_pages": cfg.mmap_pages, "call_graph": self.call_graph,
+                           "kernel_filters": dict(self.kernel_filters),
+                           "userspace_filters": dict(self.userspace_filters),
+                           "command": cfg.command or None}
+        meta["counts"] = {ev.name: {"samples": 0, "lost": 0} for ev in self.events}
+        return meta
+
+    def _refresh_counts(self) -> None:
+        meta = self.writer.metadata
+        for name, fds in self.event_fds.items():
+            count = lost = 0
+            for fd in fds:
+                try:
+                    c, lo = pe.read_count_lost(fd)
+                except OSError:
+                    continue
+                count += c
+                lost += lo
+            meta["counts"][name] = {"samples": self.splitter.samples.get(name, 0), "lost": lost,
+                                    "kernel_count": count,
+                                    "lost_records": self.splitter.lost_records.get(name, 0)}
+        meta["clock"]["stop_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    # ----------------------------------------------------------------- loop
+    def _drain_loop(self) -> None:
+        poller = select.poll()
+        for ring in self.rings:
+            poller.register(ring.fd, select.POLLIN)
+        rings = list(enumerate(self.rings))
+        pending = self.pending
+        while not self.stop.is_set():
+            for fd, ev in poller.poll(100):
+                if ev & (select.POLLHUP | select.POLLERR):
+                    poller.unregister(fd)
+                    self._hup.add(fd)
+            for i, ring in rings:
+                data = ring.drain()
+                if data:
+                    pending.append((i, data))
+            if self._hup and len(self._hup) == len(self.rings) and not self.stop_reason:
+                self.stop_reason = "all traced tasks exited"
+                self.stop.set()
+
+    def _batch(self) -> None:
+        """Split everything drained so far, queue the rows, write one crash-safe part."""
+        pending = self.pending
+        while pending:
+            i, data = pending.popleft()
+            self.bytes_in += len(data)
+            for rows in self.splitter.split(RingBatch(i, self.ring_cpu[i], data)):
+                self.writer.write(rows)
+        self._refresh_counts()
+        self.writer.flush_part()
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if signum == signal.SIGUSR1:
+            self._usr1 = True
+            return
+        if not self.stop_reason:
+            self.stop_reason = signal.Signals(signum).name
+        self.stop.set()
+
+    def _stats(self) -> str:
+        el = max(1e-9, time.monotonic() - self._t0)
+        n = sum(self.splitter.samples.values())
+        lost = sum(v.get("lost", 0) for v in self.writer.metadata["counts"].values())
+        mb = sum(f.stat().st_size for f in self.writer.parts_dir.glob("*.parquet")) / 1e6
+        return (f"kmemleak-offline record: {el:.0f}s, {n} events ({n / el:.0f}/s), "
+                f"{self.bytes_in / 1e6:.1f} MB drained, {mb:.1f} MB written, {lost} lost")
+
+    def run(self) -> int:
+        """Record until stopped; returns the exit status for the command."""
+        self.prepare()
+        try:
+            self.open_events()
+            return self._record()
+        finally:
+            self._cleanup()
+
+    def _record(self) -> int:
+        cfg = self.cfg
+        self.splitter = Splitter(self.ids, per_task=self.per_task)
+        start = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        meta = self._metadata()
+        meta["clock"].update(start_ns=start, stop_ns=start, anchor={
+            "perf_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC),
+            "realtime_ns": time.clock_gettime_ns(time.CLOCK_REALTIME)})
+        self.writer = RecordingWriter(cfg.output, meta, parts=True)
+        old = {s: signal.signal(s, self._on_signal)
+               for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+        try:
+            self.writer.write(procfs.initial_comms(start))
+            for pid in self.traced_pids:
+                self.writer.write(procfs.initial_maps(pid, start))
+            self.writer.write(procfs.kallsyms())
+            self.writer.flush_part()
+            if not cfg.command:
+                for fd in self.fds:
+                    pe.enable(fd)
+            self._t0 = time.monotonic()
+            drain = threading.Thread(target=self._drain_loop, name="kmemleak-drain", daemon=True)
+            drain.start()
+            self.release_child()
+            self._main_loop()
+            drain.join()
+            for fd in self.fds:
+                try:
+                    pe.disable(fd)
+                except OSError:
+                    pass
+            for i, ring in enumerate(self.rings):
+                data = ring.drain()
+                if data:
+                    self.pending.append((i, data))
+            self._batch()
+            self._refresh_counts()
+            self._stop_child()
+            if sys.stderr.isatty():
+                sys.stderr.write("\r\033[K")
+            if cfg.verbose:
+                print(self._stats(), f"(stopped: {self.stop_reason})", file=sys.stderr)
+            self.writer.close()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return 0
+
+    def _main_loop(self) -> None:
+        cfg = self.cfg
+        tty = sys.stderr.isatty()
+        deadline = self._t0 + cfg.duration_s if cfg.duration_s else None
+        next_flush = time.monotonic() + FLUSH_EVERY_S
+        while not self.stop.is_set():
+            now = time.monotonic()
+            wait = next_flush - now
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            self.stop.wait(max(0.0, min(wait, 0.1)))
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and not self.stop_reason:
+                self.stop_reason = "duration"
+                self.stop.set()
+            if self.child is not None and self.child_status is None:
+                pid, status = os.waitpid(self.child, os.WNOHANG)
+                if pid:
+                    self.child_status = status
+                    if not self.stop_reason:
+                        self.stop_reason = "command exited"
+                    self.stop.set()
+            if self._usr1:
+                self._usr1 = False
+                print(self._stats(), file=sys.stderr, flush=True)
+            if now >= next_flush and not self.stop.is_set():
+                self._batch()
+                next_flush = now + FLUSH_EVERY_S
+                if tty:
+                    sys.stderr.write("\r\033[K" + self._stats())
+                    sys.stderr.flush()
+
+    def _stop_child(self) -> None:
+        if self.child is None or self.child_status is not None:
+            return
+        try:
+            os.kill(self.child, signal.SIGTERM)
+            _, self.child_status = os.waitpid(self.child, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+    def _cleanup(self) -> None:
+        for ring in self.rings:
+            try:
+                ring.close()
+            except (BufferError, ValueError):
+                pass
+        self.rings.clear()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        if self.child is not None and self.child_status is None:
+            if self._go is not None:
+                os.close(self._go)
+                self._go = None
+            try:
+                os.kill(self.child, signal.SIGKILL)
+                os.waitpid(self.child, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
