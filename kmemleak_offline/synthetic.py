@@ -306,6 +306,11 @@ class RecordingBuilder:
             ids.append(self._stacks.setdefault(key, len(self._stacks)))
         return ids
 
+    @property
+    def stacks(self) -> dict[int, tuple[int, ...]]:
+        """Registered callchains by id."""
+        return {sid: chain for chain, sid in self._stacks.items()}
+
     # -- side band
 
     def add_lost(self, time: Any, cpu: Any, lost: Any, seq: Any = None, event: str | None = None,
