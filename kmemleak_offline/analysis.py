@@ -1,0 +1,441 @@
+"""The analysis pipeline: recording -> decoded alloc/free columns -> replay -> one result object.
+
+load (recording.py) -> decode payloads (tracefs.py) -> evaluate specs (spec.py, expr.py) ->
+replay (replay.py) -> group. Every reporter renders the `Analysis` this returns; none recomputes it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import expr as exprmod
+from . import spec as specmod
+from .recording import Recording
+from .replay import Lost, ReplayResult, lost_windows, replay
+from .symbols.kernel import KernelSymbols
+from .timeline import CommTimeline
+from .tracefs import EventFormat, FormatError, decode_field, parse_format, raw_buffers
+
+LEAKED_BYTES = "leaked-bytes"
+EVENT_LIST = "event-list"
+
+
+class AnalysisError(ValueError):
+    """Bad input to the analysis (unknown event, bad expression...). Message may be multi-line for
+    expressions (caret + available fields), else one line."""
+
+
+@dataclass
+class AnalyzeOptions:
+    alloc: list[str] | None = None  # spec lists overriding the recording's own
+    free: list[str] | None = None
+    than_ns: int = 0
+    comm: bool = False
+    verbose: int = 0
+    interval_ms: int | None = None
+    warn: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+
+@dataclass
+class EventRole:
+    """One --alloc/--free event after defaults, with its compiled expressions."""
+
+    spec: specmod.EventSpec
+    fmt: EventFormat
+    is_alloc: bool
+    ptr: exprmod.Expr
+    size: exprmod.Expr | None
+    filter: exprmod.Expr | None  # applied offline (the kernel did not apply it)
+    code: int = -1  # index in Analysis.roles
+
+
+@dataclass
+class Group:
+    """One LEAKED BYTES group: a distinct call chain (stack_id; -1 = no call chain recorded)."""
+
+    stack_id: int
+    bytes: int
+    objects: int
+    pid: int
+    comms: list[tuple[str, int, int]]  # (comm, bytes, count)
+
+
+@dataclass
+class ReportView:
+    """One report ready to render: leaked entries (stream columns) and, in leaked-bytes mode, groups."""
+
+    reason: str
+    time_ns: int
+    position: int  # stream position where it happens
+    num: int
+    total_alloc: int
+    total_free: int
+    lost_count: int
+    entries: pd.DataFrame  # one row per tree entry, (time, key) order; column `selected`
+    groups: list[Group]
+
+
+@dataclass
+class IntervalStat:
+    time_ns: int
+    objects: int
+    bytes: int
+    allocs: int
+    frees: int
+    total_alloc: int
+    total_free: int
+
+
+@dataclass
+class Analysis:
+    recording: Recording
+    metadata: dict
+    mode: str
+    roles: list[EventRole]
+    per_task: bool
+    stream: pd.DataFrame  # kept+dropped alloc/free samples in stream order
+    result: ReplayResult
+    reports: list[ReportView]
+    ksyms: KernelSymbols
+    comms: CommTimeline
+    stacks: dict[int, np.ndarray]  # stack_id -> callchain words
+    raw: pa.Array  # payloads of stream rows (index = stream column `row`)
+    decoded: dict[int, dict[str, np.ndarray]]  # role code -> decoded columns over that role's rows
+    intervals: list[IntervalStat]
+    lost_total: int
+    warnings: list[str]
+
+    @property
+    def start_ns(self) -> int:
+        return int(self.metadata["clock"].get("start_ns") or 0)
+
+    @property
+    def stop_ns(self) -> int:
+        return int(self.metadata["clock"].get("stop_ns") or 0)
+
+
+SAMPLE_COLUMNS = ["time", "cpu", "ring", "seq", "pid", "tid", "event", "raw", "stack_id"]
+
+
+def _formats(meta: dict) -> dict[str, EventFormat]:
+    out = {}
+    for name, ev in meta.get("events", {}).items():
+        system = name.split(":", 1)[0]
+        try:
+            out[name] = parse_format(ev.get("format", ""), system)
+        except FormatError as exc:
+            raise AnalysisError(f"recording metadata: bad format text for {name}: {exc}") from None
+    return out
+
+
+def build_roles(meta: dict, alloc: list[str], free: list[str], formats: dict[str, EventFormat],
+                warn: Callable[[str], None], verbose: int = 0) -> list[EventRole]:
+    """Parse spec lists against the recording's formats; compile ptr/size/filter expressions."""
+    kernel_filters = (meta.get("options") or {}).get("kernel_filters") or {}
+    roles: list[EventRole] = []
+    for is_alloc, texts in ((True, alloc), (False, free)):
+        specs: list[specmod.EventSpec] = []
+        try:
+            for t in texts:
+                specs.extend(specmod.parse_list(t))
+            specs = specmod.expand_wildcards(specs, formats.keys())
+        except specmod.SpecError as exc:
+            raise AnalysisError(str(exc)) from None
+        for sp in specs:
+            fmt = formats.get(sp.full_name)
+            if fmt is None:
+                raise AnalysisError(f"{sp.full_name} not found in the recording (it has: "
+                                    f"{', '.join(sorted(formats)) or 'no events'})")
+            try:
+                sp = specmod.with_defaults(sp, fmt)
+            except specmod.SpecError as exc:
+                raise AnalysisError(str(exc)) from None
+            if verbose and sp.ignored:
+                warn(f"{sp.full_name}: ignoring attributes not used by kmemleak: "
+                     + ", ".join(f"{k}={v}" if v else k for k, v in sp.ignored))
+            try:
+                ptr = exprmod.compile_expr(sp.ptr, fmt.fields)
+                size = exprmod.compile_expr(sp.size, fmt.fields) if (is_alloc and sp.size) else None
+                flt = None
+                if sp.filter and kernel_filters.get(sp.full_name) != sp.filter:
+                    flt = exprmod.compile_expr(sp.filter, fmt.fields)
+                    if verbose:
+                        warn(f"{sp.full_name} filters '{sp.filter}' in userspace")
+            except exprmod.ExprError as exc:
+                raise AnalysisError(str(exc)) from None
+            roles.append(EventRole(spec=sp, fmt=fmt, is_alloc=is_alloc, ptr=ptr, size=size,
+                                   filter=flt, code=len(roles)))
+    if not any(r.is_alloc for r in roles):
+        raise AnalysisError("no --alloc event given (and the recording names none)")
+    if not any(not r.is_alloc for r in roles):
+        raise AnalysisError("no --free event given (and the recording names none)")
+    return roles
+
+
+def _event_codes(col: pa.ChunkedArray, names: list[str]) -> np.ndarray:
+    """Per row: index of its event name in `names`, -1 if not listed (dictionary-aware, no strings)."""
+    out = []
+    for chunk in col.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk)
+        dic = chunk.dictionary.to_pylist()
+        lut = np.array([names.index(d) if d in names else -1 for d in dic] + [-1], dtype=np.int32)
+        idx = chunk.indices.fill_null(len(dic)).to_numpy(zero_copy_only=False)
+        out.append(lut[idx])
+    return np.concatenate(out) if out else np.zeros(0, np.int32)
+
+
+def _u64(col: pa.ChunkedArray, fill: int = 0) -> np.ndarray:
+    return col.fill_null(fill).to_numpy().astype(np.uint64, copy=False)
+
+
+def _i64(col: pa.ChunkedArray, fill: int = 0) -> np.ndarray:
+    return col.fill_null(fill).to_numpy().astype(np.int64, copy=False)
+
+
+def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
+    """Run the whole analysis of one recording."""
+    meta = rec.metadata
+    warnings: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        opts.warn(msg)
+
+    formats = _formats(meta)
+    alloc = opts.alloc if opts.alloc else list(meta.get("alloc") or [])
+    free = opts.free if opts.free else list(meta.get("free") or [])
+    roles = build_roles(meta, alloc, free, formats, warn, opts.verbose)
+    names = [r.spec.full_name for r in roles]
+    mode = LEAKED_BYTES if all(r.size is not None for r in roles if r.is_alloc) else EVENT_LIST
+    options = meta.get("options") or {}
+    per_task = bool(options.get("pids") or options.get("tids") or options.get("command"))
+
+    samples = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
+    ev_names = sorted(set(names))
+    code_by_name = _event_codes(samples.column("event"), ev_names)
+    s_time = _u64(samples.column("time"))
+    s_cpu = _u64(samples.column("cpu")).astype(np.uint32)
+    ring_col = samples.column("ring")
+    s_ring = np.where(ring_col.is_null().to_numpy(zero_copy_only=False), s_cpu,
+                      _u64(ring_col)).astype(np.uint32) if ring_col.null_count < len(ring_col) else s_cpu
+    s_seq = _u64(samples.column("seq"))
+
+    # lost windows are computed over every sample of the ring, before any filtering
+    lost_t = rec.table(kinds=["lost"], columns=["time", "cpu", "ring", "seq", "lost"])
+    l_cpu = _u64(lost_t.column("cpu")).astype(np.uint32)
+    lr = lost_t.column("ring")
+    l_ring = np.where(lr.is_null().to_numpy(zero_copy_only=False), l_cpu, _u64(lr)).astype(np.uint32)
+    _, clamped_order_time = None, None
+    from .replay import clamp_per_ring  # local: only here we need clamped times per ring
+    ridx, rtime = clamp_per_ring(s_ring, s_seq, s_time)
+    clamped = np.empty_like(s_time)
+    clamped[ridx] = rtime
+    lost = lost_windows(s_ring, s_seq, clamped, l_ring, _u64(lost_t.column("seq")),
+                        _u64(lost_t.column("lost")), _u64(lost_t.column("time")),
+                        int(meta["clock"].get("start_ns") or 0))
+
+    # decode and evaluate per event type (columns; loop over event types only)
+    data, starts, lengths = raw_buffers(samples.column("raw"))
+    n = samples.num_rows
+    key = np.zeros(n, np.uint64)
+    size = np.zeros(n, np.uint64)
+    role_of = np.full(n, -1, np.int32)
+    keep = np.zeros(n, bool)
+    decoded: dict[int, dict[str, np.ndarray]] = {}
+    fail_counts: dict[str, int] = {}
+    pid_all = _i64(samples.column("pid"))
+    for role in roles:
+        rows = np.flatnonzero(code_by_name == ev_names.index(role.spec.full_name))
+        if role_of[rows].max(initial=-1) >= 0:
+            # the same event in both lists (or twice): perf-prof treats it by the first list it is in
+            rows = rows[role_of[rows] < 0]
+        need = set(role.ptr.fields_used)
+        for e in (role.size, role.filter):
+            if e is not None:
+                need |= set(e.fields_used)
+        fmap = role.fmt.field_map()
+        cols: dict[str, np.ndarray] = {}
+        for fname in need:
+            base = fname[:-7] if fname.endswith("_offset") else fname[:-4] if fname.endswith("_len") else fname
+            fld = fmap.get(fname) or fmap.get(base)
+            if fld is None:
+                continue
+            if fld.data_loc and fname != fld.name:
+                loc = decode_field(_as_u32(fld), data, starts[rows], lengths[rows])
+                cols[fname] = (loc & 0xFFFF if fname.endswith("_offset") else loc >> 16).astype(np.uint16)
+            else:
+                cols[fname] = decode_field(fld, data, starts[rows], lengths[rows])
+        cols["_cpu"] = s_cpu[rows].astype(np.int64)
+        cols["_pid"] = pid_all[rows]
+        m = len(rows)
+        ok = np.ones(m, bool)
+        if role.filter is not None:
+            fr = role.filter.evaluate(cols, m)
+            ok = exprmod.filter_mask(fr)
+            _count_fail(fail_counts, role.spec.full_name, "filter", fr)
+        pr = role.ptr.evaluate(cols, m)
+        _count_fail(fail_counts, role.spec.full_name, "ptr", pr)
+        key[rows] = exprmod.as_ptr(pr)
+        if role.size is not None:
+            sr = role.size.evaluate(cols, m)
+            _count_fail(fail_counts, role.spec.full_name, "size", sr)
+            size[rows] = exprmod.as_size(sr)
+        role_of[rows] = role.code
+        keep[rows] = ok
+        decoded[role.code] = {}
+    for (ev, what), cnt in fail_counts.items():
+        warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
+
+    sel = np.flatnonzero(keep)
+    is_alloc_role = np.array([r.is_alloc for r in roles], bool)
+    res = replay(ring=s_ring[sel], seq=s_seq[sel], time=s_time[sel],
+                 is_alloc=is_alloc_role[role_of[sel]], key=key[sel], lost=lost,
+                 stop_ns=int(meta["clock"].get("stop_ns") or 0) or int(s_time.max(initial=0)),
+                 than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
+
+    rows_in = sel[res.order]  # sample row of each stream position
+    stack_col = samples.column("stack_id")
+    stack_ids = _i64(stack_col, fill=-1) if stack_col.null_count < len(stack_col) else np.full(n, -1)
+    stream = pd.DataFrame({
+        "time": res.time, "cpu": s_cpu[rows_in], "ring": s_ring[rows_in], "seq": s_seq[rows_in],
+        "pid": pid_all[rows_in], "tid": _i64(samples.column("tid"))[rows_in],
+        "role": role_of[rows_in], "is_alloc": is_alloc_role[role_of[rows_in]],
+        "ptr": key[rows_in], "size": size[rows_in], "stack_id": stack_ids[rows_in],
+        "row": rows_in, "kept": res.kept,
+    })
+
+    ksyms = KernelSymbols.from_table(rec.table(kinds=["ksym"], columns=["addr", "name"]))
+    comms = CommTimeline(rec.table(kinds=["comm"], columns=["time", "pid", "tid", "comm"]),
+                         rec.table(kinds=["fork"], columns=["time", "pid", "tid", "ppid", "ptid"]))
+    stacks = _load_stacks(rec, stream["stack_id"].to_numpy())
+
+    reports = [_report_view(r, stream, mode, per_task, opts, comms) for r in res.reports]
+    intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []
+    counts = meta.get("counts") or {}
+    lost_total = int(lost.count.sum()) if len(lost.count) else 0
+    lost_total = max(lost_total, sum(int((c or {}).get("lost") or 0) for c in counts.values()))
+    return Analysis(recording=rec, metadata=meta, mode=mode, roles=roles, per_task=per_task,
+                    stream=stream, result=res, reports=reports, ksyms=ksyms, comms=comms,
+                    stacks=stacks, raw=samples.column("raw"), decoded=decoded, intervals=intervals,
+                    lost_total=lost_total, warnings=warnings)
+
+
+def _as_u32(fld):
+    from dataclasses import replace
+
+    return replace(fld, data_loc=False, array_len=None, type="unsigned int", size=4, signed=False)
+
+
+def _count_fail(acc: dict, ev: str, what: str, r: exprmod.EvalResult) -> None:
+    c = int(np.count_nonzero(r.failed))
+    if c:
+        acc[(ev, what)] = acc.get((ev, what), 0) + c
+
+
+def _load_stacks(rec: Recording, ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Callchain words of the stack ids the stream uses."""
+    want = np.unique(ids[ids >= 0])
+    if not len(want):
+        return {}
+    t = rec.table(kinds=["stack"], columns=["stack_id", "callchain"])
+    sid = _i64(t.column("stack_id"), fill=-1)
+    mask = np.isin(sid, want)
+    t = t.filter(pa.array(mask))
+    sid = sid[mask]
+    chains = t.column("callchain").combine_chunks()
+    offs = chains.offsets.to_numpy()
+    vals = chains.values.to_numpy(zero_copy_only=False).astype(np.uint64)
+    return {int(s): vals[offs[i]:offs[i + 1]] for i, s in enumerate(sid)}
+
+
+def _report_view(r, stream: pd.DataFrame, mode: str, per_task: bool, opts: AnalyzeOptions,
+                 comms: CommTimeline) -> ReportView:
+    entries = stream.iloc[r.leaked].copy()
+    entries["selected"] = r.selected
+    groups: list[Group] = []
+    if mode == LEAKED_BYTES:
+        sel = entries[entries["selected"]]
+        if len(sel):
+            g = sel.groupby("stack_id", sort=False)
+            agg = g.agg(bytes=("size", "sum"), objects=("size", "size"), pid=("pid", "last"))
+            comm_lists: dict[int, list[tuple[str, int, int]]] = {}
+            if opts.comm:
+                pc_ = comms.comm(sel["pid"].to_numpy(), sel["time"].to_numpy())
+                cdf = pd.DataFrame({"stack_id": sel["stack_id"].to_numpy(), "comm": pc_,
+                                    "size": sel["size"].to_numpy()})
+                ca = cdf.groupby(["stack_id", "comm"], sort=False).agg(
+                    bytes=("size", "sum"), count=("size", "size")).reset_index()
+                ca = ca.sort_values(["stack_id", "bytes", "count", "comm"],
+                                    ascending=[True, False, False, True], kind="stable")
+                for sid, sub in ca.groupby("stack_id", sort=False):
+                    comm_lists[int(sid)] = list(zip(sub["comm"], sub["bytes"].astype(int),
+                                                    sub["count"].astype(int)))
+            for sid, row in agg.iterrows():
+                groups.append(Group(stack_id=int(sid), bytes=int(row["bytes"]),
+                                    objects=int(row["objects"]),
+                                    pid=int(row["pid"]) if per_task else 0,
+                                    comms=comm_lists.get(int(sid), [])))
+    return ReportView(reason=r.reason, time_ns=r.time_ns, position=r.position, num=len(entries),
+                      total_alloc=r.total_alloc, total_free=r.total_free, lost_count=r.lost_count,
+                      entries=entries, groups=groups)
+
+
+def sort_groups(groups: list[Group], stacks: dict[int, np.ndarray]) -> list[Group]:
+    """bytes desc, pid asc, objects desc, then stack addresses asc (no chain sorts last)."""
+    def chain(g: Group) -> tuple:
+        c = stacks.get(g.stack_id)
+        return (1, ()) if c is None else (0, tuple(int(x) for x in c))
+
+    return sorted(groups, key=lambda g: (-g.bytes, g.pid, -g.objects, chain(g)))
+
+
+def _intervals(stream: pd.DataFrame, res: ReplayResult, interval_ms: int, meta: dict) -> list[IntervalStat]:
+    """Outstanding objects/bytes at each interval boundary of trace time (`-i`)."""
+    n = len(stream)
+    start = int(meta["clock"].get("start_ns") or (int(res.time[0]) if n else 0))
+    stop = int(meta["clock"].get("stop_ns") or (int(res.time[-1]) if n else start))
+    step = int(interval_ms) * 1_000_000
+    if step <= 0 or stop <= start:
+        return []
+    bounds = np.arange(start + step, stop + step, step, dtype=np.int64)
+    bounds = np.minimum(bounds, stop)
+    kept = stream["kept"].to_numpy()
+    alloc = stream["is_alloc"].to_numpy() & kept
+    free = ~stream["is_alloc"].to_numpy() & kept
+    size = stream["size"].to_numpy().astype(np.int64)
+    t = res.time.astype(np.int64)
+    delta_n = np.zeros(n + 1, np.int64)
+    delta_b = np.zeros(n + 1, np.int64)
+    ap = np.flatnonzero(alloc)
+    np.add.at(delta_n, ap, 1)
+    np.add.at(delta_b, ap, size[ap])
+    np.add.at(delta_n, res.death[ap], -1)
+    np.add.at(delta_b, res.death[ap], -size[ap])
+    live_n = np.cumsum(delta_n)
+    live_b = np.cumsum(delta_b)
+    ca = np.cumsum(alloc)
+    cf = np.cumsum(free)
+    pos = np.searchsorted(t, bounds, side="right")  # samples with time <= bound
+    out: list[IntervalStat] = []
+    pa_, pf_ = 0, 0
+    for b, p in zip(bounds, pos):
+        objs = int(live_n[p - 1]) if p else 0
+        byts = int(live_b[p - 1]) if p else 0
+        ta = int(ca[p - 1]) if p else 0
+        tf = int(cf[p - 1]) if p else 0
+        out.append(IntervalStat(time_ns=int(b), objects=objs, bytes=byts, allocs=ta - pa_,
+                                frees=tf - pf_, total_alloc=ta, total_free=tf))
+        pa_, pf_ = ta, tf
+    return out
+
+
+__all__ = ["Analysis", "AnalysisError", "AnalyzeOptions", "EVENT_LIST", "LEAKED_BYTES", "Lost",
+           "analyze", "sort_groups"]

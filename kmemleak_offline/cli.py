@@ -1,0 +1,175 @@
+"""The `kmemleak-offline` command: one short function per subcommand, calling the modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from . import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Record allocation/free events on a target; find leaks offline (perf-prof kmemleak, offline).",
+)
+
+
+class UserError(Exception):
+    """Bad input: one line on stderr, exit 2."""
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    sys.stderr.write(f"kmemleak-offline: {msg.rstrip()}\n" if "\n" not in msg.strip()
+                     else msg.rstrip() + "\n")
+    raise typer.Exit(code)
+
+
+def _load(path: Path):
+    from .recording import RecordingError, open_recording
+
+    try:
+        return open_recording(path)
+    except RecordingError as exc:
+        _fail(str(exc))
+
+
+def _split_specs(values: list[str] | None) -> list[str] | None:
+    return list(values) if values else None
+
+
+@app.command()
+def analyze(
+    recording: Annotated[Path, typer.Argument(help="recording file (.parquet) or parts folder")],
+    alloc: Annotated[Optional[list[str]], typer.Option("--alloc", help="re-interpret: alloc events EVENT[,EVENT...]")] = None,
+    free: Annotated[Optional[list[str]], typer.Option("--free", help="re-interpret: free events EVENT[,EVENT...]")] = None,
+    than: Annotated[Optional[str], typer.Option("--than", help="only leaks older than N[s|ms|us|ns] (bare = ns)")] = None,
+    comm: Annotated[bool, typer.Option("--comm", help="per-stack comms line (leaked-bytes mode)")] = False,
+    flame_graph: Annotated[Optional[str], typer.Option("--flame-graph", help="write folded stacks to FILE(.folded)")] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v: event list too; -vv: every sample")] = 0,
+    interval: Annotated[Optional[int], typer.Option("-i", "--interval", help="stats every MS of trace time")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write the report here")] = None,
+    utc: Annotated[bool, typer.Option("--utc", help="timestamps in UTC instead of local time")] = False,
+    symfs: Annotated[Optional[Path], typer.Option("--symfs", help="look for user ELF files under DIR")] = None,
+    call_graph: Annotated[bool, typer.Option("-g", "--call-graph", help="accepted (stacks are used when recorded)")] = False,
+    order: Annotated[bool, typer.Option("--order", help="accepted; ordering is always on")] = False,
+) -> None:
+    """Match allocs with frees and print perf-prof's leak reports."""
+    from .analysis import AnalysisError, AnalyzeOptions
+    from .analysis import analyze as run
+    from .reports import flamegraph, json_report
+    from .reports.frames import StackResolver
+    from .reports.text import TextReport
+    from .spec import SpecError, parse_duration
+
+    if fmt not in ("text", "json"):
+        _fail(f"--format must be text or json, not {fmt!r}")
+    if interval is not None and interval <= 0:
+        _fail(f"-i/--interval must be a positive number of milliseconds, not {interval}")
+    try:
+        than_ns = parse_duration(than) if than is not None else 0
+    except SpecError as exc:
+        _fail(f"--than: {exc}")
+    rec = _load(recording)
+    opts = AnalyzeOptions(alloc=_split_specs(alloc), free=_split_specs(free), than_ns=than_ns,
+                          comm=comm, verbose=verbose, interval_ms=interval)
+    try:
+        a = run(rec, opts)
+    except AnalysisError as exc:
+        _fail(str(exc))
+    stacks = StackResolver(a.stacks, a.ksyms, _user_resolver(rec, a, symfs))
+    out = open(output, "w") if output else sys.stdout
+    try:
+        if fmt == "json":
+            json_report.write(a, stacks, str(recording), out, verbose=verbose, comm=comm)
+        else:
+            TextReport(a, stacks, out, sys.stderr, verbose=verbose, utc=utc).write()
+        if flame_graph is not None:
+            path = flamegraph.write_folded(a, stacks, flame_graph)
+            if path is not None and fmt == "text":
+                out.write(flamegraph.hint(path))
+    finally:
+        if output:
+            out.close()
+
+
+def _user_resolver(rec, a, symfs: Path | None):
+    """User-space symbolisation when the recording has user frames and the module is available."""
+    try:
+        from .symbols import user
+    except ImportError:
+        return None
+    make = getattr(user, "resolver_for", None)
+    return make(rec, symfs=symfs) if make else None
+
+
+@app.command()
+def info(recording: Annotated[Path, typer.Argument(help="recording file or parts folder")]) -> None:
+    """Summarise a recording: host, kernel, events, counts, lost, duration, size."""
+    from .info import summary
+
+    rec = _load(recording)
+    sys.stdout.write(summary(rec))
+
+
+def _register_record() -> None:
+    from recorder.command import record
+
+    app.command("record", context_settings={"allow_extra_args": True,
+                                            "ignore_unknown_options": False})(record)
+
+
+try:
+    _register_record()
+except (ImportError, AttributeError):  # recorder not installed next to the analyser: analyse only
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: Typer in non-standalone mode so usage errors become one line, exit 2."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
+    except typer.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        ctx = exc.ctx
+        where = f" ({ctx.command_path})" if ctx is not None else ""
+        sys.stderr.write(f"kmemleak-offline: {exc.format_message()}{where}\n")
+        return 2
+    except click.Abort:
+        sys.stderr.write("kmemleak-offline: aborted\n")
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # last resort: never a traceback for users
+        if os.environ.get("KMEMLEAK_OFFLINE_DEBUG"):
+            raise
+        sys.stderr.write(f"kmemleak-offline: internal error: {type(exc).__name__}: {exc}"
+                         " (set KMEMLEAK_OFFLINE_DEBUG=1 for a traceback)\n")
+        return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
+
+__all__ = ["app", "main", "__version__"]

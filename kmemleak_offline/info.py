@@ -1,0 +1,56 @@
+"""`info`: what a recording holds, without analysing it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+
+from .recording import Recording
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def summary(rec: Recording) -> str:
+    m = rec.metadata
+    host, clock, opts = m.get("host") or {}, m.get("clock") or {}, m.get("options") or {}
+    start, stop = int(clock.get("start_ns") or 0), int(clock.get("stop_ns") or 0)
+    kinds = rec.table(columns=["kind"]).column("kind")
+    vc = pc.value_counts(kinds.cast("string")) if len(kinds) else []
+    by_kind = {str(x["values"]): int(x["counts"]) for x in (vc.to_pylist() if len(kinds) else [])}
+    samples = rec.table(kinds=["sample"], columns=["event"]).column("event")
+    ev_counts = ({str(x["values"]): int(x["counts"])
+                  for x in pc.value_counts(samples.cast("string")).to_pylist()} if len(samples) else {})
+    lost_rows = rec.table(kinds=["lost"], columns=["lost"]).column("lost")
+    lost_sum = int(np.nansum(lost_rows.to_numpy(zero_copy_only=False).astype(float))) if len(lost_rows) else 0
+    lines = [
+        f"recording:   {rec.path}{'  (PARTIAL: recorder still running or killed; parts folder)' if rec.partial else ''}",
+        f"producer:    {m.get('producer')}  (format_version {m.get('format_version')})",
+        f"host:        {host.get('hostname', '?')}  kernel {host.get('kernel_release', '?')}  "
+        f"{host.get('machine', '?')}  {host.get('ncpus', '?')} CPUs  page {host.get('page_size', '?')}",
+        f"clock:       {clock.get('perf_clock', '?')}  start {start}  stop {stop}  "
+        f"duration {max(stop - start, 0) / 1e9:.3f} s",
+        f"size:        {_human(rec.size_bytes)} in {len(rec.files)} file(s), {rec.num_rows} rows",
+        "rows:        " + ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())),
+        "alloc:       " + " ".join(m.get("alloc") or []),
+        "free:        " + " ".join(m.get("free") or []),
+        f"options:     cpus={opts.get('cpus')} pids={opts.get('pids')} tids={opts.get('tids')} "
+        f"mmap_pages={opts.get('mmap_pages')} call_graph={opts.get('call_graph')} "
+        f"command={opts.get('command')}",
+        "events:",
+    ]
+    counts = m.get("counts") or {}
+    for name in sorted(set(ev_counts) | set(counts) | set(m.get("events") or {})):
+        c = counts.get(name) or {}
+        lines.append(f"  {name:<32} samples {ev_counts.get(name, 0):>10}"
+                     f"   kernel count {c.get('samples', '-')}  lost {c.get('lost', '-')}")
+    lines.append(f"lost:        {lost_sum} events in {by_kind.get('lost', 0)} LOST records")
+    if m.get("probes"):
+        lines.append("probes:")
+        lines.extend(f"  {p.get('definition', p) if isinstance(p, dict) else p}" for p in m["probes"])
+    return "\n".join(lines) + "\n"

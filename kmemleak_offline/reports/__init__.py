@@ -1,0 +1,1 @@
+"""Renderers of an Analysis: text (perf-prof's format), json, flame graph. None recomputes it."""

@@ -1,0 +1,78 @@
+"""Event lines (`comm pid LAT [cpu] sec.usec: sys:name: INFO`), as perf-prof prints them (tep.c)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from ..printfmt import PrintFormatter, lat_flags
+from ..tracefs import decode, raw_buffers
+
+
+def wall_clock(meta: dict, perf_ns: int, utc: bool = False) -> str:
+    """`<TS>`: wall-clock time of a perf timestamp via the recording's clock anchor, one trailing space."""
+    anchor = (meta.get("clock") or {}).get("anchor") or {}
+    real = int(anchor.get("realtime_ns") or 0) + (int(perf_ns) - int(anchor.get("perf_ns") or 0))
+    sec, ns = divmod(real, 1_000_000_000)
+    tz = timezone.utc if utc else None
+    dt = datetime.fromtimestamp(sec, tz=tz) if tz else datetime.fromtimestamp(sec)
+    return dt.strftime("%Y-%m-%d %H:%M:%S") + f".{ns // 1000:06d} "
+
+
+class EventLines:
+    """Renders the event line of stream rows, decoding each event type's payloads in one batch."""
+
+    def __init__(self, analysis) -> None:
+        self.a = analysis
+        self._bufs = None
+        self._fmt = {r.code: PrintFormatter(r.fmt, analysis.ksyms.lookup) for r in analysis.roles}
+
+    def render(self, rows: pd.DataFrame) -> list[str]:
+        """One line per row of `rows` (stream columns), in the given order."""
+        if self._bufs is None:
+            self._bufs = raw_buffers(self.a.raw)
+        data, starts, lengths = self._bufs
+        out = np.empty(len(rows), dtype=object)
+        role_col = rows["role"].to_numpy()
+        comms = self.a.comms
+        for code in np.unique(role_col):
+            sel = np.flatnonzero(role_col == code)
+            role = self.a.roles[int(code)]
+            sub = rows.iloc[sel]
+            idx = sub["row"].to_numpy()
+            raw = _take_raw(data, starts[idx], lengths[idx])
+            cols = decode(role.fmt, raw)
+            info = self._fmt[int(code)].render(cols, np.arange(len(sel)))
+            cpid = cols.get("common_pid", sub["tid"].to_numpy())
+            flags = cols.get("common_flags", np.zeros(len(sel), np.uint8))
+            preempt = cols.get("common_preempt_count", np.zeros(len(sel), np.uint8))
+            extra_names = [f for f in ("common_migrate_disable", "common_preempt_lazy_count",
+                                       "common_lock_depth") if f in cols]
+            names = comms.comm(np.asarray(cpid), sub["time"].to_numpy())
+            times = sub["time"].to_numpy().astype(np.uint64)
+            cpus = sub["cpu"].to_numpy()
+            for j in range(len(sel)):
+                us = (int(times[j]) + 500) // 1000
+                lat = lat_flags(role.fmt, int(flags[j]), int(preempt[j]),
+                                {f: int(cols[f][j]) for f in extra_names})
+                out[sel[j]] = (f"{names[j]:>16} {int(cpid[j]) & 0xFFFFFFFF:6d} {lat} [{int(cpus[j]):03d}] "
+                               f"{us // 1_000_000}.{us % 1_000_000:06d}: {role.fmt.full_name}: {info[j]}")
+        return list(out)
+
+
+def _take_raw(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+    """A binary Arrow array of the selected payloads (only printed rows: small)."""
+    import pyarrow as pa
+
+    ln = lengths.astype(np.int64)
+    offs = np.zeros(len(ln) + 1, np.int64)
+    np.cumsum(ln, out=offs[1:])
+    if len(ln):
+        idx = np.repeat(starts - offs[:-1], ln) + np.arange(offs[-1])
+        buf = data[idx]
+    else:
+        buf = np.zeros(0, np.uint8)
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(ln),
+                                            [None, pa.py_buffer(offs), pa.py_buffer(buf.tobytes())])

@@ -1,0 +1,100 @@
+"""perf-prof's text report, byte for byte (reference §6), from an Analysis."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import numpy as np
+
+from ..analysis import EVENT_LIST, LEAKED_BYTES, Analysis, ReportView, sort_groups
+from .events import EventLines, wall_clock
+from .frames import StackResolver
+
+NO_CHAIN = "    (no call chain recorded; use -g or stack)"
+
+
+class TextReport:
+    """Writes stdout text (and perf-prof's stderr lost lines) for one analysis."""
+
+    def __init__(self, a: Analysis, stacks: StackResolver, out: TextIO, err: TextIO, *,
+                 verbose: int = 0, utc: bool = False) -> None:
+        self.a, self.stacks, self.out, self.err = a, stacks, out, err
+        self.verbose, self.utc = verbose, utc
+        self.events = EventLines(a)
+
+    def ts(self, perf_ns: int) -> str:
+        return wall_clock(self.a.metadata, perf_ns, self.utc)
+
+    def write(self) -> None:
+        a = self.a
+        items: list[tuple[int, int, object]] = []  # (time, order, item)
+        for st in a.intervals:
+            items.append((st.time_ns, 0, st))
+        for r in a.reports:
+            items.append((r.time_ns, 1, r))
+        items.sort(key=lambda x: (x[0], x[1]))
+        pos = 0
+        lost_total = 0
+        for _, _, item in items:
+            if isinstance(item, ReportView):
+                if self.verbose >= 2:
+                    end = item.position
+                    self._samples(pos, end)
+                    pos = end
+                if item.reason == "lost":
+                    lost_total += item.lost_count
+                    self.err.write(f"{self.ts(item.time_ns)}kmemleak: lost {lost_total} events (total)\n")
+                    if item.num == 0:
+                        continue
+                    self.out.write(f"{self.ts(item.time_ns)}Report memory leaks in advance due to lost\n")
+                self.report(item)
+            else:
+                self.out.write(f"{self.ts(item.time_ns)}\nKMEMLEAK STATS:\n"
+                               f"ALLOC LIST num {item.objects} mem {item.bytes}\n"
+                               f"INTERVAL alloc {item.allocs} free {item.frees}\n"
+                               f"TOTAL alloc {item.total_alloc} free {item.total_free}\n\n")
+
+    def _samples(self, start: int, end: int) -> None:
+        """-vv: every sample as it is replayed (before the lost-window drop, like perf-prof)."""
+        if end <= start:
+            return
+        rows = self.a.stream.iloc[start:end]
+        lines = self.events.render(rows)
+        for line, (_, r) in zip(lines, rows.iterrows()):
+            self.out.write(line + "\n")
+            if r["stack_id"] >= 0:
+                for s in self.stacks.lines(int(r["stack_id"]), int(r["pid"]), int(r["time"])):
+                    self.out.write(s + "\n")
+
+    def report(self, r: ReportView) -> None:
+        a, w = self.a, self.out.write
+        if r.total_alloc > 0:
+            w(f"{self.ts(r.time_ns)}\nKMEMLEAK STATS:\nTOTAL alloc {r.total_alloc} free {r.total_free}\n\n")
+        if r.num == 0:
+            return
+        if a.mode == EVENT_LIST or self.verbose:
+            w(f"KMEMLEAK REPORT: {r.num}\n")
+            ents = r.entries
+            show = np.ones(len(ents), bool) if self.verbose else ents["selected"].to_numpy()
+            shown = ents[show]
+            lines = self.events.render(shown)
+            sids = shown["stack_id"].to_numpy()
+            pids = shown["pid"].to_numpy()
+            times = shown["time"].to_numpy()
+            for i, line in enumerate(lines):
+                w(line + "\n")
+                if sids[i] >= 0:
+                    for s in self.stacks.lines(int(sids[i]), int(pids[i]), int(times[i])):
+                        w(s + "\n")
+        if a.mode == LEAKED_BYTES:
+            w("LEAKED BYTES REPORT:\n")
+            for g in sort_groups(r.groups, a.stacks):
+                w(f"Leak of {g.bytes} bytes in {g.objects} objects allocated from:\n")
+                if g.comms:
+                    w("    comms:" + "".join(f" {c}({b}/{n})" for c, b, n in g.comms) + "\n")
+                if g.stack_id < 0:
+                    w(NO_CHAIN + "\n")
+                    continue
+                for s in self.stacks.lines(g.stack_id, g.pid, r.time_ns):
+                    w(s + "\n")
+
