@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kmemleak_offline.tracefs import EventFormat, FormatError, parse_format
 from recorder.errors import RecordInputError
+
+_C_WORDS = {"char", "short", "int", "long", "unsigned", "signed", "u8", "u16", "u32", "u64",
+            "s8", "s16", "s32", "s64", "x", "function", "ustring", "CPUS", "COMM", "CPU", "comm"}
 
 
 @dataclass
@@ -95,6 +99,16 @@ def check_userspace_filter(ev: TracedEvent) -> None:
     try:
         from kmemleak_offline import expr  # written by the analyser engineer
     except ImportError:
+        expr = None
+    fields = {f.name for f in ev.fmt.fields} | {"_cpu", "_pid"}
+    unknown = [w for w in re.findall(r"\b[A-Za-z_]\w*",
+                                      re.sub(r"\"[^\"]*\"|'[^']*'", "", ev.filter or ""))
+               if w not in fields and w not in _C_WORDS]
+    if unknown:
+        raise RecordInputError(f"{ev.name} filter '{ev.filter}' failed: rejected by the kernel, "
+                               f"and '{unknown[0]}' is not a field of {ev.name} "
+                               f"(fields: {', '.join(f.name for f in ev.fmt.fields)})")
+    if expr is None:
         return
     compile_fn = getattr(expr, "compile_expr", None) or getattr(expr, "compile", None)
     if compile_fn is None:
