@@ -89,11 +89,11 @@ def test_split_samples_stacks_lost_and_sideband() -> None:
     lost = [r for r in rows if r["kind"] == "lost"]
     assert [(r["lost"], r["seq"], r["time"], r["event"], r["cpu"]) for r in lost] == [
         (42, 2, 1002, "kmem:kmalloc", 1)]
-    comm = [r for r in rows if r["kind"] == "comm"][0]
+    comm = next(r for r in rows if r["kind"] == "comm")
     assert (comm["pid"], comm["tid"], comm["comm"], comm["exec"], comm["seq"]) == (30, 31, "worker", True, 4)
-    fork = [r for r in rows if r["kind"] == "fork"][0]
+    fork = next(r for r in rows if r["kind"] == "fork")
     assert (fork["pid"], fork["ppid"], fork["tid"], fork["ptid"], fork["time"]) == (40, 30, 41, 31, 1006)
-    mm = [r for r in rows if r["kind"] == "mmap"][0]
+    mm = next(r for r in rows if r["kind"] == "mmap")
     assert (mm["addr"], mm["len"], mm["pgoff"], mm["filename"], mm["build_id"]) == (
         0x400000, 0x1000, 0x2000, "/usr/bin/x", b"\xab" * 20)
     assert sp.samples == {"kmem:kmalloc": 4, "kmem:kfree": 1}
