@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Self
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 DEFAULT_LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -90,7 +91,7 @@ def _func_symbols(elf: ELFFile, wanted: set[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for secname in (".dynsym", ".symtab"):
         sec = elf.get_section_by_name(secname)
-        if sec is None or sec["sh_type"] == "SHT_NOBITS" or not hasattr(sec, "iter_symbols"):
+        if sec is None or sec["sh_type"] == "SHT_NOBITS" or not isinstance(sec, SymbolTableSection):
             continue
         for sym in sec.iter_symbols():
             if sym.name in wanted and sym.name not in found and sym["st_value"] and \

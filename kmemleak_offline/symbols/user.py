@@ -1,0 +1,275 @@
+"""Offline user-space symbolisation from the recording's `mmap` timeline (and embedded `usym` rows).
+
+address + pid + time -> the mapping that pid had there at that time (latest `mmap` row at or before
+the time) -> file offset -> ELF virtual address via PT_LOAD -> function symbol by binary search.
+Symbol sources per file, in order: embedded `usym` rows (so a recording analyses on a machine
+without the binaries), `--symfs DIR`, debug files by build-id (/usr/lib/debug/.build-id, ~/.debug),
+then the file itself if its build-id matches the recorded one (or none was recorded).
+
+`usym` rows named `[PT_LOAD]` carry the file's segments (addr = p_vaddr, len = p_filesz,
+pgoff = p_offset), needed to turn file offsets into symbol addresses without the file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from kmemleak_offline.recording import to_table
+from kmemleak_offline.symbols.elf import SymbolTable, debug_candidates, load_symbols, read_build_id
+
+SEGMENT_NAME = "[PT_LOAD]"
+_CHUNK = 4096
+
+
+def _np(col: Any, dtype: Any, fill: int = 0) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray | pa.Array):
+        if col.null_count:
+            col = col.fill_null(fill)
+        return np.asarray(col.to_numpy(zero_copy_only=False)).astype(dtype)
+    return np.asarray(col).astype(dtype)
+
+
+def _pylist(col: Any) -> list:
+    if isinstance(col, pa.ChunkedArray | pa.Array):
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(pa.string())
+        return col.to_pylist()
+    return list(col)
+
+
+_demangled: dict[str, str] = {}
+
+
+def demangle(names: Iterable[str]) -> dict[str, str]:
+    """C++ (Itanium) names -> demangled, with one `c++filt` call for all new names; identity if absent."""
+    todo = sorted({n for n in names if n and n.startswith("_Z") and n not in _demangled})
+    if todo:
+        out = None
+        exe = shutil.which("c++filt")
+        if exe:
+            try:
+                res = subprocess.run([exe], input="\n".join(todo) + "\n", capture_output=True,
+                                     text=True, timeout=60, check=False)
+                out = res.stdout.splitlines()
+            except (OSError, subprocess.SubprocessError):
+                out = None
+        if out is None or len(out) != len(todo):
+            out = todo
+        _demangled.update(zip(todo, out, strict=True))
+    return {n: _demangled.get(n, n) for n in names if n}
+
+
+@dataclass
+class UserSymbolizer:
+    """Resolves user addresses of a recording; build once per analysis (caches per file)."""
+
+    mmaps: pa.Table  # kind=mmap rows: time, pid, addr, len, pgoff, filename, build_id
+    usyms: pa.Table | None = None  # kind=usym rows: filename, build_id, addr, len, pgoff, name
+    symfs: str | None = None
+    use_local_files: bool = True  # False: only embedded rows (tests, strict offline)
+    demangle: bool = True
+    _tables: dict[tuple[str, bytes | None], SymbolTable | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        m = self.mmaps
+        files = _pylist(m.column("filename"))
+        keep = np.array([isinstance(f, str) and f.startswith("/") for f in files], bool)
+        idx = np.flatnonzero(keep)
+        self.m_pid = _np(m.column("pid"), np.int64)[idx]
+        self.m_start = _np(m.column("addr"), np.uint64)[idx]
+        self.m_end = self.m_start + _np(m.column("len"), np.uint64)[idx]
+        self.m_pgoff = _np(m.column("pgoff"), np.uint64)[idx]
+        self.m_time = _np(m.column("time"), np.uint64)[idx]
+        bids = _pylist(m.column("build_id"))
+        self.m_file = np.array([files[i] for i in idx], dtype=object)
+        self.m_bid = np.array([bids[i] or None for i in idx], dtype=object)
+        keys = list(zip(self.m_file.tolist(), self.m_bid.tolist(), strict=True))
+        uniq = list(dict.fromkeys(keys))
+        self.dso_keys: list[tuple[str, bytes | None]] = uniq
+        code_of = {k: i for i, k in enumerate(uniq)}
+        self.m_dso = np.array([code_of[k] for k in keys], dtype=np.int64)
+        self._usym_index: dict[str, list[int]] = {}
+        if self.usyms is not None and self.usyms.num_rows:
+            for i, f in enumerate(_pylist(self.usyms.column("filename"))):
+                self._usym_index.setdefault(f, []).append(i)
+
+    # ---- symbol sources -------------------------------------------------------------------------
+    def _embedded(self, filename: str, bid: bytes | None) -> SymbolTable | None:
+        rows = self._usym_index.get(filename)
+        if not rows:
+            return None
+        t = self.usyms.take(pa.array(rows))
+        rbids = _pylist(t.column("build_id"))
+        names = np.array(_pylist(t.column("name")), dtype=object)
+        ok = np.array([bid is None or b is None or b == bid for b in rbids], bool)
+        if not ok.any():
+            return None
+        addr = _np(t.column("addr"), np.uint64)
+        ln = _np(t.column("len"), np.uint64)
+        pg = _np(t.column("pgoff"), np.uint64)
+        seg = ok & (names == SEGMENT_NAME)
+        sym = ok & ~seg
+        segments = np.stack([addr[seg], ln[seg], pg[seg], ln[seg]], axis=1)
+        return SymbolTable.build(addr[sym], ln[sym], names[sym], segments)
+
+    def _from_files(self, filename: str, bid: bytes | None) -> SymbolTable | None:
+        real = None
+        real_bid = read_build_id(filename)
+        if bid is None or real_bid == bid:
+            real = load_symbols(filename)
+        for cand in debug_candidates(bid, filename, self.symfs):
+            c = str(cand)
+            if not cand.is_file():
+                continue
+            cbid = read_build_id(c)
+            if bid is not None and cbid is not None and cbid != bid:
+                continue
+            t = load_symbols(c)
+            if t is None or len(t.addrs) == 0:
+                continue
+            return SymbolTable.build(t.addrs, t.sizes, t.names, self._segments_for(filename, bid, real, t))
+        return real
+
+    def _segments_for(self, filename: str, bid: bytes | None, real: SymbolTable | None,
+                      debug: SymbolTable) -> np.ndarray:
+        """Runtime segments: from the real file, else the embedded rows, else guessed from the debug file.
+
+        Debug files keep p_vaddr but rewrite p_offset; the guess assumes offset = vaddr - first vaddr,
+        which holds for the usual linker layouts.
+        """
+        if real is not None and len(real.segments):
+            return real.segments
+        emb = self._embedded(filename, bid)
+        if emb is not None and len(emb.segments):
+            return emb.segments
+        seg = debug.segments.copy()
+        if len(seg):
+            seg[:, 2] = seg[:, 0] - seg[:, 0].min()
+            seg[:, 3] = seg[:, 1]
+        return seg
+
+    def table_for(self, filename: str, bid: bytes | None) -> SymbolTable | None:
+        """The best symbol table for one mapped file (cached)."""
+        key = (filename, bid)
+        if key not in self._tables:
+            t = self._embedded(filename, bid)
+            if (t is None or len(t.addrs) == 0) and self.use_local_files:
+                t = self._from_files(filename, bid) or t
+            self._tables[key] = t
+        return self._tables[key]
+
+    # ---- resolution -----------------------------------------------------------------------------
+    def find_mappings(self, pid: np.ndarray, addr: np.ndarray, time: np.ndarray) -> np.ndarray:
+        """Index into the mmap rows of each address's mapping, -1 if none.
+
+        The latest mapping of that pid covering addr at or before time; failing that (a mapping
+        recorded a little late), the earliest covering one.
+        """
+        pid = np.asarray(pid, np.int64)
+        addr = np.asarray(addr, np.uint64)
+        time = np.asarray(time, np.uint64)
+        out = np.full(len(addr), -1, np.int64)
+        rank = np.empty(len(self.m_time), np.int64)
+        rank[np.lexsort((np.arange(len(self.m_time)), self.m_time))] = np.arange(len(self.m_time))
+        for p in np.unique(pid):  # loop over processes, vectorised within
+            q = np.flatnonzero(pid == p)
+            m = np.flatnonzero(self.m_pid == p)
+            if len(m) == 0:
+                continue
+            for c in range(0, len(q), _CHUNK):
+                qq = q[c:c + _CHUNK]
+                a, t = addr[qq][:, None], time[qq][:, None]
+                cover = (self.m_start[m][None, :] <= a) & (a < self.m_end[m][None, :])
+                r = rank[m][None, :]
+                before = np.where(cover & (self.m_time[m][None, :] <= t), r, -1)
+                best = before.argmax(axis=1)
+                got = before.max(axis=1) >= 0
+                late = np.where(cover, -r, -np.iinfo(np.int64).max)
+                best_late = late.argmax(axis=1)
+                got_late = cover.any(axis=1)
+                out[qq] = np.where(got, m[best], np.where(got_late, m[best_late], -1))
+        return out
+
+    def resolve(self, pid: np.ndarray, addr: np.ndarray, time: np.ndarray,
+                is_return: np.ndarray | bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(symbol name or None, offset from symbol start, mapped file or None) per address.
+
+        Return addresses are looked up at addr-1 (the call, not the next statement), but the offset
+        is reported from the address itself, as perf does.
+        """
+        addr = np.asarray(addr, np.uint64)
+        n = len(addr)
+        is_ret = np.broadcast_to(np.asarray(is_return, bool), (n,))
+        names = np.full(n, None, dtype=object)
+        offs = np.zeros(n, np.uint64)
+        dsos = np.full(n, None, dtype=object)
+        mi = self.find_mappings(pid, addr, time)
+        has = mi >= 0
+        dsos[has] = self.m_file[mi[has]]
+        hit = np.flatnonzero(has)
+        codes = self.m_dso[mi[hit]]
+        for code in np.unique(codes):  # loop over distinct mapped files
+            rows = hit[codes == code]
+            fname, bid = self.dso_keys[code]
+            t = self.table_for(fname, bid)
+            if t is None or len(t.addrs) == 0:
+                continue
+            m = mi[rows]
+            foff = addr[rows] - self.m_start[m] + self.m_pgoff[m]
+            vaddr, found = t.offset_to_vaddr(foff)
+            look = vaddr - (is_ret[rows] & (vaddr > 0)).astype(np.uint64)
+            si, sstart = t.lookup(look)
+            ok = found & (si >= 0)
+            names[rows[ok]] = t.names[si[ok]]
+            offs[rows[ok]] = vaddr[ok] - sstart[ok]
+        if self.demangle and n:
+            ser = pd.Series(names, dtype=object)
+            dm = demangle([x for x in ser.dropna().unique()])
+            if any(k != v for k, v in dm.items()):
+                names = ser.map(lambda x: dm.get(x, x) if x is not None else None).to_numpy(dtype=object)
+        return names, offs, dsos
+
+
+def usym_rows(paths: Iterable[str], symfs: str | None = None) -> pa.Table:
+    """Rows (kind=usym) embedding the symbol tables of ELF files, best source first (debug file by
+    build-id, else the file), with `[PT_LOAD]` rows for the file's segments. Unreadable paths are skipped.
+    """
+    cols: dict[str, list] = {"filename": [], "build_id": [], "addr": [], "len": [], "pgoff": [], "name": []}
+    for path in dict.fromkeys(paths):
+        real = load_symbols(path)
+        if real is None:
+            continue
+        bid = read_build_id(path)
+        t = UserSymbolizer(_empty_mmaps(), symfs=symfs).table_for(path, bid) or real
+        k = len(t.addrs)
+        seg = real.segments
+        cols["filename"] += [path] * (k + len(seg))
+        cols["build_id"] += [bid] * (k + len(seg))
+        cols["addr"] += t.addrs.tolist() + seg[:, 0].tolist()
+        cols["len"] += t.sizes.tolist() + seg[:, 3].tolist()
+        cols["pgoff"] += [None] * k + seg[:, 2].tolist()
+        cols["name"] += t.names.tolist() + [SEGMENT_NAME] * len(seg)
+    n = len(cols["name"])
+    return to_table({"kind": ["usym"] * n, **cols})
+
+
+def _empty_mmaps() -> pa.Table:
+    return pa.table({"time": pa.array([], pa.uint64()), "pid": pa.array([], pa.int32()),
+                     "addr": pa.array([], pa.uint64()), "len": pa.array([], pa.uint64()),
+                     "pgoff": pa.array([], pa.uint64()), "filename": pa.array([], pa.string()),
+                     "build_id": pa.array([], pa.binary())})
+
+
+def from_recording(rec: Any, symfs: str | None = None, use_local_files: bool = True) -> UserSymbolizer:
+    """A symbolizer over a Recording's mmap and usym rows."""
+    mm = rec.table(["mmap"], ["time", "pid", "addr", "len", "pgoff", "filename", "build_id"])
+    us = rec.table(["usym"], ["filename", "build_id", "addr", "len", "pgoff", "name"])
+    return UserSymbolizer(mm, us, symfs=symfs, use_local_files=use_local_files)
