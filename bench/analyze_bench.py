@@ -157,8 +157,9 @@ def build(path: Path, n_events: int, seed: int = 1) -> dict[str, Any]:
                 fields["name"] = np.array([c for c, _ in CACHES], dtype="S")[cls[idx]]
         b.add_samples(event, t[idx], cpu[idx], pid[idx], tid[idx], fields, stack_id=stack_id)
 
-    tids = np.unique(np.stack([pid, tid], axis=1), axis=0)
-    b.add_comm(T0, tids[:, 0], tids[:, 1], [comms[(p - 1000) // 37 % len(comms)] for p in tids[:, 0]])
+    key = np.unique((pid.astype(np.int64) << 32) | tid.astype(np.int64))
+    upid, utid = key >> 32, key & 0xFFFFFFFF
+    b.add_comm(T0, upid, utid, [comms[(p - 1000) // 37 % len(comms)] for p in upid.tolist()])
     b.add_comm(T0 + n_events * STEP_NS // 2, pids[5], pids[5], "make", exec=True)
     n_lost = 3
     lt = np.sort(rng.integers(T0, T0 + n_events * STEP_NS, n_lost)).astype(np.uint64)
