@@ -201,10 +201,10 @@ def decode_field(fld: Field, data: np.ndarray, starts: np.ndarray, lengths: np.n
         width = int(ln.max()) if len(ln) else 0
         if width == 0:
             return np.zeros(len(starts), dtype="S1")
-        mat, ok = _gather(data, starts, lengths, off, width)
-        mat = mat.copy()
-        mat[np.arange(width)[None, :] >= ln[:, None]] = 0
-        mat[~ok] = 0
+        k = np.arange(width, dtype=np.int64)[None, :]
+        valid = (k < ln[:, None]) & ((off[:, None] + k) < lengths[:, None])
+        idx = np.clip((starts + off)[:, None] + k, 0, max(len(data) - 1, 0))
+        mat = np.where(valid, data[idx] if len(data) else 0, 0).astype(np.uint8)
         return np.ascontiguousarray(mat).view(f"S{width}").ravel()
     if fld.is_string:
         mat, _ = _gather(data, starts, lengths, fld.offset, max(fld.size, 1))
