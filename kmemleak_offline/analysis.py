@@ -197,7 +197,7 @@ def _u64(col: pa.ChunkedArray, fill: int = 0) -> np.ndarray:
 
 
 def _i64(col: pa.ChunkedArray, fill: int = 0) -> np.ndarray:
-    return col.fill_null(fill).to_numpy().astype(np.int64, copy=False)
+    return col.cast(pa.int64()).fill_null(fill).to_numpy().astype(np.int64, copy=False)
 
 
 def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
