@@ -110,11 +110,8 @@ def check_userspace_filter(ev: TracedEvent) -> None:
                                f"(fields: {', '.join(f.name for f in ev.fmt.fields)})")
     if expr is None:
         return
-    compile_fn = getattr(expr, "compile_expr", None) or getattr(expr, "compile", None)
-    if compile_fn is None:
-        return
     try:
-        compile_fn(ev.filter, ev.fmt)
+        expr.compile_expr(ev.filter, ev.fmt.fields)
     except ValueError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else "does not parse"
         raise RecordInputError(f"{ev.name} filter '{ev.filter}' failed: rejected by the kernel, "

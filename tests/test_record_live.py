@@ -1,0 +1,355 @@
+"""Live recorder tests: real tracepoints on this kernel, as root, checked on what was recorded.
+
+Workloads are small Python programs (pipes kept open or closed). Leaks are worked out here with a
+plain dict replay over the decoded samples, and stacks are symbolised with the recording's own
+ksym rows, so these tests check the recorder, not the analyser.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from kmemleak_offline.recording import open_recording
+from kmemleak_offline.tracefs import decode, parse_format
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="live perf tests need root")
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = [sys.executable, "-m", "recorder", "record"]
+KK = ["--alloc", "kmem:kmalloc", "--free", "kmem:kfree/ptr != 0/"]
+MARKER = 2**64 - 4096
+
+PIPES = textwrap.dedent("""
+    import os, sys, time, threading
+    n, mode, pre, post = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    time.sleep(pre)
+    def work():
+        ps = [os.pipe() for _ in range(n)]
+        if mode == "close":
+            for a, b in ps:
+                os.close(a); os.close(b)
+        print(threading.get_native_id(), flush=True)
+        time.sleep(post)
+    if len(sys.argv) > 5:   # in a new thread (follow-threads test)
+        t = threading.Thread(target=work); t.start(); t.join()
+    else:
+        work()
+""")
+
+
+@pytest.fixture
+def workload(tmp_path: Path) -> Path:
+    p = tmp_path / "pipes.py"
+    p.write_text(PIPES)
+    return p
+
+
+def run_record(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(RECORD + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def samples(path: Path) -> tuple[dict, list[dict]]:
+    """Metadata and the decoded samples (event, time, pid, tid, cpu, ptr, stack names)."""
+    rec = open_recording(path)
+    meta = rec.metadata
+    ks = rec.table(["ksym"], ["addr", "name"]).sort_by("addr")
+    kaddr = ks.column("addr").to_numpy()
+    kname = np.array(ks.column("name").to_pylist(), dtype=object)
+    st = rec.table(["stack"], ["stack_id", "callchain"]).to_pylist()
+    stacks = {}
+    for r in st:
+        ips = np.array(r["callchain"], dtype=np.uint64)
+        kern = ips[(ips < MARKER) & (ips >= 0xFFFF800000000000)]
+        names = kname[np.searchsorted(kaddr, kern, side="right") - 1].tolist()
+        stacks[r["stack_id"]] = {"names": names, "words": r["callchain"]}
+    t = rec.table(["sample"])
+    out = []
+    for ev in set(t.column("event").cast("string").to_pylist()):
+        sub = t.filter(pc.equal(t.column("event").cast("string"), ev))
+        fmt = parse_format(meta["events"][ev]["format"], ev.split(":")[0])
+        ptr = decode(fmt, sub.column("raw").combine_chunks(), ["ptr"])["ptr"]
+        for row, p in zip(sub.select(["time", "pid", "tid", "cpu", "stack_id", "seq"]).to_pylist(),
+                          ptr.tolist()):
+            row["event"], row["ptr"] = ev, p
+            row["stack"] = stacks.get(row["stack_id"], {"names": [], "words": []})
+            out.append(row)
+    out.sort(key=lambda r: (r["time"], r["cpu"], r["seq"]))
+    return meta, out
+
+
+def leaks(rows: list[dict]) -> list[dict]:
+    """Plain replay: alloc inserts ptr (replacing), free removes it; what is left leaked."""
+    live: dict[int, dict] = {}
+    for r in rows:
+        if r["event"] == "kmem:kmalloc":
+            live[r["ptr"]] = r
+        else:
+            live.pop(r["ptr"], None)
+    return list(live.values())
+
+
+def from_pipe(r: dict) -> bool:
+    """Allocated by alloc_pipe_info itself (the frame after the allocator), not slab internals."""
+    return "alloc_pipe_info" in r["stack"]["names"][:2]
+
+
+def pipe_leaks(rows: list[dict], **match) -> list[dict]:
+    return [r for r in leaks(rows) if from_pipe(r) and all(r[k] == v for k, v in match.items())]
+
+
+def biggest_group(objs: list[dict]) -> int:
+    counts: dict[int, int] = {}
+    for r in objs:
+        counts[r["stack_id"]] = counts.get(r["stack_id"], 0) + 1
+    return max(counts.values(), default=0)
+
+
+def one_line_error(res: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    assert res.returncode == code, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, res.stderr
+
+
+# ------------------------------------------------------------------ -- CMD
+
+
+@pytest.mark.parametrize("mode", ["keep", "close"])
+def test_command_pipes_kept_open_leak_and_closed_do_not(tmp_path: Path, workload: Path,
+                                                         mode: str) -> None:
+    n = 64
+    out = tmp_path / "cmd.parquet"
+    t0 = time.monotonic()
+    res = run_record(KK + ["-g", "-o", str(out), "--duration", "30s", "--",
+                           sys.executable, str(workload), str(n), mode, "0.2", "0.3"])
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - t0 < 20  # stopped when the command ended, not at --duration
+    assert out.is_file() and not Path(str(out) + ".parts").exists()
+    meta, rows = samples(out)
+    child = int(res.stdout.split()[-1])  # the workload prints its tid (== pid here)
+    assert {r["pid"] for r in rows} == {child}  # only the traced command
+    assert meta["options"]["command"][0] == sys.executable
+    rec = open_recording(out)
+    comms = rec.table(["comm"]).to_pylist()
+    assert any(c["pid"] == child and c["exec"] for c in comms)  # COMM_EXEC side-band
+    maps = rec.table(["mmap"]).to_pylist()
+    assert any(m["pid"] == child and m["build_id"] for m in maps)  # MMAP2 with build-id
+    allocs = [r for r in rows if r["event"] == "kmem:kmalloc" and from_pipe(r)]
+    assert len(allocs) >= n
+    assert any(w == 2**64 - 512 for r in allocs for w in r["stack"]["words"])  # user chain
+    leaked = pipe_leaks(rows)
+    if mode == "keep":
+        assert biggest_group(leaked) >= n
+    else:
+        assert leaked == []
+
+
+# ---------------------------------------------------------------------- -p / -t
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+
+
+def test_pid_mode_follows_new_threads(tmp_path: Path, workload: Path) -> None:
+    n = 40
+    proc = _start([str(workload), str(n), "keep", "1.5", "3", "thread"])
+    try:
+        out = tmp_path / "p.parquet"
+        res = run_record(KK + ["-g", "-p", str(proc.pid), "--duration", "3s", "-o", str(out)])
+        assert res.returncode == 0, res.stderr
+        worker = int(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert worker != proc.pid  # the thread was created after attaching
+    meta, rows = samples(out)
+    assert rows and {r["pid"] for r in rows} == {proc.pid}
+    assert biggest_group(pipe_leaks(rows, tid=worker)) >= n
+    assert meta["options"]["pids"] == [proc.pid]
+    rec = open_recording(out)
+    start = meta["clock"]["start_ns"]
+    maps = [m for m in rec.table(["mmap"]).to_pylist() if m["pid"] == proc.pid]
+    exe = os.path.realpath(sys.executable)
+    assert any(m["time"] == start and m["filename"] == exe and m["build_id"] for m in maps)
+
+
+def test_tid_mode_records_only_that_thread(tmp_path: Path, workload: Path) -> None:
+    # two processes making pipes; attach to one thread only
+    a = _start([str(workload), "30", "keep", "1.5", "2"])
+    b = _start([str(workload), "30", "keep", "1.5", "2"])
+    try:
+        out = tmp_path / "t.parquet"
+        res = run_record(KK + ["-g", "-t", str(a.pid), "--duration", "3s", "-o", str(out)])
+        assert res.returncode == 0, res.stderr
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+    _, rows = samples(out)
+    assert {r["tid"] for r in rows} == {a.pid}
+    assert len(pipe_leaks(rows)) >= 30
+
+
+# ---------------------------------------------------------------------- -C
+
+
+def test_cpu_mode_records_only_listed_cpus(tmp_path: Path, workload: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("needs 2 CPUs")
+    on0 = subprocess.Popen(["taskset", "-c", "0", sys.executable, str(workload), "50", "keep",
+                            "3", "3"], stdout=subprocess.PIPE, text=True)
+    on1 = subprocess.Popen(["taskset", "-c", "1", sys.executable, str(workload), "50", "keep",
+                            "3", "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        out = tmp_path / "c.parquet"
+        res = run_record(KK + ["-g", "-C", "0", "--duration", "5s", "-o", str(out)])
+        assert res.returncode == 0, res.stderr
+    finally:
+        for p in (on0, on1):
+            p.kill()
+            p.wait()
+    meta, rows = samples(out)
+    assert {r["cpu"] for r in rows} == {0}
+    assert meta["options"]["cpus"] == [0]
+    assert biggest_group(pipe_leaks(rows, pid=on0.pid)) >= 50
+    assert pipe_leaks(rows, pid=on1.pid) == []
+    # CPU mode: no user call chains (exclude_callchain_user)
+    assert not any(w == 2**64 - 512 for r in rows for w in r["stack"]["words"])
+
+
+# ---------------------------------------------------------------------- stop / crash
+
+
+def test_duration_stops_and_leaves_one_file(tmp_path: Path) -> None:
+    out = tmp_path / "d.parquet"
+    t0 = time.monotonic()
+    res = run_record(KK + ["--duration", "1s", "-o", str(out)])
+    wall = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    assert wall < 15
+    meta = open_recording(out).metadata
+    span = (meta["clock"]["stop_ns"] - meta["clock"]["start_ns"]) / 1e9
+    assert 0.95 <= span <= 3.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+    assert meta["alloc"] and meta["free"] and meta["events"]["kmem:kmalloc"]["format"]
+    assert meta["clock"]["anchor"]["realtime_ns"] > 1.6e18
+
+
+def _loader(seconds: float) -> subprocess.Popen:
+    code = (f"import os,time\nend=time.time()+{seconds}\nwhile time.time()<end:\n"
+            " a,b=os.pipe(); os.close(a); os.close(b)\n")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_sigint_sigusr1_and_sigkill_partial_recording(tmp_path: Path) -> None:
+    loads = [_loader(6) for _ in range(2)]
+    try:
+        out = tmp_path / "k.parquet"
+        rec = subprocess.Popen(RECORD + KK + ["-g", "-o", str(out)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        parts = Path(str(out) + ".parts")
+        deadline = time.monotonic() + 30
+        while len(list(parts.glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)  # initial state part + two 1 s batches
+        rec.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        rec.kill()  # SIGKILL: no chance to merge
+        _, err = rec.communicate(timeout=10)
+        assert "events" in err  # live stats on SIGUSR1
+        assert parts.is_dir() and not out.exists()
+        r = open_recording(out)  # the parts folder is a recording
+        assert r.partial
+        n = r.table(["sample"], ["time"]).num_rows
+        assert n > 1000 and r.table(["ksym"], ["addr"]).num_rows > 1000
+        assert r.metadata["counts"]["kmem:kmalloc"]["samples"] > 0
+        assert r.metadata["clock"]["stop_ns"] > r.metadata["clock"]["start_ns"]
+
+        out2 = tmp_path / "i.parquet"
+        rec = subprocess.Popen(RECORD + KK + ["-o", str(out2)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        rec.send_signal(signal.SIGINT)
+        assert rec.wait(timeout=20) == 0
+        assert out2.is_file() and not Path(str(out2) + ".parts").exists()
+        assert open_recording(out2).table(["sample"], ["time"]).num_rows > 0
+    finally:
+        for p in loads:
+            p.kill()
+            p.wait()
+
+
+def test_tiny_ring_under_load_gives_lost_rows(tmp_path: Path) -> None:
+    loads = [_loader(4) for _ in range(2)]
+    try:
+        out = tmp_path / "l.parquet"
+        res = run_record(KK + ["-g", "-m", "1", "--duration", "3s", "-o", str(out)])
+        assert res.returncode == 0, res.stderr
+    finally:
+        for p in loads:
+            p.kill()
+            p.wait()
+    r = open_recording(out)
+    lost = r.table(["lost"]).to_pylist()
+    assert lost and all(x["lost"] > 0 and x["cpu"] in (0, 1) for x in lost)
+    total_kernel = sum(c["lost"] for c in r.metadata["counts"].values())
+    assert total_kernel >= sum(x["lost"] for x in lost if x["event"])  # final losses: no record
+
+
+# ---------------------------------------------------------------------- filters, errors
+
+
+def _filter_file() -> str:
+    return Path("/sys/kernel/tracing/events/kmem/kmalloc/filter").read_text()
+
+
+def test_kernel_filter_and_userspace_fallback(tmp_path: Path) -> None:
+    before = _filter_file()
+    out = tmp_path / "f.parquet"
+    res = run_record(["--alloc", "kmem:kmalloc/bytes_req == bytes_alloc/", "--free",
+                      "kmem:kfree/ptr != 0/", "--duration", "1s", "-o", str(out)])
+    assert res.returncode == 0, res.stderr
+    assert "kmem:kmalloc filters 'bytes_req == bytes_alloc' in userspace" in res.stdout
+    meta, rows = samples(out)
+    assert meta["options"]["kernel_filters"] == {"kmem:kfree": "ptr != 0"}
+    assert all(r["ptr"] != 0 for r in rows if r["event"] == "kmem:kfree")
+    assert _filter_file() == before  # no tracefs state left behind
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    o = ["-o", str(tmp_path / "e.parquet"), "--duration", "1s"]
+    one_line_error(run_record(["--alloc", "kmem:nosuch", "--free", "kmem:kfree"] + o), 2,
+                   "kmem:nosuch not found")
+    one_line_error(run_record(["--alloc", "kmem:mm_page_alloc", "--free", "kmem:kfree"] + o), 2,
+                   "ptr attribute is not set")
+    one_line_error(run_record(["--alloc", "kmem:kmalloc/nosuchfield > 1/", "--free",
+                               "kmem:kfree"] + o), 2, "nosuchfield")
+    one_line_error(run_record(KK + ["-p", "999999999"] + o), 2, "999999999 does not exist")
+    one_line_error(run_record(KK + ["-m", "3"] + o), 2, "power of two")
+    one_line_error(run_record(KK + ["--duration", "10x", "-o", "x.parquet"]), 2, "--duration")
+    env = dict(os.environ, KMEMLEAK_OFFLINE_TRACEFS=str(tmp_path / "no" / "tracefs"))
+    res = subprocess.run(RECORD + KK + o, cwd=ROOT, capture_output=True, text=True, env=env,
+                         check=False)
+    one_line_error(res, 1, "mount -t tracefs")
+    assert not list(tmp_path.glob("e.parquet*"))
+
+
+def test_not_root_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recorder.__main__ import app
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    res = CliRunner().invoke(app, ["record", *KK, "-o", str(tmp_path / "x.parquet")])
+    assert res.exit_code == 1 and "needs root" in res.output
+    assert "Traceback" not in res.output
