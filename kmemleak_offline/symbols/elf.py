@@ -98,9 +98,23 @@ def _elf_build_id(elf: ELFFile) -> bytes | None:
     return None
 
 
-@lru_cache(maxsize=256)
+def _identity(path: str) -> tuple | None:
+    """Cache key part that changes when the file is replaced or removed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def read_build_id(path: str) -> bytes | None:
     """The GNU build-id of an ELF file, or None (no file, not ELF, no note)."""
+    ident = _identity(path)
+    return _read_build_id(path, ident) if ident is not None else None
+
+
+@lru_cache(maxsize=256)
+def _read_build_id(path: str, ident: tuple) -> bytes | None:
     elf = _open(path)
     return _elf_build_id(elf) if elf is not None else None
 
@@ -129,9 +143,14 @@ def _symbols(elf: ELFFile, out: tuple[list, list, list]) -> None:
             pass
 
 
-@lru_cache(maxsize=128)
 def load_symbols(path: str) -> SymbolTable | None:
     """Function symbols and PT_LOAD segments of an ELF file; None if it cannot be read."""
+    ident = _identity(path)
+    return _load_symbols(path, ident) if ident is not None else None
+
+
+@lru_cache(maxsize=128)
+def _load_symbols(path: str, ident: tuple) -> SymbolTable | None:
     elf = _open(path)
     if elf is None:
         return None
