@@ -903,7 +903,8 @@ class _Eval:
             q = x // yy  # floor division, then round toward zero like C
             q = q + (((x - q * yy) != 0) & ((x < 0) != (yy < 0)))
             res = x - q * yy if mod else q
-        res = np.where(bad, -1, res).astype(x.dtype)
+        fill = _ALL1 if x.dtype == np.uint64 else np.int64(-1)
+        res = np.where(bad, fill, res).astype(x.dtype)
         return _Val(res.view(np.uint64) if res.dtype == np.int64 else res)
 
 

@@ -252,6 +252,15 @@ def test_division_by_zero_marks_rows_failed(wcols):
     assert filter_mask(m).tolist() == [5 % 2 > 0, True, False, 5 % 3 > 0, 5 % 8 > 0]
 
 
+def test_unsigned_division_keeps_64_bit_precision_next_to_failed_rows(wcols):
+    # u32 & 1 = [1, 1, 1, 0, 1]; u64 = [2**64-5, 10, 2**63, 0, 1]
+    r = run("u64 / (u32 & 1)", WFMT, wcols)
+    assert r.failed.tolist() == [False, False, False, True, False]
+    assert [int(v) for v in r.values] == [M64 - 4, 10, 1 << 63, M64, 1]
+    r = run("u64 % (u32 & 1) + s64 / (u32 & 1)", WFMT, wcols)
+    assert [int(v) for v in r.values[[0, 1, 2, 4]]] == [W(b) for b in (2, 3, -4, 7)]
+
+
 def test_short_circuit_does_not_fail_skipped_rows(wcols):
     r = run("s32 && 10 / s32", WFMT, wcols)
     assert not r.failed.any()
