@@ -206,13 +206,17 @@ def probe_metadata(defs: Sequence[ProbeDef]) -> list[dict[str, Any]]:
 
 
 def malloc_event_specs(defs: Sequence[ProbeDef]) -> tuple[list[str], list[str]]:
-    """Default `--alloc`/`--free` specs for a malloc recording.
+    """`--alloc`/`--free` spec lists that make the recorder open every probe event of a malloc run.
 
-    Allocations are the return events (ptr = returned pointer, stack taken there); sizes come from
-    pairing with the entry events, which kmemleak_offline.malloc does; frees are the free entries.
+    alloc: every entry and return event except free. Returns carry the stack (the immediate caller
+    is present there) and ptr = returned pointer; entries only carry arguments, their `ptr=` is a
+    placeholder (__probe_ip) because the analyser pairs them itself (kmemleak_offline.malloc),
+    which also gives sizes. free: free's entry, ptr = freed pointer.
     """
-    alloc = [f"{d.event}//ptr=ptr/stack/" for d in defs if d.kind == "return"]
-    free = [f"{d.event}//ptr=ptr/" for d in defs if d.kind == "entry" and d.func == "free"]
+    alloc = [f"{d.event}//ptr=ptr/stack/" if d.kind == "return" and "ptr=$retval:x64" in d.fetchargs
+             else f"{d.event}//ptr=__probe_func/stack/" if d.kind == "return"
+             else f"{d.event}//ptr=__probe_ip/" for d in defs if d.func != "free"]
+    free = [f"{d.event}//ptr=ptr/" for d in defs if d.func == "free"]
     return alloc, free
 
 

@@ -78,6 +78,8 @@ def test_libc_probe_definitions(tmp_path):
     assert "ptr=%di" in free.definition
     alloc, free_specs = malloc_event_specs(defs)
     assert "kmlo_t:malloc_ret//ptr=ptr/stack/" in alloc and free_specs == ["kmlo_t:free//ptr=ptr/"]
+    assert "kmlo_t:malloc//ptr=__probe_ip/" in alloc  # entries recorded too, without stacks
+    assert len(alloc) + len(free_specs) == len(defs)
     meta = probe_metadata(defs)
     assert [m["definition"] for m in meta] == [d.definition for d in defs]
 
