@@ -599,11 +599,19 @@ def _cstr(mem: _Mem, n: int) -> np.ndarray:
     w = mem.data.shape[1]
     if w == 0:
         return np.zeros(n, "S1")
-    idx = mem.off[:, None] + np.arange(w, dtype=np.int64)[None, :]
-    ok = (idx >= 0) & (idx < w)
-    rows = np.arange(n)[:, None] if mem.data.shape[0] == n else 0
-    b = mem.data[rows, np.clip(idx, 0, w - 1)]
-    b = np.where(ok & (np.cumsum(b == 0, axis=1) == 0), b, 0).astype(np.uint8)
+    off0 = not mem.off.any()
+    if off0 and mem.data.shape[0] == n:  # a field, pointer not moved: no gather needed
+        b = mem.data
+        ok = True
+    elif off0 and mem.data.shape[0] == 1:  # a literal: cut once, broadcast
+        return np.broadcast_to(_cstr(_Mem(mem.data, np.zeros(1, np.int64)), 1), (n,))
+    else:
+        idx = mem.off[:, None] + np.arange(w, dtype=np.int64)[None, :]
+        ok = (idx >= 0) & (idx < w)
+        rows = np.arange(n)[:, None] if mem.data.shape[0] == n else 0
+        b = mem.data[rows, np.clip(idx, 0, w - 1)]
+    before_nul = ~np.logical_or.accumulate(b == 0, axis=1)  # C strings end at the first NUL
+    b = np.where(ok & before_nul, b, 0).astype(np.uint8)
     return np.ascontiguousarray(b).view(f"S{w}").ravel()
 
 
@@ -654,7 +662,10 @@ def _glob_regex(pat: bytes) -> re.Pattern[bytes]:
 def _glob(strings: np.ndarray, patterns: np.ndarray) -> np.ndarray:
     """Vectorised glob: one regex per distinct pattern, one match per distinct string."""
     out = np.zeros(len(strings), bool)
-    upat, pinv = np.unique(patterns, return_inverse=True)
+    if len(patterns) and (patterns == patterns[0]).all():  # the usual case: one literal
+        upat, pinv = patterns[:1], np.zeros(len(patterns), np.intp)
+    else:
+        upat, pinv = np.unique(patterns, return_inverse=True)
     for i, pat in enumerate(upat):
         sel = pinv == i
         ustr, sinv = np.unique(strings[sel], return_inverse=True)
