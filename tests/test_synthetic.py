@@ -105,7 +105,9 @@ def test_data_loc_strings_of_varying_length_follow_the_fixed_part() -> None:
     """Checked on the raw bytes, the way the kernel lays them out: u32 (len << 16 | offset)."""
     fmt = _fmt("kmem:kmem_cache_free")
     names = [b"dentry", b"x", b"", b"ext4_inode_cache"]
-    raw = _raw_bytes(encode_payloads(fmt, 4, {"ptr": np.arange(4)}, {"name": names}))
+    arr = encode_payloads(fmt, 4, {"ptr": np.arange(4)}, {"name": names})
+    assert tracefs.decode(fmt, arr)["name"].tolist() == names
+    raw = _raw_bytes(arr)
     fld = fmt.field_map()["name"]
     fixed = max(f.offset + f.size for f in fmt.fields)
     for b, s in zip(raw, names, strict=True):
@@ -139,7 +141,8 @@ def test_char_arrays_and_two_data_loc_strings() -> None:
     b = [b"zz", b"second-string", b""]
     raw = encode_payloads(fmt, 3, {"delta": np.array([-2, 0, 300]), "comm": [b"bash", b"a" * 20, b""]},
                           {"a": a, "b": b})
-    out = tracefs.decode(fmt, raw, fields=["comm", "delta"])
+    out = tracefs.decode(fmt, raw)
+    assert out["a"].tolist() == a and out["b"].tolist() == b
     assert out["comm"].tolist() == [b"bash", b"a" * 16, b""]  # truncated to the array
     assert out["delta"].tolist() == [-2, 0, 300]
     for row, sa, sb in zip(_raw_bytes(raw), a, b, strict=True):
