@@ -161,3 +161,29 @@ def test_unknown_function_is_a_clear_error():
     c.call(1, "mmap", 0x10, size=1)
     with pytest.raises(MallocError, match="mmap"):
         pair_calls(c.columns())
+
+
+def test_malloc_events_decodes_a_recording(tmp_path):
+    from kmemleak_offline.malloc import is_malloc_recording, malloc_events
+    from kmemleak_offline.recording import open_recording
+    from kmemleak_offline.synthetic import RecordingBuilder
+
+    b = RecordingBuilder()
+    # thread 11: malloc(24) -> 0x1000 (leaked), malloc(8) -> 0x2000, freed by thread 12
+    b.add_samples("kmlt_fmt:malloc_ent", [10, 30], 0, 5, 11, {"size": [24, 8]})
+    b.add_samples("kmlt_fmt:malloc_ret", [20, 40], 0, 5, 11, {"ptr": [0x1000, 0x2000]}, stack_id=[3, 4])
+    b.add_samples("kmlt_fmt:free_ent", [50], 1, 5, 12, {"ptr": [0x2000]})
+    path = b.write(tmp_path / "m.parquet", alloc=["kmlt_fmt:malloc_ret//ptr=ptr/"],
+                   free=["kmlt_fmt:free_ent//ptr=ptr/"])
+    rec = open_recording(path)
+    meta = dict(rec.metadata)
+    assert not is_malloc_recording(meta)
+    meta["probes"] = [{"event": "kmlt_fmt:malloc_ent", "func": "malloc", "kind": "entry"},
+                      {"event": "kmlt_fmt:malloc_ret", "func": "malloc", "kind": "return"},
+                      {"event": "kmlt_fmt:free_ent", "func": "free", "kind": "entry"}]
+    assert is_malloc_recording(meta)
+    df, _ = malloc_events(rec.table(["sample"]), meta)
+    assert live(df) == {0x1000: 24}
+    allocs = df[df["is_alloc"]]
+    assert list(allocs["stack_id"]) == [3, 4] and list(allocs["time"]) == [20, 40]
+    assert list(df[~df["is_alloc"]]["tid"]) == [12]
