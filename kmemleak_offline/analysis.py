@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import expr as exprmod
 from . import spec as specmod
+from .load import Samples, _np, load
 from .recording import Recording
-from .replay import Lost, ReplayResult, lost_windows, replay
+from .replay import Lost, ReplayResult, clamp_per_ring, lost_windows, replay
 from .symbols.kernel import KernelSymbols
 from .timeline import CommTimeline
-from .tracefs import EventFormat, FormatError, decode_field, parse_format, raw_buffers
+from .tracefs import EventFormat, FormatError, decode_field, parse_format
 
 LEAKED_BYTES = "leaked-bytes"
 EVENT_LIST = "event-list"
@@ -106,8 +106,8 @@ class Analysis:
     ksyms: KernelSymbols
     comms: CommTimeline
     stacks: dict[int, np.ndarray]  # stack_id -> callchain words
-    raw: pa.Array  # payloads of stream rows (index = stream column `row`)
-    decoded: dict[int, dict[str, np.ndarray]]  # role code -> decoded columns over that role's rows
+    samples: Samples  # all sample rows; stream column `row` indexes them
+    side: dict[str, pa.Table]  # side-band rows by kind (comm, mmap, usym...)
     intervals: list[IntervalStat]
     lost_total: int
     warnings: list[str]
@@ -119,9 +119,6 @@ class Analysis:
     @property
     def stop_ns(self) -> int:
         return int(self.metadata["clock"].get("stop_ns") or 0)
-
-
-SAMPLE_COLUMNS = ["time", "cpu", "ring", "seq", "pid", "tid", "event", "raw", "stack_id"]
 
 
 def _formats(meta: dict) -> dict[str, EventFormat]:
@@ -179,27 +176,6 @@ def build_roles(meta: dict, alloc: list[str], free: list[str], formats: dict[str
     return roles
 
 
-def _event_codes(col: pa.ChunkedArray, names: list[str]) -> np.ndarray:
-    """Per row: index of its event name in `names`, -1 if not listed (dictionary-aware, no strings)."""
-    out = []
-    for chunk in col.chunks:
-        if not pa.types.is_dictionary(chunk.type):
-            chunk = pc.dictionary_encode(chunk)
-        dic = chunk.dictionary.to_pylist()
-        lut = np.array([names.index(d) if d in names else -1 for d in dic] + [-1], dtype=np.int32)
-        idx = chunk.indices.fill_null(len(dic)).to_numpy(zero_copy_only=False)
-        out.append(lut[idx])
-    return np.concatenate(out) if out else np.zeros(0, np.int32)
-
-
-def _u64(col: pa.ChunkedArray, fill: int = 0) -> np.ndarray:
-    return col.fill_null(fill).to_numpy().astype(np.uint64, copy=False)
-
-
-def _i64(col: pa.ChunkedArray, fill: int = 0) -> np.ndarray:
-    return col.cast(pa.int64()).fill_null(fill).to_numpy().astype(np.int64, copy=False)
-
-
 def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     """Run the whole analysis of one recording."""
     meta = rec.metadata
@@ -218,63 +194,35 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     options = meta.get("options") or {}
     per_task = bool(options.get("pids") or options.get("tids") or options.get("command"))
 
-    samples = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
-    ev_names = sorted(set(names))
-    code_by_name = _event_codes(samples.column("event"), ev_names)
-    s_time = _u64(samples.column("time"))
-    s_cpu = _u64(samples.column("cpu")).astype(np.uint32)
-    ring_col = samples.column("ring")
-    s_ring = np.where(ring_col.is_null().to_numpy(zero_copy_only=False), s_cpu,
-                      _u64(ring_col)).astype(np.uint32) if ring_col.null_count < len(ring_col) else s_cpu
-    s_seq = _u64(samples.column("seq"))
+    loaded = load(rec)
+    sm = loaded.samples
+    n = len(sm)
+    code_by_name = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
+                            np.int32)[sm.event]
 
     # lost windows are computed over every sample of the ring, before any filtering
-    lost_t = rec.table(kinds=["lost"], columns=["time", "cpu", "ring", "seq", "lost"])
-    l_cpu = _u64(lost_t.column("cpu")).astype(np.uint32)
-    lr = lost_t.column("ring")
-    l_ring = np.where(lr.is_null().to_numpy(zero_copy_only=False), l_cpu, _u64(lr)).astype(np.uint32)
-    _, clamped_order_time = None, None
-    from .replay import clamp_per_ring  # local: only here we need clamped times per ring
-    ridx, rtime = clamp_per_ring(s_ring, s_seq, s_time)
-    clamped = np.empty_like(s_time)
+    lost_t = loaded.side["lost"]
+    l_cpu = _np(lost_t.column("cpu"), np.uint32)
+    l_ring = np.where(_np(lost_t.column("ring"), np.int64, -1) < 0, l_cpu,
+                      _np(lost_t.column("ring"), np.int64, -1)).astype(np.uint32)
+    ridx, rtime = clamp_per_ring(sm.ring, sm.seq, sm.time)
+    clamped = np.empty_like(sm.time)
     clamped[ridx] = rtime
-    lost = lost_windows(s_ring, s_seq, clamped, l_ring, _u64(lost_t.column("seq")),
-                        _u64(lost_t.column("lost")), _u64(lost_t.column("time")),
+    lost = lost_windows(sm.ring, sm.seq, clamped, l_ring, _np(lost_t.column("seq"), np.uint64),
+                        _np(lost_t.column("lost"), np.uint64), _np(lost_t.column("time"), np.uint64),
                         int(meta["clock"].get("start_ns") or 0))
 
     # decode and evaluate per event type (columns; loop over event types only)
-    data, starts, lengths = raw_buffers(samples.column("raw"))
-    n = samples.num_rows
     key = np.zeros(n, np.uint64)
     size = np.zeros(n, np.uint64)
     role_of = np.full(n, -1, np.int32)
     keep = np.zeros(n, bool)
-    decoded: dict[int, dict[str, np.ndarray]] = {}
-    fail_counts: dict[str, int] = {}
-    pid_all = _i64(samples.column("pid"))
+    fail_counts: dict[tuple[str, str], int] = {}
     for role in roles:
-        rows = np.flatnonzero(code_by_name == ev_names.index(role.spec.full_name))
-        if role_of[rows].max(initial=-1) >= 0:
-            # the same event in both lists (or twice): perf-prof treats it by the first list it is in
-            rows = rows[role_of[rows] < 0]
-        need = set(role.ptr.fields_used)
-        for e in (role.size, role.filter):
-            if e is not None:
-                need |= set(e.fields_used)
-        fmap = role.fmt.field_map()
-        cols: dict[str, np.ndarray] = {}
-        for fname in need:
-            base = fname[:-7] if fname.endswith("_offset") else fname[:-4] if fname.endswith("_len") else fname
-            fld = fmap.get(fname) or fmap.get(base)
-            if fld is None:
-                continue
-            if fld.data_loc and fname != fld.name:
-                loc = decode_field(_as_u32(fld), data, starts[rows], lengths[rows])
-                cols[fname] = (loc & 0xFFFF if fname.endswith("_offset") else loc >> 16).astype(np.uint16)
-            else:
-                cols[fname] = decode_field(fld, data, starts[rows], lengths[rows])
-        cols["_cpu"] = s_cpu[rows].astype(np.int64)
-        cols["_pid"] = pid_all[rows]
+        rows = np.flatnonzero(code_by_name == names.index(role.spec.full_name))
+        # an event listed twice (or in both lists) belongs to its first role, as in perf-prof
+        rows = rows[role_of[rows] < 0]
+        cols = _decode_for(role, sm, rows)
         m = len(rows)
         ok = np.ones(m, bool)
         if role.filter is not None:
@@ -290,32 +238,28 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
             size[rows] = exprmod.as_size(sr)
         role_of[rows] = role.code
         keep[rows] = ok
-        decoded[role.code] = {}
     for (ev, what), cnt in fail_counts.items():
         warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
 
     sel = np.flatnonzero(keep)
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
-    res = replay(ring=s_ring[sel], seq=s_seq[sel], time=s_time[sel],
+    res = replay(ring=sm.ring[sel], seq=sm.seq[sel], time=clamped[sel],
                  is_alloc=is_alloc_role[role_of[sel]], key=key[sel], lost=lost,
-                 stop_ns=int(meta["clock"].get("stop_ns") or 0) or int(s_time.max(initial=0)),
+                 stop_ns=int(meta["clock"].get("stop_ns") or 0) or int(sm.time.max(initial=0)),
                  than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
 
     rows_in = sel[res.order]  # sample row of each stream position
-    stack_col = samples.column("stack_id")
-    stack_ids = _i64(stack_col, fill=-1) if stack_col.null_count < len(stack_col) else np.full(n, -1)
     stream = pd.DataFrame({
-        "time": res.time, "cpu": s_cpu[rows_in], "ring": s_ring[rows_in], "seq": s_seq[rows_in],
-        "pid": pid_all[rows_in], "tid": _i64(samples.column("tid"))[rows_in],
+        "time": res.time, "cpu": sm.cpu[rows_in], "ring": sm.ring[rows_in], "seq": sm.seq[rows_in],
+        "pid": sm.pid[rows_in], "tid": sm.tid[rows_in],
         "role": role_of[rows_in], "is_alloc": is_alloc_role[role_of[rows_in]],
-        "ptr": key[rows_in], "size": size[rows_in], "stack_id": stack_ids[rows_in],
+        "ptr": key[rows_in], "size": size[rows_in], "stack_id": sm.stack_id[rows_in],
         "row": rows_in, "kept": res.kept,
     })
 
-    ksyms = KernelSymbols.from_table(rec.table(kinds=["ksym"], columns=["addr", "name"]))
-    comms = CommTimeline(rec.table(kinds=["comm"], columns=["time", "pid", "tid", "comm"]),
-                         rec.table(kinds=["fork"], columns=["time", "pid", "tid", "ppid", "ptid"]))
-    stacks = _load_stacks(rec, stream["stack_id"].to_numpy())
+    ksyms = KernelSymbols.from_table(loaded.side["ksym"])
+    comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
+    stacks = _stacks(loaded.side["stack"], stream["stack_id"].to_numpy())
 
     reports = [_report_view(r, stream, mode, per_task, opts, comms) for r in res.reports]
     intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []
@@ -324,8 +268,32 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     lost_total = max(lost_total, sum(int((c or {}).get("lost") or 0) for c in counts.values()))
     return Analysis(recording=rec, metadata=meta, mode=mode, roles=roles, per_task=per_task,
                     stream=stream, result=res, reports=reports, ksyms=ksyms, comms=comms,
-                    stacks=stacks, raw=samples.column("raw"), decoded=decoded, intervals=intervals,
+                    stacks=stacks, samples=sm, side=loaded.side, intervals=intervals,
                     lost_total=lost_total, warnings=warnings)
+
+
+def _decode_for(role: EventRole, sm: Samples, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Decode only the fields the role's expressions read, plus `_cpu`/`_pid`."""
+    need = set(role.ptr.fields_used)
+    for e in (role.size, role.filter):
+        if e is not None:
+            need |= set(e.fields_used)
+    fmap = role.fmt.field_map()
+    starts, lengths = sm.starts[rows], sm.lengths[rows]
+    cols: dict[str, np.ndarray] = {}
+    for fname in need:
+        base = fname[:-7] if fname.endswith("_offset") else fname.removesuffix("_len")
+        fld = fmap.get(fname) or fmap.get(base)
+        if fld is None:
+            continue
+        if fld.data_loc and fname != fld.name:
+            loc = decode_field(_as_u32(fld), sm.data, starts, lengths)
+            cols[fname] = (loc & 0xFFFF if fname.endswith("_offset") else loc >> 16).astype(np.uint16)
+        else:
+            cols[fname] = decode_field(fld, sm.data, starts, lengths)
+    cols["_cpu"] = sm.cpu[rows].astype(np.int64)
+    cols["_pid"] = sm.pid[rows]
+    return cols
 
 
 def _as_u32(fld):
@@ -340,17 +308,15 @@ def _count_fail(acc: dict, ev: str, what: str, r: exprmod.EvalResult) -> None:
         acc[(ev, what)] = acc.get((ev, what), 0) + c
 
 
-def _load_stacks(rec: Recording, ids: np.ndarray) -> dict[int, np.ndarray]:
+def _stacks(t: pa.Table, ids: np.ndarray) -> dict[int, np.ndarray]:
     """Callchain words of the stack ids the stream uses."""
     want = np.unique(ids[ids >= 0])
-    if not len(want):
+    if not len(want) or not t.num_rows:
         return {}
-    t = rec.table(kinds=["stack"], columns=["stack_id", "callchain"])
-    sid = _i64(t.column("stack_id"), fill=-1)
+    sid = _np(t.column("stack_id"), np.int64, -1)
     mask = np.isin(sid, want)
-    t = t.filter(pa.array(mask))
+    chains = t.column("callchain").filter(pa.array(mask)).combine_chunks()
     sid = sid[mask]
-    chains = t.column("callchain").combine_chunks()
     offs = chains.offsets.to_numpy()
     vals = chains.values.to_numpy(zero_copy_only=False).astype(np.uint64)
     return {int(s): vals[offs[i]:offs[i + 1]] for i, s in enumerate(sid)}
@@ -437,5 +403,13 @@ def _intervals(stream: pd.DataFrame, res: ReplayResult, interval_ms: int, meta: 
     return out
 
 
-__all__ = ["Analysis", "AnalysisError", "AnalyzeOptions", "EVENT_LIST", "LEAKED_BYTES", "Lost",
-           "analyze", "sort_groups"]
+__all__ = [
+    "EVENT_LIST",
+    "LEAKED_BYTES",
+    "Analysis",
+    "AnalysisError",
+    "AnalyzeOptions",
+    "Lost",
+    "analyze",
+    "sort_groups",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
@@ -47,17 +47,17 @@ def _split_specs(values: list[str] | None) -> list[str] | None:
 @app.command()
 def analyze(
     recording: Annotated[Path, typer.Argument(help="recording file (.parquet) or parts folder")],
-    alloc: Annotated[Optional[list[str]], typer.Option("--alloc", help="re-interpret: alloc events EVENT[,EVENT...]")] = None,
-    free: Annotated[Optional[list[str]], typer.Option("--free", help="re-interpret: free events EVENT[,EVENT...]")] = None,
-    than: Annotated[Optional[str], typer.Option("--than", help="only leaks older than N[s|ms|us|ns] (bare = ns)")] = None,
+    alloc: Annotated[list[str] | None, typer.Option("--alloc", help="re-interpret: alloc events EVENT[,EVENT...]")] = None,
+    free: Annotated[list[str] | None, typer.Option("--free", help="re-interpret: free events EVENT[,EVENT...]")] = None,
+    than: Annotated[str | None, typer.Option("--than", help="only leaks older than N[s|ms|us|ns] (bare = ns)")] = None,
     comm: Annotated[bool, typer.Option("--comm", help="per-stack comms line (leaked-bytes mode)")] = False,
-    flame_graph: Annotated[Optional[str], typer.Option("--flame-graph", help="write folded stacks to FILE(.folded)")] = None,
+    flame_graph: Annotated[str | None, typer.Option("--flame-graph", help="write folded stacks to FILE(.folded)")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v: event list too; -vv: every sample")] = 0,
-    interval: Annotated[Optional[int], typer.Option("-i", "--interval", help="stats every MS of trace time")] = None,
+    interval: Annotated[int | None, typer.Option("-i", "--interval", help="stats every MS of trace time")] = None,
     fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write the report here")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write the report here")] = None,
     utc: Annotated[bool, typer.Option("--utc", help="timestamps in UTC instead of local time")] = False,
-    symfs: Annotated[Optional[Path], typer.Option("--symfs", help="look for user ELF files under DIR")] = None,
+    symfs: Annotated[Path | None, typer.Option("--symfs", help="look for user ELF files under DIR")] = None,
     call_graph: Annotated[bool, typer.Option("-g", "--call-graph", help="accepted (stacks are used when recorded)")] = False,
     order: Annotated[bool, typer.Option("--order", help="accepted; ordering is always on")] = False,
 ) -> None:
@@ -85,7 +85,7 @@ def analyze(
     except AnalysisError as exc:
         _fail(str(exc))
     stacks = StackResolver(a.stacks, a.ksyms, _user_resolver(rec, a, symfs))
-    out = open(output, "w") if output else sys.stdout
+    out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
     try:
         if fmt == "json":
             json_report.write(a, stacks, str(recording), out, verbose=verbose, comm=comm)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         try:
-            sys.stdout = open(os.devnull, "w")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         except OSError:
             pass
         return 0
@@ -172,4 +172,4 @@ def run() -> None:
 if __name__ == "__main__":
     run()
 
-__all__ = ["app", "main", "__version__"]
+__all__ = ["__version__", "app", "main"]

@@ -31,17 +31,17 @@ def summary(rec: Recording) -> str:
     lines = [
         f"recording:   {rec.path}{'  (PARTIAL: recorder still running or killed; parts folder)' if rec.partial else ''}",
         f"producer:    {m.get('producer')}  (format_version {m.get('format_version')})",
-        f"host:        {host.get('hostname', '?')}  kernel {host.get('kernel_release', '?')}  "
-        f"{host.get('machine', '?')}  {host.get('ncpus', '?')} CPUs  page {host.get('page_size', '?')}",
-        f"clock:       {clock.get('perf_clock', '?')}  start {start}  stop {stop}  "
-        f"duration {max(stop - start, 0) / 1e9:.3f} s",
+        (f"host:        {host.get('hostname', '?')}  kernel {host.get('kernel_release', '?')}  "
+        f"{host.get('machine', '?')}  {host.get('ncpus', '?')} CPUs  page {host.get('page_size', '?')}"),
+        (f"clock:       {clock.get('perf_clock', '?')}  start {start}  stop {stop}  "
+        f"duration {max(stop - start, 0) / 1e9:.3f} s"),
         f"size:        {_human(rec.size_bytes)} in {len(rec.files)} file(s), {rec.num_rows} rows",
         "rows:        " + ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())),
         "alloc:       " + " ".join(m.get("alloc") or []),
         "free:        " + " ".join(m.get("free") or []),
-        f"options:     cpus={opts.get('cpus')} pids={opts.get('pids')} tids={opts.get('tids')} "
+        (f"options:     cpus={opts.get('cpus')} pids={opts.get('pids')} tids={opts.get('tids')} "
         f"mmap_pages={opts.get('mmap_pages')} call_graph={opts.get('call_graph')} "
-        f"command={opts.get('command')}",
+        f"command={opts.get('command')}"),
         "events:",
     ]
     counts = m.get("counts") or {}

@@ -258,20 +258,33 @@ class Recording:
                 present = set(pf.schema_arrow.names)
                 cols = [c for c in want if c in present]
                 read_cols = list(dict.fromkeys(cols + (["kind"] if kinds is not None else [])))
-                for i in range(pf.num_row_groups):
-                    t = pf.read_row_group(i, columns=read_cols)
-                    if kinds is not None:
-                        k = t.column("kind")
-                        if pa.types.is_dictionary(k.type):
-                            k = k.cast(pa.string())
-                        t = t.filter(pc.is_in(k, value_set=pa.array(kinds, pa.string())))
-                    out.append(_conform(t, want))
+                t = pf.read(columns=read_cols, use_threads=True)
+                if kinds is not None:
+                    t = t.filter(kind_mask(t.column("kind"), kinds))
+                out.append(_conform(t, want))
             except (OSError, pa.ArrowException) as exc:
                 raise RecordingError(f"{f}: cannot read recording data ({_short(exc)}); "
                                      "the file is truncated or corrupt") from None
         if not out:
             return _conform(to_table({"kind": []}), want)
         return pa.concat_tables(out, promote_options="permissive").unify_dictionaries()
+
+
+def kind_mask(col: pa.ChunkedArray, kinds: list[str]) -> pa.Array:
+    """Rows whose `kind` is one of `kinds`, via dictionary indices (no per-row strings)."""
+    import numpy as np
+
+    parts = []
+    for chunk in col.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            dic = chunk.dictionary.to_pylist()
+            codes = [i for i, d in enumerate(dic) if d in kinds]
+            idx = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            parts.append(np.isin(idx, codes))
+        else:
+            parts.append(pc.is_in(chunk, value_set=pa.array(kinds, pa.string()))
+                         .fill_null(False).to_numpy(zero_copy_only=False))
+    return pa.array(np.concatenate(parts) if parts else np.zeros(0, bool))
 
 
 def _conform(t: pa.Table, want: list[str]) -> pa.Table:
@@ -357,7 +370,7 @@ def open_recording(path: str | os.PathLike) -> Recording:
         raise RecordingError(f"{p}: permission denied")
     meta = _read_meta(p)
     try:
-        pq.ParquetFile(p).metadata  # footer readable
+        _ = pq.ParquetFile(p).metadata  # footer readable
     except (OSError, pa.ArrowException) as exc:
         raise RecordingError(f"{p}: truncated or corrupt recording ({_short(exc)})") from None
     return Recording(path=p, metadata=meta, files=[p])

@@ -53,18 +53,23 @@ class ReplayResult:
     death: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per stream pos
 
 
+def ring_seq_key(ring: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """One uint64 sort key for (ring, seq): ring in the top 16 bits (seq < 2**48 in practice)."""
+    return (ring.astype(np.uint64) << np.uint64(48)) | seq.astype(np.uint64)
+
+
 def clamp_per_ring(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Order rows by (ring, seq) and clamp times so they never decrease within a ring.
 
     Returns (row order by ring/seq, clamped times in that order).
     """
-    idx = np.lexsort((seq, ring))
+    key = ring_seq_key(ring, seq)
+    idx = np.arange(len(key)) if np.all(key[1:] >= key[:-1]) else np.argsort(key)
     t = time[idx].astype(np.uint64)
     r = ring[idx]
-    if len(t):
-        # segmented running max: offset each ring into its own band is impossible for u64, so use
-        # pandas' grouped cummax (C loop) only when some ring actually goes backwards.
-        if np.any((t[1:] < t[:-1]) & (r[1:] == r[:-1])):
+    if len(t) > 1:
+        back = (t[1:] < t[:-1]) & (r[1:] == r[:-1])
+        if back.any():  # segmented running max, only when some ring actually goes backwards
             t = pd.Series(t).groupby(r, sort=False).cummax().to_numpy(np.uint64)
     return idx, t
 
@@ -89,10 +94,10 @@ def lost_windows(s_ring: np.ndarray, s_seq: np.ndarray, s_time: np.ndarray,
     end = np.full(n, U64_MAX, dtype=np.uint64)
     if n and len(s_ring):
         # composite sort key: ring major, seq minor (seq < 2**48 in practice)
-        skey = (s_ring.astype(np.uint64) << np.uint64(48)) | s_seq.astype(np.uint64)
-        so = np.argsort(skey, kind="stable")
+        skey = ring_seq_key(s_ring, s_seq)
+        so = np.argsort(skey)
         skey_s, stime_s, sring_s = skey[so], s_time[so], s_ring[so]
-        lkey = (l_ring.astype(np.uint64) << np.uint64(48)) | l_seq.astype(np.uint64)
+        lkey = ring_seq_key(l_ring, l_seq)
         pos = np.searchsorted(skey_s, lkey, side="left")  # first sample after the loss
         before = pos - 1
         has_before = (before >= 0) & (sring_s[np.clip(before, 0, None)] == l_ring)

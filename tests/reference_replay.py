@@ -40,7 +40,7 @@ def reference_replay(samples: list[Sample], losts: list[LostRec], start_ns: int,
         by_ring.setdefault(lo.ring, []).append(("l", lo.seq, lo))
     clamped: dict[int, int] = {}
     windows = []
-    for ring, recs in by_ring.items():
+    for recs in by_ring.values():
         recs.sort(key=lambda r: r[1])
         prev = None
         for typ, _, r in recs:

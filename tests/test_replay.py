@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmemleak_offline.replay import lost_windows, replay, clamp_per_ring
+from kmemleak_offline.replay import clamp_per_ring, lost_windows, replay
 from tests.reference_replay import LostRec, Sample, reference_replay
 
 
@@ -84,11 +84,11 @@ def S(time, ring, seq, alloc, key, ident):
 def test_replace_on_double_alloc_forgets_the_older():
     # alloc A@1 key 5, alloc B@2 key 5 (replaces A), nothing frees: only B leaks
     s = [S(1, 0, 0, True, 5, 1), S(2, 0, 1, True, 5, 2)]
-    reports, ta, tf = run_vectorised(s, [], 0, 10)
+    reports, _, _ = run_vectorised(s, [], 0, 10)
     assert reports == [("final", 10, [2], [True], 2, 0)]
     # a later free of key 5 removes the newer entry: nothing leaks
     s.append(S(3, 0, 2, False, 5, 3))
-    reports, ta, tf = run_vectorised(s, [], 0, 10)
+    reports, _ta, _tf = run_vectorised(s, [], 0, 10)
     assert reports == [("final", 10, [], [], 2, 1)]
 
 
@@ -119,7 +119,7 @@ def test_lost_window_early_report_and_drop():
     # ring 0: alloc k1 @10, [LOST], alloc k2 @50 ; ring 1: alloc k3 @20 (inside window), free k1 @60
     s = [S(10, 0, 0, True, 1, 1), S(50, 0, 2, True, 2, 2), S(20, 1, 0, True, 3, 3), S(60, 1, 1, False, 1, 4)]
     lost = [LostRec(ring=0, seq=1, count=7)]
-    reports, ta, tf = run_vectorised(s, lost, 0, 100)
+    reports, _ta, _tf = run_vectorised(s, lost, 0, 100)
     # window (10, 50): the sample @20 triggers the early report of {k1} and is dropped;
     # after it the tree is empty, k2 leaks, the free of k1 finds nothing.
     assert reports == [("lost", 20, [1], [True], 1, 0), ("final", 100, [2], [True], 2, 1)]
@@ -128,7 +128,7 @@ def test_lost_window_early_report_and_drop():
 def test_loss_before_first_sample_starts_at_recording_start():
     s = [S(30, 0, 1, True, 1, 1), S(10, 1, 0, True, 2, 2), S(40, 1, 1, True, 3, 3)]
     lost = [LostRec(ring=0, seq=0, count=3)]
-    reports, ta, tf = run_vectorised(s, lost, 5, 100)
+    reports, _ta, _tf = run_vectorised(s, lost, 5, 100)
     # window (5, 30): sample @10 on ring 1 is dropped (tree empty: no early report), @30 and @40 kept
     assert reports == [("final", 100, [1, 3], [True, True], 2, 0)]
 

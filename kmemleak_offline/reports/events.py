@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
 from ..printfmt import PrintFormatter, lat_flags
-from ..tracefs import decode, raw_buffers
+from ..tracefs import decode
 
 
 def wall_clock(meta: dict, perf_ns: int, utc: bool = False) -> str:
@@ -16,7 +16,7 @@ def wall_clock(meta: dict, perf_ns: int, utc: bool = False) -> str:
     anchor = (meta.get("clock") or {}).get("anchor") or {}
     real = int(anchor.get("realtime_ns") or 0) + (int(perf_ns) - int(anchor.get("perf_ns") or 0))
     sec, ns = divmod(real, 1_000_000_000)
-    tz = timezone.utc if utc else None
+    tz = UTC if utc else None
     dt = datetime.fromtimestamp(sec, tz=tz) if tz else datetime.fromtimestamp(sec)
     return dt.strftime("%Y-%m-%d %H:%M:%S") + f".{ns // 1000:06d} "
 
@@ -26,14 +26,12 @@ class EventLines:
 
     def __init__(self, analysis) -> None:
         self.a = analysis
-        self._bufs = None
         self._fmt = {r.code: PrintFormatter(r.fmt, analysis.ksyms.lookup) for r in analysis.roles}
 
     def render(self, rows: pd.DataFrame) -> list[str]:
         """One line per row of `rows` (stream columns), in the given order."""
-        if self._bufs is None:
-            self._bufs = raw_buffers(self.a.raw)
-        data, starts, lengths = self._bufs
+        sm = self.a.samples
+        data, starts, lengths = sm.data, sm.starts, sm.lengths
         out = np.empty(len(rows), dtype=object)
         role_col = rows["role"].to_numpy()
         comms = self.a.comms

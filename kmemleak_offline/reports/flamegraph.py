@@ -50,8 +50,7 @@ def write_folded(a: Analysis, stacks: StackResolver, target: str) -> Path | None
     path = folded_path(target)
     acc = folded(a, stacks)
     with open(path, "w") as f:
-        for line, weight in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0])):
-            f.write(f"{line} {weight}\n")
+        f.writelines(f"{line} {weight}\n" for line, weight in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0])))
     return path if acc else None
 
 
