@@ -1,0 +1,366 @@
+"""Acceptance tests of `kmemleak-offline analyze`/`info` through the CLI (issue 2).
+
+Every recording here is built with RecordingBuilder from a short list of events; the expected
+leaks come from `model_replay` below (a plain per-event dict replay of behaviour §3, written
+independently of the vectorised analyser) or are worked out by hand in the test.
+The exact text output is pinned by golden files in tests/golden (see test_reports_golden.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from kmemleak_offline.cli import main
+from kmemleak_offline.synthetic import DEFAULT_REALTIME_NS, PERF_CONTEXT_KERNEL, RecordingBuilder
+
+K = PERF_CONTEXT_KERNEL
+MS = 1_000_000
+START = 1_000_000_000  # perf ns of the recording start (the clock anchor)
+STOP = START + 1000 * MS
+GFP_KERNEL = 0xCC0
+
+KSYMS = {
+    0xFFFFFFFF81100000: "__kmalloc_noprof",
+    0xFFFFFFFF81200000: "udp_init_sock",
+    0xFFFFFFFF81210000: "alloc_pipe_info",
+    0xFFFFFFFF81300000: "do_syscall_64",
+    0xFFFFFFFF81400000: "entry_SYSCALL_64_after_hwframe",
+}
+# call chains (leaf first, with the kernel context marker, as the kernel delivers them)
+STACKS = {
+    "udp": (K, 0xFFFFFFFF81100244, 0xFFFFFFFF8120007C, 0xFFFFFFFF81300071, 0xFFFFFFFF81400076),
+    "udp2": (K, 0xFFFFFFFF81100100, 0xFFFFFFFF81200010, 0xFFFFFFFF81300071),
+    "pipe2": (K, 0xFFFFFFFF81100100, 0xFFFFFFFF81210030, 0xFFFFFFFF81300071),
+    "pipe": (K, 0xFFFFFFFF81100244, 0xFFFFFFFF81210030, 0xFFFFFFFF81300071, 0xFFFFFFFF81400076),
+}
+KMALLOC = "kmem:kmalloc//ptr=ptr/size=bytes_alloc/stack/"
+KFREE = "kmem:kfree//ptr=ptr/"
+
+
+def P(i: int) -> int:
+    """A slab pointer."""
+    return 0xFFFF888100000000 + i * 0x100
+
+
+@dataclass(frozen=True)
+class Ev:
+    """One alloc (size given) or free (size None) sample."""
+
+    t: int  # ms after START
+    cpu: int
+    pid: int
+    tid: int
+    ptr: int
+    size: int | None = None
+    stack: str | None = None  # key of STACKS, None = no callchain
+    req: int = 0
+
+    @property
+    def is_alloc(self) -> bool:
+        return self.size is not None
+
+    @property
+    def time(self) -> int:
+        return START + self.t * MS
+
+
+def model_replay(events: list[Ev]) -> list[Ev]:
+    """perf-prof's tree, one event at a time (ordering by time; all times here are distinct)."""
+    tree: dict[int, Ev] = {}
+    for e in sorted(events, key=lambda e: (e.time, e.cpu)):
+        if e.is_alloc:
+            tree[e.ptr] = e  # replaces (forgets) an older entry with the same key
+        else:
+            tree.pop(e.ptr, None)
+    return sorted(tree.values(), key=lambda e: (e.time, e.ptr))
+
+
+def model_groups(leaked: list[Ev], comm_of_pid) -> list[tuple[int, int, str | None, list]]:
+    """(bytes, objects, stack, comms) per call chain, sorted like behaviour §4 (CPU mode: pid 0)."""
+    acc: dict[str | None, list[Ev]] = {}
+    for e in leaked:
+        acc.setdefault(e.stack, []).append(e)
+    out = []
+    for stack, es in acc.items():
+        comms: dict[str, list[int]] = {}
+        for e in es:
+            c = comms.setdefault(comm_of_pid(e.pid, e.t), [0, 0])
+            c[0] += e.size
+            c[1] += 1
+        clist = sorted(((n, b, c) for n, (b, c) in comms.items()), key=lambda x: (-x[1], -x[2], x[0]))
+        out.append((sum(e.size for e in es), len(es), stack, clist))
+    chain = lambda s: (1, ()) if s is None else (0, STACKS[s])  # noqa: E731
+    return sorted(out, key=lambda g: (-g[0], 0, -g[1], chain(g[2])))
+
+
+def build(events: list[Ev], path: Path, *, alloc: list[str] | None = None, free: list[str] | None = None,
+          comms: list[tuple[int, int, int, str, bool]] = (), lost: list[tuple[int, int, int]] = (),
+          stop_ms: int = 1000, alloc_event: str = "kmem:kmalloc", free_event: str = "kmem:kfree",
+          extra_alloc_fields=None) -> Path:
+    """Write a recording of kmalloc/kfree samples (or other events), with ksyms and comm rows.
+
+    comms: (t_ms, pid, tid, comm, exec); lost: (t_ms, cpu, count) LOST records.
+    """
+    b = RecordingBuilder()
+    b.add_ksyms(list(KSYMS), list(KSYMS.values()))
+    sid = dict(zip(STACKS, b.add_stacks(list(STACKS.values())), strict=True))
+    allocs = [e for e in events if e.is_alloc]
+    frees = [e for e in events if not e.is_alloc]
+    if allocs:
+        fields = extra_alloc_fields(allocs) if extra_alloc_fields else {
+            "ptr": [e.ptr for e in allocs], "bytes_alloc": [e.size for e in allocs],
+            "bytes_req": [e.req or e.size for e in allocs], "gfp_flags": GFP_KERNEL,
+            "call_site": [STACKS[e.stack][2] if e.stack else 0xFFFFFFFF81300071 for e in allocs]}
+        b.add_samples(alloc_event, [e.time for e in allocs], [e.cpu for e in allocs],
+                      [e.pid for e in allocs], [e.tid for e in allocs], fields,
+                      stack_id=[sid[e.stack] if e.stack else -1 for e in allocs])
+    if frees:
+        key = "ptr" if free_event == "kmem:kfree" else "pfn"
+        b.add_samples(free_event, [e.time for e in frees], [e.cpu for e in frees],
+                      [e.pid for e in frees], [e.tid for e in frees],
+                      {key: [e.ptr for e in frees], **({"call_site": 0xFFFFFFFF81300071}
+                                                       if key == "ptr" else {})})
+    for t, pid, tid, name, ex in comms:
+        b.add_comm(START + t * MS, pid, tid, name, exec=ex)
+    for t, cpu, count in lost:
+        b.add_lost(START + t * MS, cpu, count)
+    return b.write(path, alloc or [KMALLOC], free or [KFREE], start_ns=START,
+                   stop_ns=START + stop_ms * MS)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; (exit status, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def ts(perf_ns: int) -> str:
+    """`<TS>` in UTC for a perf timestamp, from the builder's default anchor (START <-> 2025-01-01)."""
+    real = DEFAULT_REALTIME_NS + perf_ns - START
+    sec, ns = divmod(real, 1_000_000_000)
+    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{ns // 1000:06d} "
+
+
+def stack_lines(name: str) -> list[str]:
+    """perf-prof's kernel stack lines for a chain, symbolised against KSYMS by hand."""
+    out = []
+    addrs = sorted(KSYMS)
+    for ip in STACKS[name][1:]:
+        base = max(a for a in addrs if a <= ip)
+        out.append(f"    {ip:016x} {KSYMS[base]}+0x{ip - base:x} ([kernel.kallsyms])")
+    return out
+
+
+# ----------------------------------------------------------------------------- scenario A
+# Leaked-bytes mode, CPU mode, with comms, a replace, a free without alloc, a comm that changes
+# (pid 200 execs "date" at 500 ms) and an allocation without a call chain.
+
+COMMS_A = [
+    (0, 100, 100, "python3", False), (0, 100, 101, "py-worker", False),
+    (0, 200, 200, "bash", False), (0, 300, 300, "sshd", False),
+    (500, 200, 200, "date", True),
+]
+EVENTS_A = [
+    Ev(10, 0, 100, 100, P(1), 64, "udp", 40),
+    Ev(20, 1, 100, 101, P(2), 64, "udp", 40),
+    Ev(30, 0, 100, 100, P(3), 64, "udp", 40),      # freed at 300
+    Ev(40, 1, 200, 200, P(4), 64, "udp", 40),      # comm bash
+    Ev(600, 0, 200, 200, P(5), 64, "udp", 40),     # comm date (after exec)
+    Ev(50, 0, 100, 101, P(6), 64, "udp", 40),
+    Ev(70, 1, 100, 100, P(31), 64, "udp", 40),     # replaced at 210 by a pipe alloc: forgotten
+    *[Ev(100 + 10 * i, 1, 300, 300, P(10 + i), 64, "udp2", 48) for i in range(4)],
+    *[Ev(140 + 10 * i, 0, 300, 300, P(20 + i), 64, "pipe2", 64) for i in range(5)],  # P(24) freed
+    Ev(190, 1, 300, 300, P(24)),
+    Ev(200, 0, 100, 100, P(30), 128, "pipe", 100),
+    Ev(210, 1, 100, 100, P(31), 128, "pipe", 100),
+    Ev(250, 0, 100, 100, P(99)),                   # free without alloc: only counted
+    Ev(300, 1, 100, 100, P(3)),
+    Ev(400, 0, 100, 100, P(40), 288, None, 260),  # no call chain
+]
+
+
+def comm_of_pid_a(pid: int, t_ms: int) -> str:
+    """The tgid's comm at t (worked out from COMMS_A)."""
+    return {100: "python3", 300: "sshd"}.get(pid) or ("bash" if t_ms < 500 else "date")
+
+
+@pytest.fixture
+def rec_a(tmp_path: Path) -> Path:
+    return build(EVENTS_A, tmp_path / "a.parquet", comms=COMMS_A)
+
+
+def expected_groups_text(groups, with_comm: bool) -> list[str]:
+    lines = ["LEAKED BYTES REPORT:"]
+    for b, n, stack, comms in groups:
+        lines.append(f"Leak of {b} bytes in {n} objects allocated from:")
+        if with_comm:
+            lines.append("    comms:" + "".join(f" {c}({cb}/{cn})" for c, cb, cn in comms))
+        lines += stack_lines(stack) if stack else ["    (no call chain recorded; use -g or stack)"]
+    return lines
+
+
+def test_leaked_bytes_groups_comms_and_stats(rec_a, capsys):
+    code, out, err = run(capsys, "analyze", rec_a, "--utc", "--comm")
+    assert code == 0, err
+    leaked = model_replay(EVENTS_A)
+    groups = model_groups(leaked, comm_of_pid_a)
+    # hand check of the model on this data: udp 5 objects (P31 was replaced), then the
+    # no-chain 288, then three 256-byte groups by objects desc, then stack addresses asc
+    assert [(g[0], g[1], g[2]) for g in groups] == [
+        (320, 5, "udp"), (288, 1, None), (256, 4, "udp2"), (256, 4, "pipe2"), (256, 2, "pipe")]
+    assert groups[0][3] == [("python3", 192, 3), ("bash", 64, 1), ("date", 64, 1)]
+    n_alloc = sum(e.is_alloc for e in EVENTS_A)
+    n_free = len(EVENTS_A) - n_alloc
+    want = [ts(STOP), "KMEMLEAK STATS:", f"TOTAL alloc {n_alloc} free {n_free}", "",
+            *expected_groups_text(groups, with_comm=True)]
+    assert out.splitlines() == want
+    assert err == ""
+
+
+def test_leaked_bytes_without_comm_has_no_comms_line(rec_a, capsys):
+    code, out, _ = run(capsys, "analyze", rec_a, "--utc")
+    assert code == 0
+    groups = model_groups(model_replay(EVENTS_A), comm_of_pid_a)
+    assert out.splitlines()[4:] == expected_groups_text(groups, with_comm=False)
+
+
+def test_verbose_adds_event_list_in_time_order(rec_a, capsys):
+    code, out, _ = run(capsys, "analyze", rec_a, "--utc", "-v")
+    assert code == 0
+    lines = out.splitlines()
+    leaked = model_replay(EVENTS_A)
+    assert lines[4] == f"KMEMLEAK REPORT: {len(leaked)}"
+    ev_lines = [ln for ln in lines if " kmem:kmalloc: " in ln]
+    assert len(ev_lines) == len(leaked)
+    thread_comm = {(100, 100): "python3", (100, 101): "py-worker", (300, 300): "sshd"}
+    for line, e in zip(ev_lines, leaked, strict=True):
+        us = (e.time + 500) // 1000
+        comm = thread_comm.get((e.pid, e.tid)) or ("bash" if e.t < 500 else "date")
+        head = f"{comm:>16} {e.tid:6d} ..... [{e.cpu:03d}] {us // 1_000_000}.{us % 1_000_000:06d}: kmem:kmalloc: "
+        assert line.startswith(head), (line, head)
+        assert f" ptr=0x{e.ptr:x} bytes_req={e.req} bytes_alloc={e.size} gfp_flags=GFP_KERNEL " in line
+    # event list block precedes the leaked-bytes block
+    assert lines.index("LEAKED BYTES REPORT:") > lines.index(ev_lines[-1])
+    # each event line of an entry with a chain is followed by its stack
+    i = lines.index(ev_lines[0])
+    assert lines[i + 1: i + 1 + len(stack_lines("udp"))] == stack_lines("udp")
+
+
+# ----------------------------------------------------------------------------- event-list mode
+
+PAGE_ALLOC = "kmem:mm_page_alloc//ptr=pfn/stack/"
+PAGE_FREE = "kmem:mm_page_free//ptr=pfn/"
+EVENTS_B = [
+    Ev(100, 0, 300, 300, 0x1000, 0, "udp"),
+    Ev(200, 1, 300, 300, 0x1001, 1, "pipe"),
+    Ev(300, 0, 300, 300, 0x1002, 0, "udp"),
+    Ev(350, 1, 300, 300, 0x1002),
+    Ev(900, 0, 300, 300, 0x1003, 2, None),
+]
+
+
+def page_fields(allocs: list[Ev]) -> dict:
+    # Ev.size carries the page order here
+    return {"pfn": [e.ptr for e in allocs], "order": [e.size for e in allocs],
+            "gfp_flags": GFP_KERNEL, "migratetype": 0}
+
+
+@pytest.fixture
+def rec_b(tmp_path: Path) -> Path:
+    return build(EVENTS_B, tmp_path / "b.parquet", alloc=[PAGE_ALLOC], free=[PAGE_FREE],
+                 alloc_event="kmem:mm_page_alloc", free_event="kmem:mm_page_free",
+                 extra_alloc_fields=page_fields, comms=[(0, 300, 300, "sshd", False)])
+
+
+def test_event_list_mode_lists_every_leak(rec_b, capsys):
+    code, out, err = run(capsys, "analyze", rec_b, "--utc")
+    assert code == 0, err
+    leaked = model_replay(EVENTS_B)
+    assert [e.ptr for e in leaked] == [0x1000, 0x1001, 0x1003]
+    lines = out.splitlines()
+    assert lines[:5] == [ts(STOP), "KMEMLEAK STATS:", "TOTAL alloc 4 free 1", "",
+                         f"KMEMLEAK REPORT: {len(leaked)}"]
+    assert "LEAKED BYTES REPORT:" not in out
+    ev = [ln for ln in lines if "kmem:mm_page_alloc:" in ln]
+    assert [re.search(r"pfn=0x([0-9a-f]+)", ln).group(1) for ln in ev] == ["1000", "1001", "1003"]
+    assert [re.search(r"order=(\d+)", ln).group(1) for ln in ev] == ["0", "1", "2"]
+    # the chain-less entry has no stack lines: it is the last line
+    assert lines[-1] == ev[-1]
+
+
+@pytest.mark.parametrize(("than", "kept"), [
+    ("0", [0x1000, 0x1001, 0x1003]),
+    ("700ms", [0x1000, 0x1001]),       # ages at stop: 900, 800, 100 ms
+    ("800ms", [0x1000]),               # strict >: 800 ms is not older than 800 ms
+    ("899999999", [0x1000]),
+    ("900ms", []),
+])
+def test_than_drops_lines_not_the_count(rec_b, capsys, than, kept):
+    code, out, _ = run(capsys, "analyze", rec_b, "--utc", "--than", than)
+    assert code == 0
+    assert "KMEMLEAK REPORT: 3" in out.splitlines()
+    ev = [ln for ln in out.splitlines() if "kmem:mm_page_alloc:" in ln]
+    assert [int(re.search(r"pfn=0x([0-9a-f]+)", ln).group(1), 16) for ln in ev] == kept
+
+
+def test_than_final_reference_is_stop_time_in_leaked_bytes_mode(rec_a, capsys):
+    # udp group allocs at 10, 20, 40, 50, 600 ms; stop at 1000 ms: --than 500ms keeps 4 of 5
+    code, out, _ = run(capsys, "analyze", rec_a, "--utc", "--than", "500ms")
+    assert code == 0
+    leaked = [e for e in model_replay(EVENTS_A) if (STOP - e.time) > 500 * MS]
+    groups = model_groups(leaked, comm_of_pid_a)
+    assert [(g[0], g[1]) for g in groups if g[2] == "udp"] == [(256, 4)]
+    assert [g[0] for g in groups] == [288, 256, 256, 256, 256]  # udp now ties: objects, then chain
+    assert out.splitlines()[4:] == expected_groups_text(groups, with_comm=False)
+
+
+# ----------------------------------------------------------------------------- defaults, re-interpretation
+
+def test_default_ptr_and_size_from_bare_event_names(tmp_path, capsys):
+    rec = build(EVENTS_A, tmp_path / "d.parquet", comms=COMMS_A,
+                alloc=["kmem:kmalloc"], free=["kmem:kfree"])
+    code, out, err = run(capsys, "analyze", rec, "--utc")
+    assert code == 0, err
+    # bare kmem:kmalloc: ptr defaults to the ptr field, size to bytes_alloc -> leaked-bytes mode
+    groups = model_groups(model_replay(EVENTS_A), comm_of_pid_a)
+    assert out.splitlines()[4:] == expected_groups_text(groups, with_comm=False)
+
+
+def test_alloc_filter_reinterprets_offline(rec_a, capsys):
+    code, out, err = run(capsys, "analyze", rec_a, "--utc", "--alloc",
+                         "kmem:kmalloc/bytes_alloc > 100/ptr=ptr/size=bytes_alloc/", "--free", KFREE)
+    assert code == 0, err
+    big = [e for e in EVENTS_A if not e.is_alloc or e.size > 100]
+    leaked = model_replay(big)
+    # P(31)@70 (64 B) is filtered out, so nothing is replaced; the two 128-B pipe allocs and 288 leak
+    assert sorted((e.ptr, e.size) for e in leaked) == [(P(30), 128), (P(31), 128), (P(40), 288)]
+    groups = model_groups(leaked, comm_of_pid_a)
+    lines = out.splitlines()
+    assert lines[2] == f"TOTAL alloc {sum(e.is_alloc for e in big)} free {sum(not e.is_alloc for e in big)}"
+    assert lines[4:] == expected_groups_text(groups, with_comm=False)
+
+
+def test_size_expression_on_page_alloc(rec_b, capsys):
+    code, out, err = run(capsys, "analyze", rec_b, "--utc", "--alloc",
+                         "kmem:mm_page_alloc//ptr=pfn/size=4096<<order/stack/", "--free", PAGE_FREE)
+    assert code == 0, err
+    leaked = model_replay(EVENTS_B)
+    by_stack: dict = {}
+    for e in leaked:
+        b_, n_ = by_stack.get(e.stack, (0, 0))
+        by_stack[e.stack] = (b_ + (4096 << e.size), n_ + 1)
+    # orders 0 (udp), 1 (pipe), 2 (no chain): 4096, 8192, 16384 bytes
+    assert by_stack == {"udp": (4096, 1), "pipe": (8192, 1), None: (16384, 1)}
+    lines = out.splitlines()
+    assert lines[4:] == ["LEAKED BYTES REPORT:",
+                         "Leak of 16384 bytes in 1 objects allocated from:",
+                         "    (no call chain recorded; use -g or stack)",
+                         "Leak of 8192 bytes in 1 objects allocated from:", *stack_lines("pipe"),
+                         "Leak of 4096 bytes in 1 objects allocated from:", *stack_lines("udp")]
