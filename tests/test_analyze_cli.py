@@ -95,7 +95,7 @@ def model_groups(leaked: list[Ev], comm_of_pid) -> list[tuple[int, int, str | No
             c[1] += 1
         clist = sorted(((n, b, c) for n, (b, c) in comms.items()), key=lambda x: (-x[1], -x[2], x[0]))
         out.append((sum(e.size for e in es), len(es), stack, clist))
-    chain = lambda s: (1, ()) if s is None else (0, STACKS[s])  # noqa: E731
+    chain = lambda s: (1, ()) if s is None else (0, STACKS[s])
     return sorted(out, key=lambda g: (-g[0], 0, -g[1], chain(g[2])))
 
 
@@ -364,3 +364,212 @@ def test_size_expression_on_page_alloc(rec_b, capsys):
                          "    (no call chain recorded; use -g or stack)",
                          "Leak of 8192 bytes in 1 objects allocated from:", *stack_lines("pipe"),
                          "Leak of 4096 bytes in 1 objects allocated from:", *stack_lines("udp")]
+
+
+# ----------------------------------------------------------------------------- lost records
+# cpu0: P1@100 P2@200 [LOST 5] P3@400 free P1@700;  cpu1: P4@150 P5@300 free P2@350 P6@500.
+# The loss window on cpu0 is (200, 400): the early report fires at the first sample later than
+# 200 (P5@300, cpu1) with P1, P4, P2 in the tree; P5 and the free of P2 are dropped (inside the
+# window, any ring); P3@400 is kept (not strictly inside). The free of P1@700 finds an empty slot.
+
+EVENTS_C = [
+    Ev(100, 0, 100, 100, P(1), 64, "udp"),
+    Ev(200, 0, 100, 100, P(2), 256, "pipe"),
+    Ev(400, 0, 100, 100, P(3), 512, "udp"),
+    Ev(700, 0, 100, 100, P(1)),
+    Ev(150, 1, 100, 100, P(4), 128, "udp"),
+    Ev(300, 1, 100, 100, P(5), 32, "udp"),
+    Ev(350, 1, 100, 100, P(2)),
+    Ev(500, 1, 100, 100, P(6), 1024, "pipe"),
+]
+LOST_C = [(250, 0, 5)]
+
+
+@pytest.fixture
+def rec_c(tmp_path: Path) -> Path:
+    return build(EVENTS_C, tmp_path / "c.parquet", lost=LOST_C,
+                 comms=[(0, 100, 100, "python3", False)])
+
+
+def group_block(groups: list[tuple[int, int, str]]) -> list[str]:
+    return expected_groups_text([(b, n, s, []) for b, n, s in groups], with_comm=False)
+
+
+def test_lost_window_early_report(rec_c, capsys):
+    code, out, err = run(capsys, "analyze", rec_c, "--utc")
+    assert code == 0
+    trig = START + 300 * MS
+    assert err.splitlines() == [f"{ts(trig)}kmemleak: lost 5 events (total)"]
+    assert out.splitlines() == [
+        f"{ts(trig)}Report memory leaks in advance due to lost",
+        ts(trig), "KMEMLEAK STATS:", "TOTAL alloc 3 free 0", "",
+        *group_block([(256, 1, "pipe"), (192, 2, "udp")]),  # P2 | P1 + P4
+        ts(STOP), "KMEMLEAK STATS:", "TOTAL alloc 5 free 1", "",
+        *group_block([(1024, 1, "pipe"), (512, 1, "udp")]),
+    ]
+
+
+@pytest.mark.parametrize(("than", "early", "final"), [
+    # early reference = trigger (300 ms): ages P1 200, P4 150, P2 100; final = stop: P3 600, P6 500
+    ("120ms", [(192, 2, "udp")], [(1024, 1, "pipe"), (512, 1, "udp")]),
+    ("160ms", [(64, 1, "udp")], [(1024, 1, "pipe"), (512, 1, "udp")]),
+    ("550ms", [], [(512, 1, "udp")]),
+])
+def test_than_reference_times_early_and_final(rec_c, capsys, than, early, final):
+    code, out, _ = run(capsys, "analyze", rec_c, "--utc", "--than", than)
+    assert code == 0
+    trig = START + 300 * MS
+    assert out.splitlines() == [
+        f"{ts(trig)}Report memory leaks in advance due to lost",
+        ts(trig), "KMEMLEAK STATS:", "TOTAL alloc 3 free 0", "", *group_block(early),
+        ts(STOP), "KMEMLEAK STATS:", "TOTAL alloc 5 free 1", "", *group_block(final),
+    ]
+
+
+def test_loss_before_first_sample_starts_at_recording_start(tmp_path, capsys):
+    # cpu1 loses 10 events before its first sample (@200): window (START, 200 ms). Q1@50 on cpu0
+    # triggers the (empty) early report and is dropped; Q2@200 and Q3@300 are kept.
+    events = [Ev(50, 0, 100, 100, P(1), 64, "udp"), Ev(200, 1, 100, 100, P(2), 128, "udp"),
+              Ev(300, 0, 100, 100, P(3), 256, "pipe"), Ev(400, 0, 100, 100, P(9))]
+    rec = build(events, tmp_path / "d.parquet", lost=[(0, 1, 10)])
+    code, out, err = run(capsys, "analyze", rec, "--utc")
+    assert code == 0
+    assert err.splitlines() == [f"{ts(START + 50 * MS)}kmemleak: lost 10 events (total)"]
+    assert "in advance" not in out  # the tree was empty: nothing to report early
+    assert out.splitlines() == [ts(STOP), "KMEMLEAK STATS:", "TOTAL alloc 2 free 1", "",
+                                *group_block([(256, 1, "pipe"), (128, 1, "udp")])]
+
+
+def test_lost_total_accumulates_over_reports(tmp_path, capsys):
+    # two losses on cpu0, each followed by samples: stderr shows the running total
+    events = [Ev(100, 0, 1, 1, P(1), 64, "udp"), Ev(200, 0, 1, 1, P(2), 64, "udp"),
+              Ev(400, 0, 1, 1, P(3), 64, "udp"), Ev(600, 0, 1, 1, P(4), 64, "udp"), Ev(700, 0, 1, 1, P(9))]
+    rec = build(events, tmp_path / "e.parquet", lost=[(150, 0, 3), (500, 0, 4)])
+    code, out, err = run(capsys, "analyze", rec, "--utc")
+    assert code == 0
+    # windows (100, 200) and (400, 600): triggers at 200 and 600, which end their windows (kept)
+    assert err.splitlines() == [f"{ts(START + 200 * MS)}kmemleak: lost 3 events (total)",
+                                f"{ts(START + 600 * MS)}kmemleak: lost 7 events (total)"]
+    assert out.count("Report memory leaks in advance due to lost") == 2
+    # early reports hold P1, then P2+P3; the final one P4
+    assert [ln for ln in out.splitlines() if ln.startswith("Leak of")] == [
+        "Leak of 64 bytes in 1 objects allocated from:", "Leak of 128 bytes in 2 objects allocated from:",
+        "Leak of 64 bytes in 1 objects allocated from:"]
+
+
+# ----------------------------------------------------------------------------- json
+
+def test_json_report(rec_c, capsys):
+    code, out, err = run(capsys, "analyze", rec_c, "--format", "json", "--comm")
+    assert code == 0, err
+    doc = json.loads(out)
+    for key in ("format_version", "recording", "mode", "stats", "reports", "lost"):
+        assert key in doc
+    assert doc["format_version"] == 1
+    assert doc["recording"] == str(rec_c)
+    assert doc["mode"] == "leaked-bytes"
+    assert doc["stats"] == {"total_alloc": 5, "total_free": 1}
+    assert [(r["reason"], r["time_ns"], r["num"]) for r in doc["reports"]] == [
+        ("lost", START + 300 * MS, 3), ("final", STOP, 2)]
+    early, final = doc["reports"]
+    assert [(g["bytes"], g["objects"], g["pid"]) for g in early["groups"]] == [(256, 1, 0), (192, 2, 0)]
+    assert [(g["bytes"], g["objects"]) for g in final["groups"]] == [(1024, 1), (512, 1)]
+    g = final["groups"][1]
+    assert g["comms"] == [{"comm": "python3", "bytes": 512, "count": 1}]
+    want = [(ip, KSYMS[max(a for a in KSYMS if a <= ip)], ip - max(a for a in KSYMS if a <= ip))
+            for ip in STACKS["udp"][1:]]
+    assert [(f["addr"], f["symbol"], f["offset"], f["dso"]) for f in g["stack"]] == [
+        (a, s, o, "[kernel.kallsyms]") for a, s, o in want]
+    assert early["events"] == [] and final["events"] == []  # leaked-bytes mode without -v
+    assert doc["lost"] == [{"cpu": 0, "count": 5, "start_ns": START + 200 * MS, "end_ns": START + 400 * MS}]
+
+
+def test_json_event_list_mode_and_verbose_events(rec_b, capsys):
+    code, out, _ = run(capsys, "analyze", rec_b, "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["mode"] == "event-list"
+    (final,) = doc["reports"]
+    assert final["groups"] == []
+    assert "comms" not in json.dumps(final)  # only with --comm
+    leaked = model_replay(EVENTS_B)
+    ev = final["events"]
+    assert [(e["time_ns"], e["cpu"], e["pid"], e["tid"], e["comm"], e["event"], e["ptr"])
+            for e in ev] == [(e.time, e.cpu, e.pid, e.tid, "sshd", "kmem:mm_page_alloc", e.ptr)
+                             for e in leaked]
+    assert [len(e["stack"]) for e in ev] == [4, 4, 0]
+    assert doc["lost"] == []
+
+
+# ----------------------------------------------------------------------------- flame graph
+
+def folded_line(stack: str, weight: int) -> str:
+    names = [ln.split()[1].split("+0x")[0] for ln in stack_lines(stack)]
+    return ";".join(reversed(names)) + f" {weight}"
+
+
+def test_flame_graph_leaked_bytes_weights_are_bytes(rec_a, tmp_path, capsys):
+    target = tmp_path / "fg"
+    code, out, _ = run(capsys, "analyze", rec_a, "--utc", "--flame-graph", target)
+    assert code == 0
+    path = tmp_path / "fg.folded"
+    assert path.exists() and not target.exists()
+    groups = model_groups(model_replay(EVENTS_A), comm_of_pid_a)
+    want = {folded_line(s, b) for b, _n, s, _c in groups if s is not None}
+    assert set(path.read_text().splitlines()) == want
+    assert "entry_SYSCALL_64_after_hwframe;do_syscall_64;udp_init_sock;__kmalloc_noprof 320" in want
+    assert out.endswith("To generate the flame graph, running THIS shell command:\n\n"
+                        f"  flamegraph.pl {path} > {tmp_path / 'fg.svg'}\n\n")
+
+
+def test_flame_graph_event_list_weights_are_objects_and_folded_suffix_kept(tmp_path, capsys):
+    events = [*[Ev(100 + i, 0, 300, 300, 0x2000 + i, 0, "udp") for i in range(3)],
+              Ev(200, 1, 300, 300, 0x3000, 1, "pipe"), Ev(300, 1, 300, 300, 0x4000, 0, None),
+              Ev(400, 1, 300, 300, 0x5000)]  # (a free: the recording must know the free event)
+    rec = build(events, tmp_path / "b.parquet", alloc=[PAGE_ALLOC], free=[PAGE_FREE],
+                alloc_event="kmem:mm_page_alloc", free_event="kmem:mm_page_free",
+                extra_alloc_fields=page_fields)
+    target = tmp_path / "pages.folded"
+    code, out, _ = run(capsys, "analyze", rec, "--flame-graph", target)
+    assert code == 0
+    assert not (tmp_path / "pages.folded.folded").exists()
+    assert sorted(target.read_text().splitlines()) == sorted([folded_line("udp", 3), folded_line("pipe", 1)])
+    assert f"  flamegraph.pl {target} > {tmp_path / 'pages.svg'}\n" in out
+
+
+# ----------------------------------------------------------------------------- -i interval stats
+
+def test_interval_stats_lines(rec_a, capsys):
+    code, out, _ = run(capsys, "analyze", rec_a, "--utc", "-i", "250")
+    assert code == 0
+    blocks = []
+    prev_a = prev_f = 0
+    for bound in (250, 500, 750, 1000):
+        upto = [e for e in EVENTS_A if e.t <= bound]
+        live = model_replay(upto)
+        ta = sum(e.is_alloc for e in upto)
+        tf = len(upto) - ta
+        blocks += [ts(START + bound * MS), "KMEMLEAK STATS:",
+                   f"ALLOC LIST num {len(live)} mem {sum(e.size for e in live)}",
+                   f"INTERVAL alloc {ta - prev_a} free {tf - prev_f}", f"TOTAL alloc {ta} free {tf}", ""]
+        prev_a, prev_f = ta, tf
+    # hand check of the first boundary: 17 allocs, P31@70 replaced, P24 freed, P99 no-op -> 15 live,
+    # 5x64 (udp) + 4x64 (udp2) + 4x64 (pipe2) + 2x128 (pipe) = 1088 bytes
+    assert blocks[2] == "ALLOC LIST num 15 mem 1088"
+    lines = out.splitlines()
+    assert lines[: len(blocks)] == blocks
+    assert lines[len(blocks)] == ts(STOP)  # then the final report
+
+
+# ----------------------------------------------------------------------------- info
+
+def test_info_summarises_the_recording(rec_c, capsys):
+    code, out, err = run(capsys, "info", rec_c)
+    assert code == 0, err
+    assert "synthetic" in out and "6.18.0-synthetic" in out  # host and kernel
+    assert re.search(r"kmem:kmalloc\s+samples\s+6\b", out)
+    assert re.search(r"kmem:kfree\s+samples\s+2\b", out)
+    assert re.search(r"lost:\s+5 events in 1 LOST records", out)
+    assert "duration 1.000 s" in out
+    size = rec_c.stat().st_size
+    assert f"{size / 1024:.1f} KiB" in out
