@@ -292,8 +292,12 @@ class Session:
     def _batch(self) -> None:
         """Split everything drained so far, queue the rows, write one crash-safe part."""
         pending = self.pending
-        while pending:
+        chunks: dict[int, list[bytes]] = {}
+        while pending:  # records never straddle drains: a ring's chunks concatenate
             i, data = pending.popleft()
+            chunks.setdefault(i, []).append(data)
+        for i, parts in sorted(chunks.items()):
+            data = b"".join(parts)
             self.bytes_in += len(data)
             for rows in self.splitter.split(RingBatch(i, self.ring_cpu[i], data)):
                 self.writer.write(rows)
