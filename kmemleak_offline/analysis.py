@@ -18,7 +18,7 @@ from . import expr as exprmod
 from . import spec as specmod
 from .load import Samples, _np, load
 from .recording import Recording
-from .replay import Lost, ReplayResult, clamp_per_ring, lost_windows, replay
+from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered
 from .symbols.kernel import KernelSymbols
 from .timeline import CommTimeline
 from .tracefs import EventFormat, FormatError, decode_field, parse_format
@@ -94,13 +94,58 @@ class IntervalStat:
 
 
 @dataclass
+class Stream:
+    """The replayed stream: one position per alloc/free sample in (time, ring, seq) order.
+
+    Columns are gathered from the sample rows only when asked for (reports need few rows).
+    """
+
+    rows: np.ndarray  # sample row of each position
+    time: np.ndarray  # clamped time of each position
+    kept: np.ndarray  # not dropped by a lost window
+    samples: Samples
+    role: np.ndarray  # per sample row
+    is_alloc: np.ndarray  # per role code
+    key: np.ndarray  # per sample row
+    size: np.ndarray  # per sample row
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str, pos: np.ndarray | slice = slice(None)) -> np.ndarray:
+        rows = self.rows[pos]
+        if name == "time":
+            return self.time[pos]
+        if name == "kept":
+            return self.kept[pos]
+        if name == "row":
+            return rows
+        if name == "role":
+            return self.role[rows]
+        if name == "is_alloc":
+            return self.is_alloc[self.role[rows]]
+        if name == "ptr":
+            return self.key[rows]
+        if name == "size":
+            return self.size[rows]
+        return getattr(self.samples, name)[rows]
+
+    COLUMNS = ("time", "cpu", "ring", "seq", "pid", "tid", "role", "is_alloc", "ptr", "size",
+               "stack_id", "row", "kept")
+
+    def frame(self, pos: np.ndarray | slice) -> pd.DataFrame:
+        """A DataFrame of the given positions (in that order)."""
+        return pd.DataFrame({c: self.column(c, pos) for c in self.COLUMNS})
+
+
+@dataclass
 class Analysis:
     recording: Recording
     metadata: dict
     mode: str
     roles: list[EventRole]
     per_task: bool
-    stream: pd.DataFrame  # kept+dropped alloc/free samples in stream order
+    stream: Stream  # kept+dropped alloc/free samples in stream order
     result: ReplayResult
     reports: list[ReportView]
     ksyms: KernelSymbols
@@ -205,10 +250,8 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     l_cpu = _np(lost_t.column("cpu"), np.uint32)
     l_ring = np.where(_np(lost_t.column("ring"), np.int64, -1) < 0, l_cpu,
                       _np(lost_t.column("ring"), np.int64, -1)).astype(np.uint32)
-    ridx, rtime = clamp_per_ring(sm.ring, sm.seq, sm.time)
-    clamped = np.empty_like(sm.time)
-    clamped[ridx] = rtime
-    lost = lost_windows(sm.ring, sm.seq, clamped, l_ring, _np(lost_t.column("seq"), np.uint64),
+    order = order_samples(sm.ring, sm.seq, sm.time)
+    lost = lost_windows(order, sm.ring, sm.seq, l_ring, _np(lost_t.column("seq"), np.uint64),
                         _np(lost_t.column("lost"), np.uint64), _np(lost_t.column("time"), np.uint64),
                         int(meta["clock"].get("start_ns") or 0))
 
@@ -241,25 +284,20 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     for (ev, what), cnt in fail_counts.items():
         warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
 
-    sel = np.flatnonzero(keep)
+    in_stream = keep[order.stream]
+    rows_in = order.stream[in_stream]  # sample row of each stream position
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
-    res = replay(ring=sm.ring[sel], seq=sm.seq[sel], time=clamped[sel],
-                 is_alloc=is_alloc_role[role_of[sel]], key=key[sel], lost=lost,
-                 stop_ns=int(meta["clock"].get("stop_ns") or 0) or int(sm.time.max(initial=0)),
-                 than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
+    res = replay_ordered(time=order.time[in_stream], is_alloc=is_alloc_role[role_of[rows_in]],
+                         key=key[rows_in], lost=lost,
+                         stop_ns=int(meta["clock"].get("stop_ns") or 0) or int(sm.time.max(initial=0)),
+                         than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
 
-    rows_in = sel[res.order]  # sample row of each stream position
-    stream = pd.DataFrame({
-        "time": res.time, "cpu": sm.cpu[rows_in], "ring": sm.ring[rows_in], "seq": sm.seq[rows_in],
-        "pid": sm.pid[rows_in], "tid": sm.tid[rows_in],
-        "role": role_of[rows_in], "is_alloc": is_alloc_role[role_of[rows_in]],
-        "ptr": key[rows_in], "size": size[rows_in], "stack_id": sm.stack_id[rows_in],
-        "row": rows_in, "kept": res.kept,
-    })
+    stream = Stream(rows=rows_in, time=res.time, kept=res.kept, samples=sm, role=role_of,
+                    is_alloc=is_alloc_role, key=key, size=size)
 
     ksyms = KernelSymbols.from_table(loaded.side["ksym"])
     comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
-    stacks = _stacks(loaded.side["stack"], stream["stack_id"].to_numpy())
+    stacks = _stacks(loaded.side["stack"], sm.stack_id[rows_in])
 
     reports = [_report_view(r, stream, mode, per_task, opts, comms) for r in res.reports]
     intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []
@@ -322,9 +360,9 @@ def _stacks(t: pa.Table, ids: np.ndarray) -> dict[int, np.ndarray]:
     return {int(s): vals[offs[i]:offs[i + 1]] for i, s in enumerate(sid)}
 
 
-def _report_view(r, stream: pd.DataFrame, mode: str, per_task: bool, opts: AnalyzeOptions,
+def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOptions,
                  comms: CommTimeline) -> ReportView:
-    entries = stream.iloc[r.leaked].copy()
+    entries = stream.frame(r.leaked)
     entries["selected"] = r.selected
     groups: list[Group] = []
     if mode == LEAKED_BYTES:
@@ -363,7 +401,7 @@ def sort_groups(groups: list[Group], stacks: dict[int, np.ndarray]) -> list[Grou
     return sorted(groups, key=lambda g: (-g.bytes, g.pid, -g.objects, chain(g)))
 
 
-def _intervals(stream: pd.DataFrame, res: ReplayResult, interval_ms: int, meta: dict) -> list[IntervalStat]:
+def _intervals(stream: Stream, res: ReplayResult, interval_ms: int, meta: dict) -> list[IntervalStat]:
     """Outstanding objects/bytes at each interval boundary of trace time (`-i`)."""
     n = len(stream)
     start = int(meta["clock"].get("start_ns") or (int(res.time[0]) if n else 0))
@@ -373,10 +411,11 @@ def _intervals(stream: pd.DataFrame, res: ReplayResult, interval_ms: int, meta: 
         return []
     bounds = np.arange(start + step, stop + step, step, dtype=np.int64)
     bounds = np.minimum(bounds, stop)
-    kept = stream["kept"].to_numpy()
-    alloc = stream["is_alloc"].to_numpy() & kept
-    free = ~stream["is_alloc"].to_numpy() & kept
-    size = stream["size"].to_numpy().astype(np.int64)
+    kept = stream.kept
+    is_alloc = stream.column("is_alloc")
+    alloc = is_alloc & kept
+    free = ~is_alloc & kept
+    size = stream.column("size").astype(np.int64)
     t = res.time.astype(np.int64)
     delta_n = np.zeros(n + 1, np.int64)
     delta_b = np.zeros(n + 1, np.int64)

@@ -58,45 +58,77 @@ def ring_seq_key(ring: np.ndarray, seq: np.ndarray) -> np.ndarray:
     return (ring.astype(np.uint64) << np.uint64(48)) | seq.astype(np.uint64)
 
 
-def clamp_per_ring(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order rows by (ring, seq) and clamp times so they never decrease within a ring.
+@dataclass
+class Ordering:
+    """The merged stream of all sample rows: perf-prof's ordering layer, done once."""
 
-    Returns (row order by ring/seq, clamped times in that order).
-    """
+    by_ring: np.ndarray  # rows in (ring, seq) order
+    ring_time: np.ndarray  # clamped times in by_ring order
+    stream: np.ndarray  # rows in (clamped time, ring, seq) order
+    time: np.ndarray  # clamped times in stream order
+
+    def clamped(self) -> np.ndarray:
+        """Clamped time per input row."""
+        out = np.empty_like(self.ring_time)
+        out[self.by_ring] = self.ring_time
+        return out
+
+
+def _ring_seq_order(ring: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Rows in (ring, seq) order. Seqs are unique and nearly dense within a ring (they number every
+    record of the ring), so a counting sort by scatter is O(n); fall back to argsort otherwise."""
+    n = len(ring)
+    if n == 0:
+        return np.zeros(0, np.int64)
     key = ring_seq_key(ring, seq)
-    idx = np.arange(len(key)) if np.all(key[1:] >= key[:-1]) else np.argsort(key)
-    t = time[idx].astype(np.uint64)
-    r = ring[idx]
+    if np.all(key[1:] >= key[:-1]):
+        return np.arange(n)
+    r = ring.astype(np.int64)
+    nr = int(r.max()) + 1
+    span = np.zeros(nr, np.int64)
+    np.maximum.at(span, r, seq.astype(np.int64) + 1)
+    base = np.concatenate(([0], np.cumsum(span)[:-1]))
+    total = int(span.sum())
+    if total > 4 * n + 1024:  # sparse seqs: a plain sort is cheaper
+        return np.argsort(key)
+    slots = np.full(total, -1, np.int64)
+    pos = base[r] + seq.astype(np.int64)
+    slots[pos] = np.arange(n)
+    out = slots[slots >= 0]
+    if len(out) != n:  # duplicate (ring, seq): not a valid recording, but stay correct
+        return np.argsort(key, kind="stable")
+    return out
+
+
+def order_samples(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> Ordering:
+    """Order rows by (ring, seq), clamp times that go backwards within a ring, then merge the rings
+    by time with a stable sort (ties keep ring, then seq order)."""
+    by_ring = _ring_seq_order(ring, seq)
+    t = time[by_ring].astype(np.uint64)
+    r = ring[by_ring]
     if len(t) > 1:
         back = (t[1:] < t[:-1]) & (r[1:] == r[:-1])
         if back.any():  # segmented running max, only when some ring actually goes backwards
             t = pd.Series(t).groupby(r, sort=False).cummax().to_numpy(np.uint64)
-    return idx, t
+    # each ring is now one sorted run: timsort merges the runs in near-linear time
+    o = np.argsort(t, kind="stable")
+    return Ordering(by_ring=by_ring, ring_time=t, stream=by_ring[o], time=t[o])
 
 
-def order_stream(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stable order by (clamped time, ring, seq). Returns (input rows in stream order, their times)."""
-    idx, t = clamp_per_ring(ring, seq, time)
-    o = np.argsort(t, kind="stable")  # input is already (ring, seq) ordered: ties keep that order
-    return idx[o], t[o]
-
-
-def lost_windows(s_ring: np.ndarray, s_seq: np.ndarray, s_time: np.ndarray,
-                 l_ring: np.ndarray, l_seq: np.ndarray, l_count: np.ndarray, l_time: np.ndarray,
-                 start_ns: int) -> Lost:
+def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.ndarray,
+                 l_seq: np.ndarray, l_count: np.ndarray, l_time: np.ndarray, start_ns: int) -> Lost:
     """Window of each loss: last sample before and first sample after it in the same ring.
 
-    `s_time` must be the clamped sample times. A loss before a ring's first sample starts at
-    `start_ns`; a loss after a ring's last sample has no end (U64_MAX).
+    A loss before a ring's first sample starts at `start_ns`; a loss after a ring's last sample
+    has no end (U64_MAX).
     """
     n = len(l_ring)
     start = np.full(n, np.uint64(start_ns), dtype=np.uint64)
     end = np.full(n, U64_MAX, dtype=np.uint64)
-    if n and len(s_ring):
-        # composite sort key: ring major, seq minor (seq < 2**48 in practice)
-        skey = ring_seq_key(s_ring, s_seq)
-        so = np.argsort(skey)
-        skey_s, stime_s, sring_s = skey[so], s_time[so], s_ring[so]
+    if n and len(order.by_ring):
+        skey_s = ring_seq_key(ring[order.by_ring], seq[order.by_ring])
+        sring_s = ring[order.by_ring]
+        stime_s = order.ring_time
         lkey = ring_seq_key(l_ring, l_seq)
         pos = np.searchsorted(skey_s, lkey, side="left")  # first sample after the loss
         before = pos - 1
@@ -111,25 +143,37 @@ def lost_windows(s_ring: np.ndarray, s_seq: np.ndarray, s_time: np.ndarray,
 def replay(*, ring: np.ndarray, seq: np.ndarray, time: np.ndarray, is_alloc: np.ndarray,
            key: np.ndarray, lost: Lost, stop_ns: int, than_ns: int = 0,
            want_death: bool = False) -> ReplayResult:
-    """Replay samples (already filtered to alloc/free events) and compute every report.
+    """Order, then replay (convenience for callers holding unordered rows)."""
+    o = order_samples(ring, seq, time)
+    res = replay_ordered(time=o.time, is_alloc=is_alloc[o.stream], key=key[o.stream], lost=lost,
+                         stop_ns=stop_ns, than_ns=than_ns, want_death=want_death)
+    res.order = o.stream
+    return res
 
-    `time` here is raw; ordering clamps it. `lost` windows must come from `lost_windows` over ALL
-    sample rows of the recording (the ring really held them).
+
+def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, lost: Lost,
+                   stop_ns: int, than_ns: int = 0, want_death: bool = False) -> ReplayResult:
+    """Replay alloc/free samples already in stream order (clamped times) and compute every report.
+
+    `lost` windows must come from `lost_windows` over ALL sample rows (the ring really held them).
     """
-    order, t = order_stream(ring, seq, time)
-    n = len(order)
-    alloc = is_alloc[order]
-    k = key[order].astype(np.uint64)
+    t = time
+    n = len(t)
+    alloc = is_alloc
+    k = key.astype(np.uint64, copy=False)
 
     # lost windows: drop (start, end) exclusive from every ring; report at the first sample after start
     w = np.argsort(lost.start, kind="stable")
     ws, we, wc = lost.start[w], lost.end[w], lost.count[w]
     first_after = np.searchsorted(t, ws, side="right")  # first stream pos with time > start
     last_in = np.searchsorted(t, we, side="left")  # first pos with time >= end
-    diff = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(diff, first_after, 1)
-    np.add.at(diff, np.maximum(last_in, first_after), -1)
-    kept = np.cumsum(diff[:-1]) == 0 if n else np.zeros(0, bool)
+    if len(ws):
+        diff = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(diff, first_after, 1)
+        np.add.at(diff, np.maximum(last_in, first_after), -1)
+        kept = np.cumsum(diff[:-1]) == 0
+    else:
+        kept = np.ones(n, bool)
 
     # report points: each window with a sample after its start triggers one at that sample
     trig = first_after[first_after < n]
@@ -139,53 +183,53 @@ def replay(*, ring: np.ndarray, seq: np.ndarray, time: np.ndarray, is_alloc: np.
     if len(trig):
         np.add.at(lost_per_report, inv, trig_counts)
 
-    epoch = np.searchsorted(report_pos, np.arange(n), side="right")  # reports before/at pos -> epoch
-    kpos = np.flatnonzero(kept)
-    kk, ke, ka = k[kpos], epoch[kpos], alloc[kpos]
-    frame = pd.DataFrame({"e": ke, "k": kk})
-    last = ~frame.duplicated(keep="last").to_numpy()
-    live = kpos[last & ka]  # stream positions of allocs still in the tree at their epoch's end
+    # epochs are contiguous stretches of the stream: find each key's last event per epoch
+    bounds = np.concatenate(([0], report_pos, [n])).astype(np.int64)
+    live_parts = []
+    for e in range(len(bounds) - 1):
+        lo, hi = bounds[e], bounds[e + 1]
+        kpos = lo + np.flatnonzero(kept[lo:hi])
+        last = ~pd.Series(k[kpos]).duplicated(keep="last").to_numpy()
+        live_parts.append(kpos[last & alloc[kpos]])
 
-    death = np.zeros(0, np.int64)
-    if want_death:
-        death = _death_positions(kpos, ke, kk, report_pos, n)
+    death = _death_positions(kept, k, bounds, n) if want_death else np.zeros(0, np.int64)
 
-    alloc_cum = np.cumsum(kept & alloc)
-    free_cum = np.cumsum(kept & ~alloc)
+    ka = kept & alloc
+    kf = kept & ~alloc
+    seg_alloc = [int(np.count_nonzero(ka[bounds[i]:bounds[i + 1]])) for i in range(len(bounds) - 1)]
+    seg_free = [int(np.count_nonzero(kf[bounds[i]:bounds[i + 1]])) for i in range(len(bounds) - 1)]
     reports: list[Report] = []
-    live_epoch = epoch[live]
-    for i, pos in enumerate(list(report_pos) + [n]):
+    for i, pos in enumerate(bounds[1:]):
         final = i == len(report_pos)
-        entries = live[live_epoch == i]
-        # report order: (alloc time, key)
-        entries = entries[np.lexsort((k[entries], t[entries]))]
+        entries = live_parts[i] if live_parts else np.zeros(0, np.int64)
+        te = t[entries]
+        if len(te) > 1 and np.any(te[1:] == te[:-1]):  # stream order is time order: keys break ties
+            entries = entries[np.lexsort((k[entries], te))]
         ref = int(stop_ns) if final else int(t[pos])
         if than_ns:
             age = np.uint64(ref) - t[entries]  # unsigned: "future" entries wrap and are selected
             selected = age > np.uint64(than_ns)
         else:
             selected = np.ones(len(entries), dtype=bool)
-        ta = int(alloc_cum[pos - 1]) if pos > 0 else 0
-        tf = int(free_cum[pos - 1]) if pos > 0 else 0
+        ta = sum(seg_alloc[: i + 1])
+        tf = sum(seg_free[: i + 1])
         reports.append(Report(reason="final" if final else "lost", time_ns=ref, position=int(pos),
                               leaked=entries, selected=selected, total_alloc=ta, total_free=tf,
                               lost_count=0 if final else int(lost_per_report[i])))
-    return ReplayResult(order=order, time=t, kept=kept, reports=reports,
-                        total_alloc=int(alloc_cum[-1]) if n else 0,
-                        total_free=int(free_cum[-1]) if n else 0, lost=lost, death=death)
+    return ReplayResult(order=np.arange(n), time=t, kept=kept, reports=reports,
+                        total_alloc=sum(seg_alloc), total_free=sum(seg_free), lost=lost, death=death)
 
 
-def _death_positions(kpos: np.ndarray, epoch: np.ndarray, key: np.ndarray,
-                     report_pos: np.ndarray, n: int) -> np.ndarray:
-    """For each kept sample: stream position where its tree entry disappears.
+def _death_positions(kept: np.ndarray, key: np.ndarray, bounds: np.ndarray, n: int) -> np.ndarray:
+    """Per stream position: where its tree entry disappears (`-i` needs it).
 
-    The next kept sample of the same (epoch, key), else the epoch's report position (the tree is
-    emptied there), else n (alive at the end).
+    The next kept sample of the same key in the same epoch, else the epoch's report position
+    (the tree is emptied there), else n (alive at the end).
     """
-    df = pd.DataFrame({"e": epoch, "k": key, "p": kpos})
-    nxt = df.groupby(["e", "k"], sort=False)["p"].shift(-1).to_numpy()
-    ends = np.append(report_pos, n)[epoch]
-    out = np.where(np.isnan(nxt), ends, np.nan_to_num(nxt, nan=0)).astype(np.int64)
     death = np.full(n, n, dtype=np.int64)
-    death[kpos] = out
+    for e in range(len(bounds) - 1):
+        lo, hi = bounds[e], bounds[e + 1]
+        kpos = lo + np.flatnonzero(kept[lo:hi])
+        nxt = pd.Series(kpos).groupby(key[kpos], sort=False).shift(-1).to_numpy()
+        death[kpos] = np.where(np.isnan(nxt), hi, np.nan_to_num(nxt, nan=0)).astype(np.int64)
     return death

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kmemleak_offline.replay import clamp_per_ring, lost_windows, replay
+from kmemleak_offline.replay import lost_windows, order_samples, replay
 from tests.reference_replay import LostRec, Sample, reference_replay
 
 
@@ -14,10 +14,7 @@ def run_vectorised(samples, losts, start, stop, than=0):
     ring = np.array([s.ring for s in samples], np.uint32)
     seq = np.array([s.seq for s in samples], np.uint64)
     time = np.array([s.time for s in samples], np.uint64)
-    idx, ct = clamp_per_ring(ring, seq, time)
-    clamped = np.empty_like(time)
-    clamped[idx] = ct
-    lost = lost_windows(ring, seq, clamped,
+    lost = lost_windows(order_samples(ring, seq, time), ring, seq,
                         np.array([lo.ring for lo in losts], np.uint32),
                         np.array([lo.seq for lo in losts], np.uint64),
                         np.array([lo.count for lo in losts], np.uint64),

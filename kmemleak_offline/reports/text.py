@@ -58,7 +58,7 @@ class TextReport:
         """-vv: every sample as it is replayed (before the lost-window drop, like perf-prof)."""
         if end <= start:
             return
-        rows = self.a.stream.iloc[start:end]
+        rows = self.a.stream.frame(slice(start, end))
         lines = self.events.render(rows)
         for line, (_, r) in zip(lines, rows.iterrows()):
             self.out.write(line + "\n")
