@@ -573,3 +573,35 @@ def test_info_summarises_the_recording(rec_c, capsys):
     assert "duration 1.000 s" in out
     size = rec_c.stat().st_size
     assert f"{size / 1024:.1f} KiB" in out
+
+
+def test_event_list_mode_for_uprobe_alloc_without_size(tmp_path, capsys):
+    """malloc_ret has a `ptr` field (default key) and no bytes_alloc: no size -> event-list mode."""
+    b = RecordingBuilder()
+    func, ret = 0x7F1C45F47930, 0x55A5F9FA51BB
+    ptrs = [94172132418224 + 64 * i for i in range(4)]
+    b.add_comm(START, 4242, 4242, "leak")
+    b.add_samples("kmlt_fmt:malloc_ret", [START + (100 + i) * MS for i in range(4)], 0, 4242, 4242,
+                  {"__probe_func": func, "__probe_ret_ip": ret, "ptr": ptrs})
+    b.add_samples("kmlt_fmt:free_ent", START + 200 * MS, 1, 4242, 4242,
+                  {"__probe_ip": 0x7F1C45F47EF0, "ptr": ptrs[1]})
+    rec = b.write(tmp_path / "u.parquet", ["kmlt_fmt:malloc_ret"], ["kmlt_fmt:free_ent"],
+                  start_ns=START, stop_ns=STOP)
+    code, out, err = run(capsys, "analyze", rec, "--utc")
+    assert code == 0, err
+    leaked = [p for p in ptrs if p != ptrs[1]]
+    assert out.splitlines() == [
+        ts(STOP), "KMEMLEAK STATS:", "TOTAL alloc 4 free 1", "", f"KMEMLEAK REPORT: {len(leaked)}",
+        *[f"            leak   4242 ..... [000] 1.{100 + i:03d}000: kmlt_fmt:malloc_ret: "
+          f"({func:x} <- {ret:x}) ptr={p}" for i, p in enumerate(ptrs) if p in leaked]]
+
+
+def test_json_verbose_lists_events_in_leaked_bytes_mode(rec_c, capsys):
+    code, out, _ = run(capsys, "analyze", rec_c, "--format", "json", "-v")
+    assert code == 0
+    early, final = json.loads(out)["reports"]
+    # early: P1@100, P4@150, P2@200 (time order); final: P3@400, P6@500 - with sizes
+    assert [(e["time_ns"], e["ptr"], e["size"]) for e in early["events"]] == [
+        (START + 100 * MS, P(1), 64), (START + 150 * MS, P(4), 128), (START + 200 * MS, P(2), 256)]
+    assert [(e["ptr"], e["size"]) for e in final["events"]] == [(P(3), 512), (P(6), 1024)]
+    assert all(e["comm"] == "python3" and e["event"] == "kmem:kmalloc" for e in early["events"])
