@@ -17,8 +17,10 @@ import pyarrow as pa
 from . import expr as exprmod
 from . import spec as specmod
 from .load import Samples, _np, load
+from .malloc import MallocError, is_malloc_recording, malloc_events
+from .malloc import summary as malloc_summary
 from .recording import Recording
-from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered
+from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered, ring_seq_key
 from .symbols.kernel import KernelSymbols
 from .timeline import CommTimeline
 from .tracefs import EventFormat, FormatError, decode_field, parse_format
@@ -95,43 +97,40 @@ class IntervalStat:
 
 @dataclass
 class Stream:
-    """The replayed stream: one position per alloc/free sample in (time, ring, seq) order.
+    """The replayed stream: one position per alloc/free event in (time, ring, seq) order.
 
-    Columns are gathered from the sample rows only when asked for (reports need few rows).
+    Columns come from `per_pos` (already one value per position), else from `per_row` (one value
+    per sample row, gathered through `rows`), else from the samples. Kernel recordings keep most
+    columns per row so the 10M-row case gathers only what a report shows.
     """
 
-    rows: np.ndarray  # sample row of each position
-    time: np.ndarray  # clamped time of each position
-    kept: np.ndarray  # not dropped by a lost window
+    rows: np.ndarray  # sample row of each position (its payload, for event lines)
     samples: Samples
-    role: np.ndarray  # per sample row
-    is_alloc: np.ndarray  # per role code
-    key: np.ndarray  # per sample row
-    size: np.ndarray  # per sample row
+    is_alloc_role: np.ndarray  # per role code
+    per_pos: dict[str, np.ndarray]
+    per_row: dict[str, np.ndarray]
+
+    COLUMNS = ("time", "cpu", "ring", "seq", "pid", "tid", "role", "is_alloc", "ptr", "size",
+               "stack_id", "row", "kept")
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def column(self, name: str, pos: np.ndarray | slice = slice(None)) -> np.ndarray:
-        rows = self.rows[pos]
-        if name == "time":
-            return self.time[pos]
-        if name == "kept":
-            return self.kept[pos]
-        if name == "row":
-            return rows
-        if name == "role":
-            return self.role[rows]
-        if name == "is_alloc":
-            return self.is_alloc[self.role[rows]]
-        if name == "ptr":
-            return self.key[rows]
-        if name == "size":
-            return self.size[rows]
-        return getattr(self.samples, name)[rows]
+    @property
+    def kept(self) -> np.ndarray:
+        return self.per_pos["kept"]
 
-    COLUMNS = ("time", "cpu", "ring", "seq", "pid", "tid", "role", "is_alloc", "ptr", "size",
-               "stack_id", "row", "kept")
+    def column(self, name: str, pos: np.ndarray | slice = slice(None)) -> np.ndarray:
+        if name in self.per_pos:
+            return self.per_pos[name][pos]
+        if name == "row":
+            return self.rows[pos]
+        if name == "is_alloc":
+            return self.is_alloc_role[self.column("role", pos)]
+        rows = self.rows[pos]
+        if name in self.per_row:
+            return self.per_row[name][rows]
+        return getattr(self.samples, name)[rows]
 
     def frame(self, pos: np.ndarray | slice) -> pd.DataFrame:
         """A DataFrame of the given positions (in that order)."""
@@ -241,7 +240,6 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
 
     loaded = load(rec)
     sm = loaded.samples
-    n = len(sm)
     code_by_name = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
                             np.int32)[sm.event]
 
@@ -255,7 +253,33 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
                         _np(lost_t.column("lost"), np.uint64), _np(lost_t.column("time"), np.uint64),
                         int(meta["clock"].get("start_ns") or 0))
 
-    # decode and evaluate per event type (columns; loop over event types only)
+    stop_ns = int(meta["clock"].get("stop_ns") or 0) or int(sm.time.max(initial=0))
+    if is_malloc_recording(meta) and not (opts.alloc or opts.free):
+        mode = LEAKED_BYTES
+        stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn)
+    else:
+        stream, res = _kernel_stream(sm, order, roles, names, code_by_name, lost, stop_ns, opts, warn)
+
+    ksyms = KernelSymbols.from_table(loaded.side["ksym"])
+    comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
+    stacks = _stacks(loaded.side["stack"], stream.column("stack_id"))
+
+    reports = [_report_view(r, stream, mode, per_task, opts, comms) for r in res.reports]
+    intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []
+    counts = meta.get("counts") or {}
+    lost_total = int(lost.count.sum()) if len(lost.count) else 0
+    lost_total = max(lost_total, sum(int((c or {}).get("lost") or 0) for c in counts.values()))
+    return Analysis(recording=rec, metadata=meta, mode=mode, roles=roles, per_task=per_task,
+                    stream=stream, result=res, reports=reports, ksyms=ksyms, comms=comms,
+                    stacks=stacks, samples=sm, side=loaded.side, intervals=intervals,
+                    lost_total=lost_total, warnings=warnings)
+
+
+def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
+                   code_by_name: np.ndarray, lost: Lost, stop_ns: int, opts: AnalyzeOptions,
+                   warn: Callable[[str], None]) -> tuple[Stream, ReplayResult]:
+    """Tracepoint recordings: evaluate ptr/size/filter per event type, then replay."""
+    n = len(sm)
     key = np.zeros(n, np.uint64)
     size = np.zeros(n, np.uint64)
     role_of = np.full(n, -1, np.int32)
@@ -288,26 +312,54 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     rows_in = order.stream[in_stream]  # sample row of each stream position
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
     res = replay_ordered(time=order.time[in_stream], is_alloc=is_alloc_role[role_of[rows_in]],
-                         key=key[rows_in], lost=lost,
-                         stop_ns=int(meta["clock"].get("stop_ns") or 0) or int(sm.time.max(initial=0)),
-                         than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
+                         key=key[rows_in], lost=lost, stop_ns=stop_ns, than_ns=opts.than_ns,
+                         want_death=bool(opts.interval_ms))
+    stream = Stream(rows=rows_in, samples=sm, is_alloc_role=is_alloc_role,
+                    per_pos={"time": res.time, "kept": res.kept},
+                    per_row={"role": role_of, "ptr": key, "size": size})
+    return stream, res
 
-    stream = Stream(rows=rows_in, time=res.time, kept=res.kept, samples=sm, role=role_of,
-                    is_alloc=is_alloc_role, key=key, size=size)
 
-    ksyms = KernelSymbols.from_table(loaded.side["ksym"])
-    comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
-    stacks = _stacks(loaded.side["stack"], sm.stack_id[rows_in])
-
-    reports = [_report_view(r, stream, mode, per_task, opts, comms) for r in res.reports]
-    intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []
-    counts = meta.get("counts") or {}
-    lost_total = int(lost.count.sum()) if len(lost.count) else 0
-    lost_total = max(lost_total, sum(int((c or {}).get("lost") or 0) for c in counts.values()))
-    return Analysis(recording=rec, metadata=meta, mode=mode, roles=roles, per_task=per_task,
-                    stream=stream, result=res, reports=reports, ksyms=ksyms, comms=comms,
-                    stacks=stacks, samples=sm, side=loaded.side, intervals=intervals,
-                    lost_total=lost_total, warnings=warnings)
+def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRole], names: list[str],
+                   lost: Lost, stop_ns: int, opts: AnalyzeOptions,
+                   warn: Callable[[str], None]) -> tuple[Stream, ReplayResult]:
+    """`record --malloc` recordings: pair uprobe entry/return per thread into alloc/free events
+    with sizes (malloc.py), then replay those."""
+    table = rec.table(kinds=["sample"], columns=["time", "cpu", "ring", "seq", "pid", "tid", "event",
+                                                 "raw", "stack_id"])
+    try:
+        df, stats = malloc_events(table, meta)
+    except MallocError as exc:
+        raise AnalysisError(str(exc)) from None
+    if opts.verbose:
+        for note in malloc_summary(stats):
+            warn(note)
+    m = len(df)
+    cpu = df["cpu"].to_numpy(np.uint32)
+    ring = df["ring"].to_numpy(np.int64)
+    ring = np.where(ring < 0, cpu, ring).astype(np.uint32)
+    seq = df["seq"].to_numpy(np.uint64)
+    o = order_samples(ring, seq, df["time"].to_numpy(np.uint64))
+    role = np.array([names.index(e) if e in names else -1 for e in df["event"].astype(object)],
+                    np.int32) if m else np.zeros(0, np.int32)
+    is_alloc = df["is_alloc"].to_numpy(bool)
+    key = df["ptr"].to_numpy(np.uint64)
+    res = replay_ordered(time=o.time, is_alloc=is_alloc[o.stream], key=key[o.stream], lost=lost,
+                         stop_ns=stop_ns, than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
+    # the sample row each event came from (for its payload): same (ring, seq) in the samples
+    skey = ring_seq_key(sm.ring, sm.seq)
+    so = np.argsort(skey)
+    found = np.clip(np.searchsorted(skey[so], ring_seq_key(ring, seq)), 0, max(len(so) - 1, 0))
+    rows = so[found] if len(so) else np.zeros(m, np.int64)
+    p = o.stream
+    per_pos = {"time": res.time, "kept": res.kept, "cpu": cpu[p], "ring": ring[p], "seq": seq[p],
+               "pid": df["pid"].to_numpy(np.int64)[p], "tid": df["tid"].to_numpy(np.int64)[p],
+               "role": np.maximum(role[p], 0), "ptr": key[p],
+               "size": df["size"].to_numpy(np.uint64)[p],
+               "stack_id": df["stack_id"].to_numpy(np.int64)[p], "is_alloc": is_alloc[p]}
+    stream = Stream(rows=rows[p], samples=sm, is_alloc_role=np.array([r.is_alloc for r in roles]),
+                    per_pos=per_pos, per_row={})
+    return stream, res
 
 
 def _decode_for(role: EventRole, sm: Samples, rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -101,13 +101,17 @@ def analyze(
 
 
 def _user_resolver(rec, a, symfs: Path | None):
-    """User-space symbolisation when the recording has user frames and the module is available."""
-    try:
-        from .symbols import user
-    except ImportError:
-        return None
-    make = getattr(user, "resolver_for", None)
-    return make(rec, symfs=symfs) if make else None
+    """User-space symbolisation, built on first use (only stacks with user frames need it)."""
+    from .symbols.user import from_recording
+
+    state: dict = {}
+
+    def resolve(pids, addrs, times, is_return):
+        if "sym" not in state:
+            state["sym"] = from_recording(rec, symfs=str(symfs) if symfs else None)
+        return state["sym"].resolve(pids, addrs, times, is_return)
+
+    return resolve
 
 
 @app.command()
