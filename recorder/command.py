@@ -45,8 +45,21 @@ def record(
     output: Annotated[Path, typer.Option("-o", "--output", help="recording to write")] = Path("kmemleak.parquet"),
     order: Annotated[bool, typer.Option("--order", help="accepted for perf-prof compatibility; always on")] = False,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="more output")] = 0,
+    malloc: Annotated[bool, typer.Option("--malloc", help="user-space leaks: uprobes on the target's "
+                                         "allocator (malloc, calloc, realloc, free...); needs -p/-t or -- CMD; "
+                                         "replaces --alloc/--free")] = False,
+    malloc_lib: Annotated[str | None, typer.Option("--malloc-lib", help="allocator library to probe "
+                                                   "(default: the libc the target maps)")] = None,
+    malloc_prefix: Annotated[str, typer.Option("--malloc-prefix", help="symbol prefix of the allocator "
+                                               "functions, e.g. je_")] = "",
+    embed_symbols: Annotated[bool, typer.Option("--embed-symbols/--no-embed-symbols",
+                                                help="with --malloc: embed the symbol tables of the "
+                                                "ELF files the traced processes mapped")] = True,
 ) -> None:
-    """Record alloc/free tracepoints (as root) into a recording; `-- CMD ARGS...` traces a command."""
+    """Record alloc/free tracepoints (as root) into a recording; `-- CMD ARGS...` traces a command.
+
+    `--malloc` records a user-space program's allocator calls instead (uprobes, removed at exit).
+    """
     from recorder.errors import RecordError
     from recorder.procfs import parse_cpu_list
     from recorder.session import RecordConfig, Session
@@ -62,7 +75,8 @@ def record(
             pids=_int_list(pids, "pid"), tids=_int_list(tids, "tid"),
             mmap_pages=mmap_pages, call_graph=call_graph,
             duration_s=parse_duration(duration) if duration is not None else None,
-            command=cmd, verbose=verbose)
+            command=cmd, verbose=verbose, malloc=malloc, malloc_lib=malloc_lib,
+            malloc_prefix=malloc_prefix, embed_symbols=embed_symbols)
         code = Session(cfg).run()
     except ValueError as exc:  # spec / option syntax
         _fail(str(exc), 2)
@@ -70,6 +84,8 @@ def record(
         _fail(str(exc), exc.exit_code)
     except OSError as exc:
         _fail(f"record: {exc.strerror or exc}", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted before recording started", 130)
     if code:
         raise typer.Exit(code)
 

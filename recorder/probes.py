@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import errno
 import os
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -205,19 +206,42 @@ def probe_metadata(defs: Sequence[ProbeDef]) -> list[dict[str, Any]]:
              "fetchargs": list(d.fetchargs), "definition": d.definition} for d in defs]
 
 
-def malloc_event_specs(defs: Sequence[ProbeDef]) -> tuple[list[str], list[str]]:
+def malloc_event_specs(defs: Sequence[ProbeDef], stacks: bool = True) -> tuple[list[str], list[str]]:
     """`--alloc`/`--free` spec lists that make the recorder open every probe event of a malloc run.
 
     alloc: every entry and return event except free. Returns carry the stack (the immediate caller
     is present there) and ptr = returned pointer; entries only carry arguments, their `ptr=` is a
     placeholder (__probe_ip) because the analyser pairs them itself (kmemleak_offline.malloc),
-    which also gives sizes. free: free's entry, ptr = freed pointer.
+    which also gives sizes. free: free's entry, ptr = freed pointer. `stacks=False` (no -g): no
+    callchain anywhere.
     """
-    alloc = [f"{d.event}//ptr=ptr/stack/" if d.kind == "return" and "ptr=$retval:x64" in d.fetchargs
-             else f"{d.event}//ptr=__probe_func/stack/" if d.kind == "return"
+    st = "stack/" if stacks else ""
+    alloc = [f"{d.event}//ptr=ptr/{st}" if d.kind == "return" and "ptr=$retval:x64" in d.fetchargs
+             else f"{d.event}//ptr=__probe_func/{st}" if d.kind == "return"
              else f"{d.event}//ptr=__probe_ip/" for d in defs if d.func != "free"]
     free = [f"{d.event}//ptr=ptr/" for d in defs if d.func == "free"]
     return alloc, free
+
+
+_LIBC_NAME = re.compile(r"/libc(?:-[\d.]+)?\.so(?:\.\d+)*$")
+
+
+def mapped_libc(pid: int | str = "self") -> str | None:
+    """Path of the C library process `pid` maps (from /proc/PID/maps), None if it maps none.
+
+    The default allocator of `record --malloc`: probes sit on a file (inode), so they must be on the
+    very libc the target uses. "self" (the recorder's libc) stands for the system libc of `-- CMD`.
+    """
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) == 6 and _LIBC_NAME.search(parts[5].strip()):
+            return parts[5].strip()
+    return None
 
 
 def tracefs_root() -> str:

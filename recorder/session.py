@@ -24,10 +24,24 @@ from recorder import perf_event as pe
 from recorder import procfs
 from recorder.errors import RecordError, RecordInputError
 from recorder.events import TracedEvent, check_userspace_filter, resolve
+from recorder.probes import (
+    ProbeDef,
+    ProbeError,
+    UprobeSet,
+    allocator_probes,
+    malloc_event_specs,
+    mapped_libc,
+    probe_metadata,
+    remove_stale_groups,
+)
 from recorder.records import EventInfo, RingBatch, Splitter
 from recorder.ring import PAGE_SIZE, Ring
 
 PRODUCER = "kmemleak-offline 0.1.0 record"
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 FLUSH_EVERY_S = 1.0
 
 
@@ -46,6 +60,10 @@ class RecordConfig:
     duration_s: float | None = None
     command: list[str] = field(default_factory=list)
     verbose: int = 0
+    malloc: bool = False  # uprobes on the target's allocator instead of --alloc/--free
+    malloc_lib: str | None = None  # default: the libc the target maps
+    malloc_prefix: str = ""
+    embed_symbols: bool = True  # usym rows for the ELF files traced processes mapped
 
 
 @dataclass
@@ -75,6 +93,8 @@ class Session:
         self._usr1 = False
         self._hup: set[int] = set()
         self._go: int | None = None
+        self.uprobes: UprobeSet | None = None
+        self.probe_defs: list[ProbeDef] = []
 
     # ---------------------------------------------------------------- setup
     def prepare(self) -> None:
@@ -90,7 +110,14 @@ class Session:
         if not out_dir.is_dir():
             raise RecordInputError(f"output folder {out_dir} does not exist")
         self.tracefs = procfs.tracefs_root()
-        self.events, self.call_graph = resolve(cfg.alloc, cfg.free, self.tracefs, cfg.call_graph)
+        if cfg.malloc:
+            alloc, free = self._create_probes()
+            self.events, _ = resolve(alloc, free, self.tracefs, False)  # stacks: return probes only
+            self.call_graph = cfg.call_graph
+        else:
+            if cfg.malloc_lib or cfg.malloc_prefix:
+                raise RecordInputError("--malloc-lib/--malloc-prefix need --malloc")
+            self.events, self.call_graph = resolve(cfg.alloc, cfg.free, self.tracefs, cfg.call_graph)
         online = procfs.online_cpus()
         if cfg.cpus is not None:
             bad = [c for c in cfg.cpus if c not in online]
@@ -114,6 +141,62 @@ class Session:
 
             if shutil.which(cfg.command[0]) is None:
                 raise RecordInputError(f"command not found: {cfg.command[0]}")
+
+    def _create_probes(self) -> tuple[str, str]:
+        """--malloc: uprobes on the target's allocator; returns the --alloc/--free texts for them."""
+        cfg = self.cfg
+        if cfg.alloc or cfg.free:
+            raise RecordInputError("--malloc replaces --alloc/--free (record kernel and user-space "
+                                   "leaks in two recordings)")
+        if not (cfg.pids or cfg.tids or cfg.command):
+            raise RecordInputError("--malloc needs -p PID, -t TID or -- CMD (probing every "
+                                   "process's allocator would slow the whole machine)")
+        lib = cfg.malloc_lib or self._target_libc()
+        try:
+            remove_stale_groups(str(self.tracefs))
+            defs = allocator_probes(lib, cfg.malloc_prefix)
+        except ProbeError as exc:
+            raise RecordInputError(str(exc)) from None
+        self.uprobes = UprobeSet(root=str(self.tracefs))
+        try:
+            self.uprobes.create(defs)
+        except ProbeError as exc:
+            raise RecordError(str(exc)) from None
+        self.probe_defs = defs
+        alloc, free = malloc_event_specs(defs, stacks=cfg.call_graph)
+        return ",".join(alloc), ",".join(free)
+
+    def _target_libc(self) -> str:
+        """The libc the traced processes map (-- CMD: the system one, which the recorder maps too)."""
+        pids = [procfs.tgid_of(t) for t in self.cfg.tids or []] + list(self.cfg.pids or [])
+        libs = {p: mapped_libc(p) for p in pids} if pids else {"self": mapped_libc("self")}
+        found = {os.path.realpath(v) for v in libs.values() if v}
+        if not found:
+            raise RecordInputError(f"no libc mapped by {', '.join(map(str, libs))} "
+                                   "(static binary?); name the allocator with --malloc-lib")
+        if len(found) > 1:
+            raise RecordInputError(f"the traced processes map different libcs ({', '.join(sorted(found))}); "
+                                   "record them separately or choose one with --malloc-lib")
+        return next(v for v in libs.values() if v)
+
+    def _embed_symbols(self) -> None:
+        """usym rows for the ELF files the traced processes mapped, so user frames name functions
+        on a machine without those files (per-task recordings with call graphs only)."""
+        if not (self.cfg.embed_symbols and self.per_task and self.call_graph):
+            return
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from kmemleak_offline.symbols.user import usym_rows
+
+        self.writer.flush_part()
+        names: set[str] = set()
+        for part in sorted(self.writer.parts_dir.glob("part-*.parquet")):
+            t = pq.read_table(part, columns=["kind", "filename"])
+            kind = t.column("kind").cast("string")
+            names.update(x for x in pc.unique(t.filter(pc.equal(kind, "mmap")).column("filename"))
+                         .to_pylist() if x and x.startswith("/"))
+        self.writer.write(usym_rows(sorted(names)))
 
     # ----------------------------------------------------------------- open
     def _attr(self, *, tracepoint: TracedEvent | None, leader: bool, inherit: bool) -> pe.PerfEventAttr:
@@ -251,6 +334,10 @@ class Session:
                            "userspace_filters": dict(self.userspace_filters),
                            "command": cfg.command or None}
         meta["counts"] = {ev.name: {"samples": 0, "lost": 0} for ev in self.events}
+        meta["probes"] = probe_metadata(self.probe_defs)
+        if cfg.malloc:
+            meta["options"]["malloc"] = {"lib": self.probe_defs[0].path if self.probe_defs else None,
+                                         "prefix": cfg.malloc_prefix}
         return meta
 
     def _refresh_counts(self) -> None:
@@ -321,13 +408,22 @@ class Session:
                 f"{self.bytes_in / 1e6:.1f} MB drained, {mb:.1f} MB written, {lost} lost")
 
     def run(self) -> int:
-        """Record until stopped; returns the exit status for the command."""
-        self.prepare()
+        """Record until stopped; returns the exit status for the command.
+
+        SIGTERM before the record loop raises KeyboardInterrupt, so uprobes are removed then too.
+        """
+        main = threading.current_thread() is threading.main_thread()
+        old_term = signal.signal(signal.SIGTERM, _interrupt) if main else None
         try:
+            self.prepare()
             self.open_events()
             return self._record()
         finally:
-            self._cleanup()
+            try:
+                self._cleanup()
+            finally:
+                if main:
+                    signal.signal(signal.SIGTERM, old_term)
 
     def _record(self) -> int:
         cfg = self.cfg
@@ -371,6 +467,7 @@ class Session:
                 sys.stderr.write("\r\033[K")
             if cfg.verbose:
                 print(self._stats(), f"(stopped: {self.stop_reason})", file=sys.stderr)
+            self._embed_symbols()
             self.writer.close()
         finally:
             for s, h in old.items():
@@ -440,3 +537,5 @@ class Session:
                 os.waitpid(self.child, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+        if self.uprobes is not None:  # after the fds are closed (else EBUSY)
+            self.uprobes.remove()
