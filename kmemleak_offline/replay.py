@@ -63,6 +63,7 @@ class Ordering:
     """The merged stream of all sample rows: perf-prof's ordering layer, done once."""
 
     by_ring: np.ndarray  # rows in (ring, seq) order
+    ring_key: np.ndarray  # ring_seq_key in by_ring order (ascending)
     ring_time: np.ndarray  # clamped times in by_ring order
     stream: np.ndarray  # rows in (clamped time, ring, seq) order
     time: np.ndarray  # clamped times in stream order
@@ -106,13 +107,14 @@ def order_samples(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> Orderi
     by_ring = _ring_seq_order(ring, seq)
     t = time[by_ring].astype(np.uint64)
     r = ring[by_ring]
+    sorted_key = ring_seq_key(r, seq[by_ring])
     if len(t) > 1:
         back = (t[1:] < t[:-1]) & (r[1:] == r[:-1])
         if back.any():  # segmented running max, only when some ring actually goes backwards
             t = pd.Series(t).groupby(r, sort=False).cummax().to_numpy(np.uint64)
     # each ring is now one sorted run: timsort merges the runs in near-linear time
     o = np.argsort(t, kind="stable")
-    return Ordering(by_ring=by_ring, ring_time=t, stream=by_ring[o], time=t[o])
+    return Ordering(by_ring=by_ring, ring_key=sorted_key, ring_time=t, stream=by_ring[o], time=t[o])
 
 
 def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.ndarray,
@@ -126,15 +128,17 @@ def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.
     start = np.full(n, np.uint64(start_ns), dtype=np.uint64)
     end = np.full(n, U64_MAX, dtype=np.uint64)
     if n and len(order.by_ring):
-        skey_s = ring_seq_key(ring[order.by_ring], seq[order.by_ring])
-        sring_s = ring[order.by_ring]
+        skey_s = order.ring_key
         stime_s = order.ring_time
         lkey = ring_seq_key(l_ring, l_seq)
         pos = np.searchsorted(skey_s, lkey, side="left")  # first sample after the loss
         before = pos - 1
-        has_before = (before >= 0) & (sring_s[np.clip(before, 0, None)] == l_ring)
+        def ring_at(i: np.ndarray) -> np.ndarray:
+            return (skey_s[i] >> np.uint64(48)).astype(np.uint32)
+
+        has_before = (before >= 0) & (ring_at(np.clip(before, 0, None)) == l_ring)
         start[has_before] = stime_s[before[has_before]]
-        has_after = (pos < len(skey_s)) & (sring_s[np.clip(pos, None, len(skey_s) - 1)] == l_ring)
+        has_after = (pos < len(skey_s)) & (ring_at(np.clip(pos, None, len(skey_s) - 1)) == l_ring)
         end[has_after] = stime_s[pos[has_after]]
     return Lost(ring=l_ring.astype(np.uint32), count=l_count.astype(np.uint64), start=start, end=end,
                 time=l_time.astype(np.uint64))
