@@ -10,6 +10,11 @@ from typing import Annotated
 import click
 import typer
 
+try:  # typer >= 0.2x vendors click as typer._click: its exceptions are not click's
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # older typer: plain click
+    _TyperUsageError = click.UsageError
+
 from . import __version__
 
 app = typer.Typer(
@@ -139,13 +144,16 @@ except (ImportError, AttributeError):  # recorder not installed next to the anal
 def main(argv: list[str] | None = None) -> int:
     """Entry point: Typer in non-standalone mode so usage errors become one line, exit 2."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
+        rc = app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
     except typer.Exit as exc:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.UsageError as exc:
+    except (click.UsageError, _TyperUsageError) as exc:
         ctx = exc.ctx
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            sys.stdout.write(ctx.get_help() + "\n")
+            return 0
         where = f" ({ctx.command_path})" if ctx is not None else ""
         sys.stderr.write(f"kmemleak-offline: {exc.format_message()}{where}\n")
         return 2
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"kmemleak-offline: internal error: {type(exc).__name__}: {exc}"
                          " (set KMEMLEAK_OFFLINE_DEBUG=1 for a traceback)\n")
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0  # non-standalone mode returns typer.Exit's code
 
 
 def run() -> None:
