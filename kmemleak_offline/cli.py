@@ -67,29 +67,15 @@ def analyze(
     order: Annotated[bool, typer.Option("--order", help="accepted; ordering is always on")] = False,
 ) -> None:
     """Match allocs with frees and print perf-prof's leak reports."""
-    from .analysis import AnalysisError, AnalyzeOptions
-    from .analysis import analyze as run
     from .reports import flamegraph, json_report
-    from .reports.frames import StackResolver
     from .reports.text import TextReport
-    from .spec import SpecError, parse_duration
 
     if fmt not in ("text", "json"):
         _fail(f"--format must be text or json, not {fmt!r}")
     if interval is not None and interval <= 0:
         _fail(f"-i/--interval must be a positive number of milliseconds, not {interval}")
-    try:
-        than_ns = parse_duration(than) if than is not None else 0
-    except SpecError as exc:
-        _fail(f"--than: {exc}")
-    rec = _load(recording)
-    opts = AnalyzeOptions(alloc=_split_specs(alloc), free=_split_specs(free), than_ns=than_ns,
-                          comm=comm, verbose=verbose, interval_ms=interval)
-    try:
-        a = run(rec, opts)
-    except AnalysisError as exc:
-        _fail(str(exc))
-    stacks = StackResolver(a.stacks, a.ksyms, _user_resolver(rec, a, symfs))
+    a, stacks = _analysis(recording, alloc, free, than, comm=comm, verbose=verbose,
+                          interval=interval, symfs=symfs)
     out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
     try:
         if fmt == "json":
@@ -105,7 +91,29 @@ def analyze(
             out.close()
 
 
-def _user_resolver(rec, a, symfs: Path | None):
+def _analysis(recording: Path, alloc, free, than, *, comm: bool = False, verbose: int = 0,
+              interval: int | None = None, symfs: Path | None = None):
+    """Open and analyse one recording; bad input -> one line, exit 2."""
+    from .analysis import AnalysisError, AnalyzeOptions
+    from .analysis import analyze as run
+    from .reports.frames import StackResolver
+    from .spec import SpecError, parse_duration
+
+    try:
+        than_ns = parse_duration(than) if than is not None else 0
+    except SpecError as exc:
+        _fail(f"--than: {exc}")
+    rec = _load(recording)
+    opts = AnalyzeOptions(alloc=_split_specs(alloc), free=_split_specs(free), than_ns=than_ns,
+                          comm=comm, verbose=verbose, interval_ms=interval)
+    try:
+        a = run(rec, opts)
+    except AnalysisError as exc:
+        _fail(str(exc))
+    return a, StackResolver(a.stacks, a.ksyms, _user_resolver(rec, symfs))
+
+
+def _user_resolver(rec, symfs: Path | None):
     """User-space symbolisation, built on first use (only stacks with user frames need it)."""
     from .symbols.user import from_recording
 
@@ -117,6 +125,33 @@ def _user_resolver(rec, a, symfs: Path | None):
         return state["sym"].resolve(pids, addrs, times, is_return)
 
     return resolve
+
+
+@app.command()
+def diff(
+    base: Annotated[Path, typer.Argument(help="the earlier recording")],
+    new: Annotated[Path, typer.Argument(help="the later recording")],
+    alloc: Annotated[list[str] | None, typer.Option("--alloc", help="re-interpret both: alloc events")] = None,
+    free: Annotated[list[str] | None, typer.Option("--free", help="re-interpret both: free events")] = None,
+    than: Annotated[str | None, typer.Option("--than", help="only leaks older than N[s|ms|us|ns]")] = None,
+    top: Annotated[int | None, typer.Option("--top", help="show the N biggest changes")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    symfs: Annotated[Path | None, typer.Option("--symfs", help="look for user ELF files under DIR")] = None,
+) -> None:
+    """Compare the leaks of two recordings: per call chain, what grew, appeared or went away."""
+    import json
+
+    from . import diff as diffmod
+
+    if fmt not in ("text", "json"):
+        _fail(f"--format must be text or json, not {fmt!r}")
+    a, sa = _analysis(base, alloc, free, than, symfs=symfs)
+    b, sb = _analysis(new, alloc, free, than, symfs=symfs)
+    changes = diffmod.compare(diffmod.leak_table(a, sa), diffmod.leak_table(b, sb))
+    if fmt == "json":
+        sys.stdout.write(json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n")
+    else:
+        sys.stdout.write(diffmod.render_text(str(base), str(new), a, b, changes, top))
 
 
 @app.command()
