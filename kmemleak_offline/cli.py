@@ -175,6 +175,13 @@ try:
 except (ImportError, AttributeError):  # recorder not installed next to the analyser: analyse only
     pass
 
+try:
+    from .import_cmd import import_ as _import
+
+    app.command("import")(_import)
+except ImportError:  # importer not available
+    pass
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: Typer in non-standalone mode so usage errors become one line, exit 2."""
