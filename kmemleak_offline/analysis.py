@@ -23,7 +23,7 @@ from .recording import Recording
 from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered, ring_seq_key
 from .symbols.kernel import KernelSymbols
 from .timeline import CommTimeline
-from .tracefs import EventFormat, FormatError, decode_field, parse_format
+from .tracefs import EventFormat, FormatError, decode_rows, parse_format
 
 LEAKED_BYTES = "leaked-bytes"
 EVENT_LIST = "event-list"
@@ -368,28 +368,10 @@ def _decode_for(role: EventRole, sm: Samples, rows: np.ndarray) -> dict[str, np.
     for e in (role.size, role.filter):
         if e is not None:
             need |= set(e.fields_used)
-    fmap = role.fmt.field_map()
-    starts, lengths = sm.starts[rows], sm.lengths[rows]
-    cols: dict[str, np.ndarray] = {}
-    for fname in need:
-        base = fname[:-7] if fname.endswith("_offset") else fname.removesuffix("_len")
-        fld = fmap.get(fname) or fmap.get(base)
-        if fld is None:
-            continue
-        if fld.data_loc and fname != fld.name:
-            loc = decode_field(_as_u32(fld), sm.data, starts, lengths)
-            cols[fname] = (loc & 0xFFFF if fname.endswith("_offset") else loc >> 16).astype(np.uint16)
-        else:
-            cols[fname] = decode_field(fld, sm.data, starts, lengths)
+    cols = decode_rows(role.fmt, sm.data, sm.starts[rows], sm.lengths[rows], fields=need)
     cols["_cpu"] = sm.cpu[rows].astype(np.int64)
     cols["_pid"] = sm.pid[rows]
     return cols
-
-
-def _as_u32(fld):
-    from dataclasses import replace
-
-    return replace(fld, data_loc=False, array_len=None, type="unsigned int", size=4, signed=False)
 
 
 def _count_fail(acc: dict, ev: str, what: str, r: exprmod.EvalResult) -> None:

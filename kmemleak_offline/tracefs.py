@@ -7,6 +7,7 @@ that produced them. Decoding is columnar: one numpy gather per field over all pa
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,23 +241,28 @@ def decode_field(fld: Field, data: np.ndarray, starts: np.ndarray, lengths: np.n
     return np.ascontiguousarray(mat).view(np.dtype(dtype).newbyteorder("<")).ravel().astype(dtype)
 
 
-def decode(fmt: EventFormat, raw: pa.Array, fields: list[str] | None = None) -> dict[str, np.ndarray]:
+def decode(fmt: EventFormat, raw: pa.Array, fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Decode the payloads of one event type into {field name: numpy column}.
 
     __data_loc fields also yield `<name>_offset` and `<name>_len` (u16), like perf-prof's
     expression compiler sees them.
     """
-    data, starts, lengths = raw_buffers(raw)
+    return decode_rows(fmt, *raw_buffers(raw), fields=fields)
+
+
+def decode_rows(fmt: EventFormat, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """`decode` over payloads addressed by (start, length) in one buffer: no payload copies."""
+    want = set(fields) if fields is not None else None
     out: dict[str, np.ndarray] = {}
     for fld in fmt.fields:
-        if fields is not None and fld.name not in fields and not (
-            fld.data_loc and ({f"{fld.name}_offset", f"{fld.name}_len"} & set(fields))
-        ):
+        pseudo = {f"{fld.name}_offset", f"{fld.name}_len"} if fld.data_loc else set()
+        if want is not None and fld.name not in want and not (pseudo & want):
             continue
         if fld.data_loc:
-            loc, _ = _gather(data, starts, lengths, fld.offset, 4)
-            loc = np.ascontiguousarray(loc).view("<u4").ravel()
+            loc = _gather_scalar(data, starts, lengths, fld.offset, np.dtype(np.uint32))
             out[f"{fld.name}_offset"] = (loc & 0xFFFF).astype(np.uint16)
             out[f"{fld.name}_len"] = (loc >> 16).astype(np.uint16)
-        out[fld.name] = decode_field(fld, data, starts, lengths)
+        if want is None or fld.name in want or fld.data_loc:
+            out[fld.name] = decode_field(fld, data, starts, lengths)
     return out

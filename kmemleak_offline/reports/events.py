@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..printfmt import PrintFormatter, lat_flags
-from ..tracefs import decode
+from ..tracefs import decode_rows
 
 
 def wall_clock(meta: dict, perf_ns: int, utc: bool = False) -> str:
@@ -40,8 +40,7 @@ class EventLines:
             role = self.a.roles[int(code)]
             sub = rows.iloc[sel]
             idx = sub["row"].to_numpy()
-            raw = _take_raw(data, starts[idx], lengths[idx])
-            cols = decode(role.fmt, raw)
+            cols = decode_rows(role.fmt, data, starts[idx], lengths[idx])
             info = self._fmt[int(code)].render(cols, np.arange(len(sel)))
             cpid = cols.get("common_pid", sub["tid"].to_numpy())
             flags = cols.get("common_flags", np.zeros(len(sel), np.uint8))
@@ -59,18 +58,3 @@ class EventLines:
                                f"{us // 1_000_000}.{us % 1_000_000:06d}: {role.fmt.full_name}: {info[j]}")
         return list(out)
 
-
-def _take_raw(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
-    """A binary Arrow array of the selected payloads (only printed rows: small)."""
-    import pyarrow as pa
-
-    ln = lengths.astype(np.int64)
-    offs = np.zeros(len(ln) + 1, np.int64)
-    np.cumsum(ln, out=offs[1:])
-    if len(ln):
-        idx = np.repeat(starts - offs[:-1], ln) + np.arange(offs[-1])
-        buf = data[idx]
-    else:
-        buf = np.zeros(0, np.uint8)
-    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(ln),
-                                            [None, pa.py_buffer(offs), pa.py_buffer(buf.tobytes())])
