@@ -360,3 +360,25 @@ def test_malloc_lib_and_prefix_probe_another_library(tmp_path) -> None:
     assert {p["symbol"] for p in meta["probes"]} == {"je_malloc", "je_free"}
     data = json.loads(cli(["analyze", str(out), "--format", "json"]).stdout)
     assert per_function_json(data, str(exe)) == {"grab": (5 * 333, 5)}
+
+
+def test_bundled_malloc_sample_names_the_leaks_offline() -> None:
+    """samples/malloc-leak.parquet (record_samples.sh: leaky.c, binary long gone) analyses anywhere."""
+    sample = ROOT / "samples" / "malloc-leak.parquet"
+    exe = open_recording(sample).metadata["options"]["command"][0]
+    assert not Path(exe).exists()
+    assert per_function_oracle(sample, exe) == EXPECTED
+    data = json.loads(cli(["analyze", str(sample), "--format", "json"]).stdout)
+    assert per_function_json(data, exe) == EXPECTED
+
+
+def test_bundled_pipe_sample_has_one_leak_per_pipe() -> None:
+    """samples/pipe-leak.parquet: `pipes 100` kept 100 pipes open; alloc_pipe_info kmallocs the
+    pipe_inode_info and its buffer array once per pipe."""
+    sample = ROOT / "samples" / "pipe-leak.parquet"
+    data = json.loads(cli(["analyze", str(sample), "--format", "json"]).stdout)
+    by_caller: dict[str, int] = {}
+    for g in data["reports"][-1]["groups"]:
+        if len(g["stack"]) > 1 and g["stack"][1]["symbol"] == "alloc_pipe_info":
+            by_caller[g["stack"][0]["symbol"]] = by_caller.get(g["stack"][0]["symbol"], 0) + g["objects"]
+    assert sorted(by_caller.values()) == [100, 100]
