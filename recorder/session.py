@@ -34,8 +34,9 @@ from recorder.probes import (
     probe_metadata,
     remove_stale_groups,
 )
-from recorder.records import EventInfo, RingBatch, Splitter
+from recorder.records import EventInfo, Splitter
 from recorder.ring import PAGE_SIZE, Ring
+from recorder.spool import SpooledRecording
 
 PRODUCER = "kmemleak-offline 0.1.0 record"
 
@@ -43,6 +44,8 @@ PRODUCER = "kmemleak-offline 0.1.0 record"
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 FLUSH_EVERY_S = 1.0
+POLL_MAX_S = 0.1  # longest poll(): bounds stop latency; 10 idle wake-ups/s cost nothing
+DRAIN_FIFO_PRIORITY = 10  # SCHED_FIFO for the drain loop only; KMEMLEAK_RECORD_FIFO=0 turns it off
 
 
 @dataclass
@@ -341,6 +344,7 @@ class Session:
         return meta
 
     def _refresh_counts(self) -> None:
+        """Kernel counts (PERF_FORMAT_LOST) into the metadata; the converter adds exact samples."""
         meta = self.writer.metadata
         for name, fds in self.event_fds.items():
             count = lost = 0
@@ -351,45 +355,47 @@ class Session:
                     continue
                 count += c
                 lost += lo
-            meta["counts"][name] = {"samples": self.splitter.samples.get(name, 0), "lost": lost,
+            old = meta["counts"].get(name, {})
+            meta["counts"][name] = {"samples": old.get("samples", 0), "lost": lost,
                                     "kernel_count": count,
-                                    "lost_records": self.splitter.lost_records.get(name, 0)}
+                                    "lost_records": old.get("lost_records", 0)}
         meta["clock"]["stop_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
     # ----------------------------------------------------------------- loop
-    def _drain_loop(self) -> None:
-        poller = select.poll()
-        for ring in self.rings:
-            poller.register(ring.fd, select.POLLIN)
-        rings = list(enumerate(self.rings))
-        pending = self.pending
-        while not self.stop.is_set():
-            for fd, ev in poller.poll(100):
-                if ev & (select.POLLHUP | select.POLLERR):
-                    poller.unregister(fd)
-                    self._hup.add(fd)
-            for i, ring in rings:
-                data = ring.drain()
-                if data:
-                    pending.append((i, data))
-            if self._hup and len(self._hup) == len(self.rings) and not self.stop_reason:
-                self.stop_reason = "all traced tasks exited"
-                self.stop.set()
+    def _drain_rings(self) -> None:
+        """Append every ring's new bytes to the spool (no splitting, no Arrow: see spool.py)."""
+        fd = self.writer.fd
+        for i, ring in enumerate(self.rings):
+            ring.drain_to(fd, i)
 
-    def _batch(self) -> None:
-        """Split everything drained so far, queue the rows, write one crash-safe part."""
-        pending = self.pending
-        chunks: dict[int, list[bytes]] = {}
-        while pending:  # records never straddle drains: a ring's chunks concatenate
-            i, data = pending.popleft()
-            chunks.setdefault(i, []).append(data)
-        for i, parts in sorted(chunks.items()):
-            data = b"".join(parts)
-            self.bytes_in += len(data)
-            for rows in self.splitter.split(RingBatch(i, self.ring_cpu[i], data)):
-                self.writer.write(rows)
+    def _rotate(self) -> None:
+        """Hand the last second's segment to the converter, which writes it as a part."""
         self._refresh_counts()
-        self.writer.flush_part()
+        self.writer.rotate()
+
+    def _close_in_converter(self) -> None:
+        """In the forked converter: drop the perf fds, rings and CMD's go-pipe, so a dead
+        recorder's events stop and CMD is not held."""
+        for ring in self.rings:
+            ring.close()
+        for fd in self.fds:
+            os.close(fd)
+        if self._go is not None:
+            os.close(self._go)
+
+    @staticmethod
+    def _realtime(on: bool) -> None:
+        """SCHED_FIFO for this thread while draining: on a small box saturated by the workload a
+        normal-priority reader wakes too late and the ring overflows. Best effort."""
+        if os.environ.get("KMEMLEAK_RECORD_FIFO", "1") == "0":
+            return
+        try:
+            if on:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(DRAIN_FIFO_PRIORITY))
+            else:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            pass
 
     def _on_signal(self, signum: int, _frame) -> None:
         if signum == signal.SIGUSR1:
@@ -401,11 +407,13 @@ class Session:
 
     def _stats(self) -> str:
         el = max(1e-9, time.monotonic() - self._t0)
-        n = sum(self.splitter.samples.values())
-        lost = sum(v.get("lost", 0) for v in self.writer.metadata["counts"].values())
+        counts = self.writer.metadata["counts"].values()
+        lost = sum(v.get("lost", 0) for v in counts)
+        n = sum(v.get("kernel_count", 0) for v in counts) - lost
+        drained = sum(r.bytes_read for r in self.rings)
         mb = sum(f.stat().st_size for f in self.writer.parts_dir.glob("*.parquet")) / 1e6
         return (f"kmemleak-offline record: {el:.0f}s, {n} events ({n / el:.0f}/s), "
-                f"{self.bytes_in / 1e6:.1f} MB drained, {mb:.1f} MB written, {lost} lost")
+                f"{drained / 1e6:.1f} MB drained, {mb:.1f} MB written, {lost} lost")
 
     def run(self) -> int:
         """Record until stopped; returns the exit status for the command.
@@ -442,25 +450,24 @@ class Session:
                 self.writer.write(procfs.initial_maps(pid, start))
             self.writer.write(procfs.kallsyms())
             self.writer.flush_part()
+            self.writer = SpooledRecording(self.writer, self.splitter, self.ring_cpu,
+                                           self._close_in_converter)
             if not cfg.command:
                 for fd in self.fds:
                     pe.enable(fd)
             self._t0 = time.monotonic()
-            drain = threading.Thread(target=self._drain_loop, name="kmemleak-drain", daemon=True)
-            drain.start()
             self.release_child()
-            self._main_loop()
-            drain.join()
+            self._realtime(True)
+            try:
+                self._main_loop()
+            finally:
+                self._realtime(False)
             for fd in self.fds:
                 try:
                     pe.disable(fd)
                 except OSError:
                     pass
-            for i, ring in enumerate(self.rings):
-                data = ring.drain()
-                if data:
-                    self.pending.append((i, data))
-            self._batch()
+            self._drain_rings()
             self._refresh_counts()
             self._stop_child()
             if sys.stderr.isatty():
@@ -470,22 +477,33 @@ class Session:
             self._embed_symbols()
             self.writer.close()
         finally:
+            if isinstance(self.writer, SpooledRecording):
+                self.writer.abandon()  # no-op after close; on errors the converter saves the parts
             for s, h in old.items():
                 signal.signal(s, h)
         return 0
 
     def _main_loop(self) -> None:
+        """Poll the rings and spool what they hold; every second hand a segment over; stop."""
         cfg = self.cfg
         tty = sys.stderr.isatty()
         deadline = self._t0 + cfg.duration_s if cfg.duration_s else None
         next_flush = time.monotonic() + FLUSH_EVERY_S
+        poller = select.poll()
+        for ring in self.rings:
+            poller.register(ring.fd, select.POLLIN)
         while not self.stop.is_set():
+            wait = next_flush if deadline is None else min(next_flush, deadline)
+            wait = min(POLL_MAX_S, max(0.0, wait - time.monotonic()))
+            for fd, ev in poller.poll(wait * 1000):
+                if ev & (select.POLLHUP | select.POLLERR):
+                    poller.unregister(fd)
+                    self._hup.add(fd)
+            self._drain_rings()
             now = time.monotonic()
-            wait = next_flush - now
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            self.stop.wait(max(0.0, min(wait, 0.1)))
-            now = time.monotonic()
+            if self._hup and len(self._hup) == len(self.rings) and not self.stop_reason:
+                self.stop_reason = "all traced tasks exited"
+                self.stop.set()
             if deadline is not None and now >= deadline and not self.stop_reason:
                 self.stop_reason = "duration"
                 self.stop.set()
@@ -500,7 +518,7 @@ class Session:
                 self._usr1 = False
                 print(self._stats(), file=sys.stderr, flush=True)
             if now >= next_flush and not self.stop.is_set():
-                self._batch()
+                self._rotate()
                 next_flush = now + FLUSH_EVERY_S
                 if tty:
                     sys.stderr.write("\r\033[K" + self._stats())
@@ -538,4 +556,7 @@ class Session:
             except (ProcessLookupError, ChildProcessError):
                 pass
         if self.uprobes is not None:  # after the fds are closed (else EBUSY)
-            self.uprobes.remove()
+            try:
+                self.uprobes.remove()
+            except ProbeError as exc:
+                raise RecordError(f"{exc} (remove them by hand: see {self.tracefs}/uprobe_events)") from None
