@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
-try:  # typer >= 0.2x vendors click as typer._click: its exceptions are not click's
-    from typer._click.exceptions import UsageError as _TyperUsageError
+try:  # typer >= 0.2x vendors click as typer._click (click itself may not be installed)
+    from typer._click.exceptions import UsageError
 except ImportError:  # older typer: plain click
-    _TyperUsageError = click.UsageError
+    from click.exceptions import UsageError
 
 from . import __version__
 
@@ -189,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
     except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except (click.UsageError, _TyperUsageError) as exc:
+    except UsageError as exc:
         ctx = exc.ctx
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
             sys.stdout.write(ctx.get_help() + "\n")
@@ -199,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({ctx.command_path})" if ctx is not None else ""
         sys.stderr.write(f"kmemleak-offline: {exc.format_message()}{where}\n")
         return 2
-    except click.Abort:
+    except typer.Abort:
         sys.stderr.write("kmemleak-offline: aborted\n")
         return 130
     except BrokenPipeError:

@@ -79,41 +79,26 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 
 
 def load(rec: Recording) -> Loaded:
-    """One read of every column the analysis needs; split by kind."""
-    cols = list(dict.fromkeys(["kind"] + SAMPLE_COLUMNS + [c for cs in SIDE_COLUMNS.values() for c in cs]))
-    t = rec.table(columns=cols)
-    is_sample = kind_mask(t.column("kind"), ["sample"]).to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(is_sample)
-    all_samples = len(rows) == t.num_rows
-
-    def sample_col(name: str, dtype, fill: int = 0) -> np.ndarray:
-        a = _np(t.column(name), dtype, fill)
-        return a if all_samples else a[rows]
-
-    cpu = sample_col("cpu", np.uint32)
+    """Sample columns, then the side-band rows (readers skip the row groups of the other)."""
+    t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
+    cpu = _np(t.column("cpu"), np.uint32)
     ring_col = t.column("ring")
     if ring_col.null_count == len(ring_col):
         ring = cpu
     else:
-        ring_all = _np(ring_col, np.int64, -1)
-        ring_s = ring_all if all_samples else ring_all[rows]
-        ring = np.where(ring_s < 0, cpu, ring_s).astype(np.uint32)
+        r = _np(ring_col, np.int64, -1)
+        ring = np.where(r < 0, cpu, r).astype(np.uint32)
     ev, names = _codes(t.column("event"))
     data, starts, lengths = raw_buffers(t.column("raw"))
     samples = Samples(
-        time=sample_col("time", np.uint64), cpu=cpu, ring=ring, seq=sample_col("seq", np.uint64),
-        pid=sample_col("pid", np.int64), tid=sample_col("tid", np.int64),
-        stack_id=sample_col("stack_id", np.int64, -1),
-        event=ev if all_samples else ev[rows], event_names=names, data=data,
-        starts=starts if all_samples else starts[rows], lengths=lengths if all_samples else lengths[rows],
+        time=_np(t.column("time"), np.uint64), cpu=cpu, ring=ring, seq=_np(t.column("seq"), np.uint64),
+        pid=_np(t.column("pid"), np.int64), tid=_np(t.column("tid"), np.int64),
+        stack_id=_np(t.column("stack_id"), np.int64, -1), event=ev, event_names=names,
+        data=data, starts=starts, lengths=lengths,
     )
-    side: dict[str, pa.Table] = {}
-    if not all_samples:
-        rest = t.filter(pa.array(~is_sample))
-        kinds = rest.column("kind")
-        for kind, kcols in SIDE_COLUMNS.items():
-            side[kind] = rest.select(kcols).filter(kind_mask(kinds, [kind]))
-    else:
-        for kind, kcols in SIDE_COLUMNS.items():
-            side[kind] = t.select(kcols).slice(0, 0)
+    cols = list(dict.fromkeys(["kind"] + [c for cs in SIDE_COLUMNS.values() for c in cs]))
+    rest = rec.table(kinds=list(SIDE_COLUMNS), columns=cols)
+    kinds = rest.column("kind")
+    side = {kind: rest.select(kcols).filter(kind_mask(kinds, [kind]))
+            for kind, kcols in SIDE_COLUMNS.items()}
     return Loaded(samples=samples, side=side)

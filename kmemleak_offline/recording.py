@@ -131,6 +131,7 @@ class RecordingWriter:
         self.compression = compression
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._side: list[pa.Table] = []  # side-band rows, written after the samples
         self._writer: pq.ParquetWriter | None = None
         self._part_no = 0
         self.rows_written = 0
@@ -159,15 +160,23 @@ class RecordingWriter:
         self._pending_rows = 0
         return table
 
-    def _flush_single(self) -> None:
-        table = self._take_pending()
-        if table is None:
-            return
+    def _open_single(self) -> pq.ParquetWriter:
         if self._writer is None:
             self._tmp = self.path.with_name(self.path.name + ".tmp")
             self._writer = pq.ParquetWriter(self._tmp, SCHEMA.with_metadata(_encode_meta(self.metadata)),
                                             compression=self.compression)
-        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        return self._writer
+
+    def _flush_single(self) -> None:
+        """Samples go to row groups of their own; side-band rows wait for close() (see _grouped_write)."""
+        table = self._take_pending()
+        if table is None:
+            return
+        samples, side = split_samples(table)
+        if samples.num_rows:
+            self._open_single().write_table(samples, row_group_size=self.row_group_rows)
+        if side.num_rows:
+            self._side.append(side)
         self.rows_written += table.num_rows
 
     def flush_part(self) -> Path | None:
@@ -187,31 +196,55 @@ class RecordingWriter:
         return final
 
     def close(self) -> Path:
-        """Finish: one Parquet file at `path` with the final metadata."""
+        """Finish: one Parquet file at `path` with the final metadata.
+
+        Sample rows fill large row groups; side-band rows (stacks, comms, kallsyms...) follow in row
+        groups of their own, so readers can skip one or the other by row group.
+        """
         if self.closed:
             return self.path
         self.closed = True
         if self.parts:
             self.flush_part()
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with pq.ParquetWriter(tmp, SCHEMA.with_metadata(_encode_meta(self.metadata)),
-                                  compression=self.compression) as w:
-                for part in sorted(self.parts_dir.glob(PART_GLOB)):
-                    pf = pq.ParquetFile(part)
-                    for i in range(pf.num_row_groups):
-                        w.write_table(pf.read_row_group(i).cast(SCHEMA))
-            os.replace(tmp, self.path)
-            shutil.rmtree(self.parts_dir)
-            return self.path
-        self._flush_single()
-        if self._writer is None:
-            self._tmp = self.path.with_name(self.path.name + ".tmp")
-            self._writer = pq.ParquetWriter(self._tmp, SCHEMA.with_metadata(_encode_meta(self.metadata)),
-                                            compression=self.compression)
-        self._writer.add_key_value_metadata(_encode_meta(self.metadata))
-        self._writer.close()
+            self.rows_written = 0
+            pending: list[pa.Table] = []
+            rows = 0
+            for part in sorted(self.parts_dir.glob(PART_GLOB)):
+                samples, side = split_samples(pq.read_table(part).cast(SCHEMA))
+                if side.num_rows:
+                    self._side.append(side)
+                if samples.num_rows:
+                    pending.append(samples)
+                    rows += samples.num_rows
+                if rows >= self.row_group_rows:
+                    self._write_rows(pending)
+                    pending, rows = [], 0
+            self._write_rows(pending)
+        else:
+            self._flush_single()
+        self._write_rows(self._side)
+        w = self._open_single()
+        w.add_key_value_metadata(_encode_meta(self.metadata))
+        w.close()
         os.replace(self._tmp, self.path)
+        if self.parts:
+            shutil.rmtree(self.parts_dir)
         return self.path
+
+    def _write_rows(self, tables: list[pa.Table]) -> None:
+        if tables:
+            t = pa.concat_tables(tables).unify_dictionaries().combine_chunks()
+            self._open_single().write_table(t, row_group_size=self.row_group_rows)
+            self.rows_written += t.num_rows
+            tables.clear()
+
+
+def split_samples(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(sample rows, every other row) of a table."""
+    m = kind_mask(table.column("kind"), ["sample"])
+    if pc.all(m).as_py() is not False:
+        return table, table.slice(0, 0)
+    return table.filter(m), table.filter(pc.invert(m))
 
 
 def write_recording(path: str | os.PathLike, metadata: Mapping[str, Any],
@@ -258,9 +291,10 @@ class Recording:
                 present = set(pf.schema_arrow.names)
                 cols = [c for c in want if c in present]
                 read_cols = list(dict.fromkeys(cols + (["kind"] if kinds is not None else [])))
-                t = pf.read(columns=read_cols, use_threads=True)
-                if kinds is not None:
-                    t = t.filter(kind_mask(t.column("kind"), kinds))
+                if kinds is None:
+                    t = pf.read(columns=read_cols, use_threads=True)
+                else:
+                    t = _read_kinds(pf, kinds, read_cols)
                 out.append(_conform(t, want))
             except (OSError, pa.ArrowException) as exc:
                 raise RecordingError(f"{f}: cannot read recording data ({_short(exc)}); "
@@ -268,6 +302,22 @@ class Recording:
         if not out:
             return _conform(to_table({"kind": []}), want)
         return pa.concat_tables(out, promote_options="permissive").unify_dictionaries()
+
+
+def _read_kinds(pf: pq.ParquetFile, kinds: list[str], columns: list[str]) -> pa.Table:
+    """Rows of the given kinds, reading only the row groups that hold some (kind is cheap to read)."""
+    import numpy as np
+
+    kind = pf.read(columns=["kind"]).column("kind")
+    mask = kind_mask(kind, kinds).to_numpy(zero_copy_only=False)
+    sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+    bounds = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    groups = [i for i in range(len(sizes)) if mask[bounds[i]:bounds[i + 1]].any()]
+    if not groups:
+        return pf.schema_arrow.empty_table().select(columns)
+    t = pf.read_row_groups(groups, columns=columns, use_threads=True)
+    sub = np.concatenate([mask[bounds[i]:bounds[i + 1]] for i in groups])
+    return t if sub.all() else t.filter(pa.array(sub))
 
 
 def kind_mask(col: pa.ChunkedArray, kinds: list[str]) -> pa.Array:

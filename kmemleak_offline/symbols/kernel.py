@@ -59,5 +59,5 @@ class KernelSymbols:
         """Names as numpy bytes (`Unknown` if unresolved, or below 0xffff000000000000), for `ksymbol()`."""
         ips = np.asarray(ips, dtype=np.uint64)
         names, _ = self.resolve(ips)
-        out = np.where((ips >= np.uint64(0xFFFF000000000000)) & (names != None), names, "Unknown")  # noqa: E711
+        out = np.where((ips >= np.uint64(0xFFFF000000000000)) & (names != None), names, "Unknown")
         return out.astype("S")
