@@ -374,10 +374,8 @@ class Session:
         self.writer.rotate()
 
     def _close_in_converter(self) -> None:
-        """In the forked converter: drop the perf fds, rings and CMD's go-pipe, so a dead
-        recorder's events stop and CMD is not held."""
-        for ring in self.rings:
-            ring.close()
+        """In the forked converter: drop the perf fds and CMD's go-pipe, so a dead recorder's
+        events stop and CMD is not held. (Ring mmaps are VM_DONTCOPY: nothing to unmap.)"""
         for fd in self.fds:
             os.close(fd)
         if self._go is not None:

@@ -1,0 +1,220 @@
+"""The spool: raw ring bytes on disk between the hot drain loop and a converter process.
+
+Why: splitting records, building Arrow tables and compressing Parquet inside the recording process
+competed with the drain for the GIL and the CPUs, and the kernel dropped events. Now the drain loop
+only appends ring bytes to a segment file (`Ring.drain_to`), and a forked converter process turns
+each finished segment (about 1 s of data) into a Parquet part through `RecordingWriter`, in big
+batches. A SIGKILLed recorder loses nothing it drained: the converter sees its control pipe close,
+converts the segments left behind and exits, leaving a parts folder `analyze` reads.
+
+Segment file = frames, each a 16-byte header (u32 ring, u32 kind, u64 length) + payload. Kinds:
+DATA (one drain of ring `ring`), META (JSON: the recording metadata as the recorder knows it),
+ROWS (an Arrow IPC stream of rows the recorder adds, e.g. symbol tables at stop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from kmemleak_offline.recording import RecordingWriter, to_table
+from recorder.errors import RecordError
+from recorder.records import RingBatch, Splitter
+from recorder.ring import FRAME
+
+DATA, META, ROWS = 0, 1, 2
+SEGMENT_GLOB = "spool-*.bin"
+PART_COMPRESSION = "lz4"  # parts are short-lived; the merge at a clean stop recompresses
+
+
+def segment_path(folder: Path, n: int) -> Path:
+    return folder / f"spool-{n:06d}.bin"
+
+
+def frames(buf: bytes) -> Iterator[tuple[int, int, memoryview]]:
+    """(ring, kind, payload) of each complete frame; a torn last frame (killed writer) is dropped."""
+    mv = memoryview(buf)
+    off, end, hsize = 0, len(buf), FRAME.size
+    while off + hsize <= end:
+        ring, kind, n = FRAME.unpack_from(buf, off)
+        if off + hsize + n > end:
+            break
+        yield ring, kind, mv[off + hsize: off + hsize + n]
+        off += hsize + n
+
+
+class Converter:
+    """Child side: spool segments -> Splitter rows -> one Parquet part per segment."""
+
+    def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int],
+                 part_compression: str = PART_COMPRESSION) -> None:
+        self.writer = writer
+        self._final_compression = writer.compression
+        writer.compression = part_compression
+        self.splitter = splitter
+        self.ring_cpu = ring_cpu
+        self.meta: dict[str, Any] = writer.metadata
+        self.done = -1  # last converted segment number
+
+    def convert(self, path: Path) -> None:
+        buf = path.read_bytes()
+        chunks: dict[int, list[memoryview]] = {}
+        for ring, kind, payload in frames(buf):
+            if kind == DATA:
+                chunks.setdefault(ring, []).append(payload)
+            elif kind == META:
+                self.meta = json.loads(bytes(payload))
+            elif kind == ROWS:
+                self.writer.write(pa.ipc.open_stream(payload).read_all())
+        for ring in sorted(chunks):  # records never straddle drains: a ring's chunks concatenate
+            data = b"".join(chunks[ring])
+            for rows in self.splitter.split(RingBatch(ring, self.ring_cpu[ring], data)):
+                self.writer.write(rows)
+        del chunks, buf
+        self._apply_meta()
+        self.writer.flush_part()
+        path.unlink()
+
+    def _apply_meta(self) -> None:
+        """The recorder's metadata, with the sample counts only the splitter knows."""
+        meta = json.loads(json.dumps(self.meta))
+        sp = self.splitter
+        for name, c in meta.get("counts", {}).items():
+            c["samples"] = sp.samples.get(name, 0)
+            c["lost_records"] = sp.lost_records.get(name, 0)
+        self.writer.metadata = meta
+
+    def catch_up(self, folder: Path, upto: int | None) -> None:
+        """Convert finished segments in order (all present ones when `upto` is None)."""
+        if upto is None:
+            todo = sorted(folder.glob(SEGMENT_GLOB))
+        else:
+            todo = [segment_path(folder, n) for n in range(self.done + 1, upto + 1)]
+        for path in todo:
+            if path.exists():
+                self.convert(path)
+            self.done = max(self.done, int(path.stem.split("-")[1]))
+
+    def serve(self, folder: Path, ctrl: int, ack: int) -> None:
+        """Follow the recorder's commands: `seg N`, `sync N` (answer when done), `stop N`."""
+        pending = b""
+        while True:
+            chunk = os.read(ctrl, 4096)
+            if not chunk:  # the recorder died: save what it spooled, leave the parts folder
+                self.catch_up(folder, None)
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                cmd, n = line.decode().split()
+                self.catch_up(folder, int(n))
+                if cmd == "sync":
+                    os.write(ack, b"ok\n")
+                elif cmd == "stop":
+                    self.writer.compression = self._final_compression
+                    self.writer.close()
+                    return
+
+
+class SpooledRecording:
+    """Parent side: the recording as the session sees it (a RecordingWriter stand-in).
+
+    `metadata` stays the recorder's to update; `write` and `flush_part` go through the spool;
+    `close` waits for the converter to merge the parts into the single file.
+    """
+
+    def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int],
+                 in_child: Callable[[], None]) -> None:
+        self.metadata: dict[str, Any] = writer.metadata
+        self.path = writer.path
+        self.parts_dir: Path = writer.parts_dir
+        self.seg = 0
+        self.fd = self._open(0)
+        self.bytes_spooled = 0
+        ctrl_r, self._ctrl = os.pipe()
+        self._ack, ack_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                    signal.signal(s, signal.SIG_IGN)  # Ctrl-C hits the group; finish the work
+                os.close(self._ctrl)
+                os.close(self._ack)
+                os.close(self.fd)
+                in_child()
+                Converter(writer, splitter, ring_cpu).serve(self.parts_dir, ctrl_r, ack_w)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - report in one line, never a traceback
+                sys.stderr.write(f"kmemleak-offline record: converter: {exc}\n")
+            finally:
+                os._exit(code)
+        os.close(ctrl_r)
+        os.close(ack_w)
+
+    def _open(self, n: int) -> int:
+        return os.open(segment_path(self.parts_dir, n), os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                       | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _frame(self, kind: int, payload: bytes) -> None:
+        os.write(self.fd, FRAME.pack(0, kind, len(payload)) + payload)
+
+    def write(self, rows: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
+        """Rows for the recording (few: not the hot path), as an Arrow IPC frame."""
+        table = to_table(rows)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        self._frame(ROWS, sink.getvalue().to_pybytes())
+
+    def rotate(self, cmd: str = "seg") -> None:
+        """Finish the current segment (with the metadata as known now) and start the next."""
+        self._frame(META, json.dumps(self.metadata).encode())
+        os.close(self.fd)
+        done = self.seg
+        self.seg += 1
+        if cmd != "stop":
+            self.fd = self._open(self.seg)
+        try:
+            os.write(self._ctrl, f"{cmd} {done}\n".encode())
+        except BrokenPipeError:
+            raise RecordError(f"the converter process died; the data spooled so far is in "
+                              f"{self.parts_dir}") from None
+
+    def flush_part(self) -> None:
+        """Everything spooled so far is in part files when this returns."""
+        self.rotate("sync")
+        if os.read(self._ack, 3) != b"ok\n":
+            raise RecordError(f"the converter process died; the data spooled so far is in "
+                              f"{self.parts_dir}")
+
+    def abandon(self) -> None:
+        """The recorder failed: let the converter save what was spooled (parts folder), wait."""
+        if self._ctrl < 0:
+            return
+        os.close(self._ctrl)
+        self._ctrl = -1
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        os.close(self._ack)
+
+    def close(self) -> Path:
+        """Hand over the last segment, let the converter merge, wait for it."""
+        self.rotate("stop")
+        os.close(self._ctrl)
+        self._ctrl = -1
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self._ack)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RecordError(f"the converter process failed; the data recorded so far is in "
+                              f"{self.parts_dir}")
+        return self.path
