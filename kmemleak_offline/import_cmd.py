@@ -1,0 +1,50 @@
+"""`kmemleak-offline import`: a `perf record` perf.data -> a recording, for postmortem analysis.
+
+A thin Typer wrapper over perfdata.import_perf_data; bad input is one stderr line and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .perfdata import PerfDataError, import_perf_data
+from .recording import RecordingError
+
+
+def import_(
+    ctx: typer.Context,
+    perf_data: Annotated[Path, typer.Argument(help="perf.data written by perf record (tracepoints/uprobes)")],
+    output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="recording to write (default: PERF_DATA with .parquet)")] = None,
+    alloc: Annotated[list[str] | None, typer.Option("--alloc", help="alloc events EVENT[,EVENT...] "
+                                                    "(default: the known kmem/percpu events present)")] = None,
+    free: Annotated[list[str] | None, typer.Option("--free", help="free events EVENT[,EVENT...]")] = None,
+) -> None:
+    """Convert a perf.data (tracepoints and uprobes) into a recording."""
+    out = output if output is not None else perf_data.with_suffix(".parquet")
+    if out.resolve() == perf_data.resolve():
+        _fail(f"{out}: the output would overwrite the perf.data; give -o")
+
+    def notice(msg: str) -> None:
+        sys.stderr.write(f"kmemleak-offline import: {msg}\n")
+
+    try:
+        res = import_perf_data(perf_data, out, list(alloc) if alloc else None,
+                               list(free) if free else None, notice=notice)
+    except (PerfDataError, RecordingError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{out}: cannot write the recording ({exc.strerror or exc})")
+    total = sum(res.samples.values())
+    per = ", ".join(f"{k} {v}" for k, v in sorted(res.samples.items()))
+    sys.stderr.write(f"kmemleak-offline import: wrote {res.output}: {total} samples ({per}), "
+                     f"{res.stacks} distinct call chains\n")
+
+
+def _fail(msg: str) -> None:
+    sys.stderr.write(f"kmemleak-offline: {msg}\n")
+    raise typer.Exit(2)
