@@ -63,7 +63,6 @@ class Ordering:
     """The merged stream of all sample rows: perf-prof's ordering layer, done once."""
 
     by_ring: np.ndarray  # rows in (ring, seq) order
-    ring_key: np.ndarray  # ring_seq_key in by_ring order (ascending)
     ring_time: np.ndarray  # clamped times in by_ring order
     stream: np.ndarray  # rows in (clamped time, ring, seq) order
     time: np.ndarray  # clamped times in stream order
@@ -86,8 +85,12 @@ def _ring_seq_order(ring: np.ndarray, seq: np.ndarray) -> np.ndarray:
         return np.arange(n)
     r = ring.astype(np.int64)
     nr = int(r.max()) + 1
-    span = np.zeros(nr, np.int64)
-    np.maximum.at(span, r, seq.astype(np.int64) + 1)
+    if nr <= 256:  # a few rings (CPUs, threads): one masked max per ring beats ufunc.at
+        s64 = seq.astype(np.int64)
+        span = np.array([int(s64[r == i].max(initial=-1)) + 1 for i in range(nr)], np.int64)
+    else:
+        span = np.zeros(nr, np.int64)
+        np.maximum.at(span, r, seq.astype(np.int64) + 1)
     base = np.concatenate(([0], np.cumsum(span)[:-1]))
     total = int(span.sum())
     if total > 4 * n + 1024:  # sparse seqs: a plain sort is cheaper
@@ -107,14 +110,13 @@ def order_samples(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> Orderi
     by_ring = _ring_seq_order(ring, seq)
     t = time[by_ring].astype(np.uint64)
     r = ring[by_ring]
-    sorted_key = ring_seq_key(r, seq[by_ring])
     if len(t) > 1:
         back = (t[1:] < t[:-1]) & (r[1:] == r[:-1])
         if back.any():  # segmented running max, only when some ring actually goes backwards
             t = pd.Series(t).groupby(r, sort=False).cummax().to_numpy(np.uint64)
     # each ring is now one sorted run: timsort merges the runs in near-linear time
     o = np.argsort(t, kind="stable")
-    return Ordering(by_ring=by_ring, ring_key=sorted_key, ring_time=t, stream=by_ring[o], time=t[o])
+    return Ordering(by_ring=by_ring, ring_time=t, stream=by_ring[o], time=t[o])
 
 
 def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.ndarray,
@@ -128,7 +130,7 @@ def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.
     start = np.full(n, np.uint64(start_ns), dtype=np.uint64)
     end = np.full(n, U64_MAX, dtype=np.uint64)
     if n and len(order.by_ring):
-        skey_s = order.ring_key
+        skey_s = ring_seq_key(ring[order.by_ring], seq[order.by_ring])  # ascending
         stime_s = order.ring_time
         lkey = ring_seq_key(l_ring, l_seq)
         pos = np.searchsorted(skey_s, lkey, side="left")  # first sample after the loss
