@@ -1,0 +1,208 @@
+"""`kmemleak-offline import`: real `perf record` captures made here, imported, then analysed.
+
+Expected values come from the workload (N pipes held open past the end of the capture) and from
+`perf script` reading the same perf.data (event counts, ptr fields, timestamps).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmemleak_offline import perfdata, tracefs
+from kmemleak_offline.cli import main
+from kmemleak_offline.recording import open_recording
+
+N_PIPES = 64
+PERF = shutil.which("perf") or "perf"
+# parent forks a child that opens N pipes, tells the parent, and keeps them open after perf stops
+HOLDER = """import os, sys, time
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:  # detach from perf's and pytest's pipes so nobody waits for this child
+    os.close(r)
+    nul = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(nul, fd)
+    ps = [os.pipe() for _ in range({n})]
+    os.write(w, b"x")
+    time.sleep(60)
+    os._exit(0)
+os.close(w)
+os.read(r, 1)
+open(sys.argv[1], "w").write(str(pid))
+time.sleep(0.1)
+"""
+KERNEL_CTX = 0xFFFFFFFFFFFFFF80  # PERF_CONTEXT_KERNEL
+
+
+def _perf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([PERF, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def pipes_data(tmp_path_factory) -> Path:
+    """perf.data of kmalloc+kfree with kernel call chains, monotonic clock, N pipes left open."""
+    d = tmp_path_factory.mktemp("imp")
+    data, pidfile, prog = d / "pipes.data", d / "holder.pid", d / "holder.py"
+    prog.write_text(HOLDER.replace("{n}", str(N_PIPES)))
+    try:
+        res = _perf("record", "-q", "-e", "kmem:kmalloc", "-e", "kmem:kfree", "-g", "-a", "-k", "mono",
+                    "-o", str(data), "--", sys.executable, str(prog), str(pidfile))
+        assert res.returncode == 0, res.stderr
+    finally:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return data
+
+
+@pytest.fixture(scope="module")
+def pipes_rec(pipes_data: Path) -> Path:
+    out = pipes_data.with_suffix(".parquet")
+    assert main(["import", str(pipes_data), "-o", str(out)]) == 0
+    return out
+
+
+def _groups(report: str) -> list[tuple[int, list[str]]]:
+    out: list[tuple[int, list[str]]] = []
+    for line in report.splitlines():
+        m = re.match(r"Leak of \d+ bytes in (\d+) objects allocated from:", line)
+        if m:
+            out.append((int(m.group(1)), []))
+        elif out and line.startswith("    "):
+            out[-1][1].append(line)
+    return out
+
+
+def _script(data: Path, fields: str) -> list[str]:
+    res = _perf("script", "-i", str(data), "-F", fields, "--ns")
+    assert res.returncode == 0, res.stderr
+    return [ln for ln in res.stdout.splitlines() if ln.strip()]
+
+
+def test_pipes_leak_through_import_and_analyze(pipes_rec: Path, capsys) -> None:
+    capsys.readouterr()
+    assert main(["analyze", str(pipes_rec)]) == 0
+    report = capsys.readouterr().out
+    pipe = [n for n, st in _groups(report)
+            if any(" alloc_pipe_info+" in s for s in st) and any(" create_pipe_files+" in s for s in st)]
+    assert pipe and max(pipe) >= N_PIPES, report[:3000]
+
+
+def test_event_counts_fields_and_times_match_perf_script(pipes_data: Path, pipes_rec: Path) -> None:
+    lines = _script(pipes_data, "event,time,trace")
+    want = collections.Counter(re.search(r"(kmem:\w+):", ln).group(1) for ln in lines)
+    rec = open_recording(pipes_rec)
+    t = rec.table(["sample"], ["event", "time", "raw", "cpu", "seq", "stack_id"])
+    got = collections.Counter(t.column("event").cast("string").to_pylist())
+    assert got == want and sum(want.values()) > N_PIPES
+    assert {k: v["samples"] for k, v in rec.metadata["counts"].items()} == dict(want)
+    # timestamps: perf script prints sec.nsec of the same clock
+    ptimes = sorted(int(m.group(1)) * 10**9 + int(m.group(2))
+                    for m in (re.search(r"\s(\d+)\.(\d{9}):", ln) for ln in lines))
+    assert sorted(t.column("time").to_pylist()) == ptimes
+    # decoded ptr fields of each event equal what perf's own decoder prints
+    ev = np.array(t.column("event").cast("string").to_pylist())
+    for name in want:
+        fmt = tracefs.parse_format(rec.metadata["events"][name]["format"], name.split(":")[0])
+        cols = tracefs.decode(fmt, t.column("raw").filter(ev == name))
+        theirs = sorted(0 if v == "(nil)" else int(v, 16) for ln in lines if f"{name}:" in ln
+                        for v in re.findall(r"ptr=(\S+)", ln))
+        assert sorted(cols["ptr"].astype(np.uint64).tolist()) == theirs
+    # seq numbers the records of each cpu 0,1,2... in one sequence shared by samples and side-band
+    cpu = np.array(t.column("cpu").to_pylist())
+    seq = np.array(t.column("seq").to_pylist())
+    for c in np.unique(cpu):
+        s = np.sort(seq[cpu == c])
+        assert len(np.unique(s)) == len(s)
+
+
+def test_stacks_deduplicated_and_kernel_first(pipes_rec: Path) -> None:
+    rec = open_recording(pipes_rec)
+    stacks = rec.table(["stack"], ["stack_id", "callchain"])
+    ids = stacks.column("stack_id").to_pylist()
+    chains = [tuple(c) for c in stacks.column("callchain").to_pylist()]
+    assert len(set(ids)) == len(ids) and len(set(chains)) == len(chains)  # one row per distinct chain
+    assert all(c[0] == KERNEL_CTX for c in chains)
+    used = set(rec.table(["sample"], ["stack_id"]).column("stack_id").to_pylist())
+    assert None not in used and used == set(ids)
+
+
+def test_metadata_host_clock_and_kernel_symbols(pipes_rec: Path) -> None:
+    rec = open_recording(pipes_rec)
+    m = rec.metadata
+    assert m["producer"] == "kmemleak-offline 0.1.0 import"
+    assert m["host"]["kernel_release"] == platform.release()
+    assert m["host"]["hostname"] == platform.node()
+    assert m["host"]["ncpus"] == os.cpu_count()
+    assert set(m["events"]) == {"kmem:kmalloc", "kmem:kfree"}
+    assert m["alloc"] == ["kmem:kmalloc//ptr=ptr/size=bytes_alloc/stack/"]
+    assert m["free"] == ["kmem:kfree//ptr=ptr/"]
+    times = rec.table(["sample"], ["time"]).column("time").to_pylist()
+    assert m["clock"]["start_ns"] == min(times) and m["clock"]["stop_ns"] == max(times)
+    assert m["clock"]["perf_clock"] == "monotonic"
+    anchor = m["clock"]["anchor"]  # -k mono writes HEADER_CLOCK_DATA
+    assert anchor["realtime_ns"] > 1_600_000_000 * 10**9 and 0 < anchor["perf_ns"] <= min(times)
+    ksym = rec.table(["ksym"], ["name"]).column("name").to_pylist()
+    assert "alloc_pipe_info" in ksym
+    comms = rec.table(["comm"], ["comm"]).column("comm").to_pylist()
+    assert "python3" in comms or Path(sys.executable).name in comms
+
+
+def _one_error_line(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_inputs(tmp_path: Path, pipes_data: Path, capsys) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a perf.data file at all\n" * 10)
+    assert "not a perf.data" in _one_error_line(capsys, ["import", str(text), "-o", str(tmp_path / "x")])
+    cut = tmp_path / "cut.data"
+    cut.write_bytes(pipes_data.read_bytes()[: pipes_data.stat().st_size // 2])
+    assert "truncated" in _one_error_line(capsys, ["import", str(cut), "-o", str(tmp_path / "y")])
+    assert "no such file" in _one_error_line(capsys, ["import", str(tmp_path / "nope.data")])
+    err = _one_error_line(capsys, ["import", str(pipes_data), "-o", str(tmp_path / "z"),
+                                   "--alloc", "kmem:mm_page_alloc"])
+    assert "kmem:mm_page_alloc" in err and "kmem:kmalloc" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_no_tracepoint_samples(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "clock.data"
+    res = _perf("record", "-q", "-e", "cpu-clock", "-o", str(data), "--", "sleep", "0.1")
+    assert res.returncode == 0, res.stderr
+    err = _one_error_line(capsys, ["import", str(data), "-o", str(tmp_path / "c.parquet")])
+    assert "no tracepoint samples" in err
+
+
+def test_alloc_free_options_are_kept(tmp_path: Path, pipes_data: Path, capsys) -> None:
+    out = tmp_path / "o.parquet"
+    assert main(["import", str(pipes_data), "-o", str(out), "--alloc", "kmem:kmalloc//size=bytes_req/stack/",
+                 "--free", "kmem:kfree/ptr != 0/"]) == 0
+    m = open_recording(out).metadata
+    assert m["alloc"] == ["kmem:kmalloc//size=bytes_req/stack/"] and m["free"] == ["kmem:kfree/ptr != 0/"]
+
+
+def test_parse_tracing_data_formats_round_trip(pipes_data: Path) -> None:
+    pd_ = perfdata.read_perf_data(pipes_data)
+    here = Path("/sys/kernel/tracing/events/kmem/kmalloc/format").read_text()
+    fmt = next(f for f in pd_.formats.values() if f.full_name == "kmem:kmalloc")
+    assert fmt.fields == tracefs.parse_format(here, "kmem").fields
+    assert {a.name for a in pd_.attrs if a.type == 2} == {"kmem:kmalloc", "kmem:kfree"}
