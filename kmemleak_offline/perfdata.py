@@ -720,6 +720,9 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
 
     times = cols["time"].astype(np.uint64)
     start, stop = int(times.min()), int(times.max())
+    for c in side.values():  # side-band before the first sample (an exec's COMM) moves the start
+        if c["time"] is not None and (c["time"] > 0).any():
+            start = min(start, int(c["time"][c["time"] > 0].min()))
     stack_id, stack_rows = _stacks(pd_, cols)
     raw_flat, raw_offs = _ragged(pd_.buf, cols["raw_start"], cols["raw_len"])
     cpu = cols.get("cpu")
@@ -741,7 +744,7 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
     for (typ, c), sq in zip(side.items(), seqs[1:], strict=True):
         n = len(c["rec"])
         t = c["time"] if c["time"] is not None else np.zeros(n, np.int64)
-        t = np.where(t <= 0, start, t).astype(np.uint64)  # perf's synthesized initial state: time 0
+        t = np.where(t <= 0, start, t).astype(np.uint64)  # perf's synthesized initial state
         row = {k: v for k, v in c.items() if k not in ("rec", "time", "cpu")}
         row |= {"kind": [kinds[typ]] * n, "time": pa.array(t, pa.uint64()), "seq": pa.array(sq, pa.uint64())}
         if typ == REC_LOST and c["cpu"] is not None:

@@ -152,7 +152,9 @@ def test_metadata_host_clock_and_kernel_symbols(pipes_rec: Path) -> None:
     assert m["alloc"] == ["kmem:kmalloc//ptr=ptr/size=bytes_alloc/stack/"]
     assert m["free"] == ["kmem:kfree//ptr=ptr/"]
     times = rec.table(["sample"], ["time"]).column("time").to_pylist()
-    assert m["clock"]["start_ns"] == min(times) and m["clock"]["stop_ns"] == max(times)
+    assert m["clock"]["start_ns"] <= min(times) and m["clock"]["stop_ns"] == max(times)
+    side = rec.table(["comm", "mmap", "fork", "exit"], ["time"]).column("time").to_pylist()
+    assert side and min(side) == m["clock"]["start_ns"]  # perf's synthesized state at the start
     assert m["clock"]["perf_clock"] == "monotonic"
     anchor = m["clock"]["anchor"]  # -k mono writes HEADER_CLOCK_DATA
     assert anchor["realtime_ns"] > 1_600_000_000 * 10**9 and 0 < anchor["perf_ns"] <= min(times)
@@ -206,3 +208,41 @@ def test_parse_tracing_data_formats_round_trip(pipes_data: Path) -> None:
     fmt = next(f for f in pd_.formats.values() if f.full_name == "kmem:kmalloc")
     assert fmt.fields == tracefs.parse_format(here, "kmem").fields
     assert {a.name for a in pd_.attrs if a.type == 2} == {"kmem:kmalloc", "kmem:kfree"}
+
+
+LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+LEAKY_C = Path(__file__).resolve().parent / "c" / "leaky.c"
+
+
+def test_uprobe_malloc_return_and_free(tmp_path: Path, capsys) -> None:
+    """perf probe on libc malloc%return/free; leaky's leak_a (7) and leak_b (3) mallocs are found."""
+    exe = tmp_path / "leaky"
+    cc = subprocess.run(["gcc", "-O2", "-fno-omit-frame-pointer", "-pthread", "-o", str(exe), str(LEAKY_C)],
+                        capture_output=True, text=True, check=False)
+    assert cc.returncode == 0, cc.stderr
+    data, out = tmp_path / "u.data", tmp_path / "u.parquet"
+    try:
+        for spec in ("kmlt_imp_m=malloc%return $retval", "kmlt_imp_f=free ptr=%di:x64"):
+            res = _perf("probe", "-q", "-x", LIBC, "-a", spec)
+            assert res.returncode == 0, res.stderr
+        res = _perf("record", "-q", "-e", "probe_libc:kmlt_imp_*", "-g", "-o", str(data), "--", str(exe))
+        assert res.returncode == 0, res.stderr
+    finally:
+        _perf("probe", "-q", "-d", "probe_libc:kmlt_imp_*")
+    assert "kmlt_imp" not in _perf("probe", "-l").stdout
+    want = collections.Counter(re.search(r"(probe_libc:\w+):", ln).group(1) for ln in _script(data, "event"))
+    assert main(["import", str(data), "-o", str(out), "--alloc", "probe_libc:kmlt_imp_m__return//ptr=arg1/stack/",
+                 "--free", "probe_libc:kmlt_imp_f//ptr=ptr/"]) == 0
+    rec = open_recording(out)
+    assert {k: v["samples"] for k, v in rec.metadata["counts"].items()} == dict(want)
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    report = capsys.readouterr().out
+    first: list[str] = []  # first stack line of each leaked event
+    lines = report.splitlines()
+    for i, ln in enumerate(lines):
+        if "probe_libc:kmlt_imp_m__return:" in ln:
+            assert ln.split()[0] == "leaky"  # comm at allocation time, after exec
+            first.append(lines[i + 1])
+    assert sum(" leak_a+" in f for f in first) == 7
+    assert sum(" leak_b+" in f for f in first) == 3
