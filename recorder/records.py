@@ -56,6 +56,23 @@ def _boundaries(data: bytes) -> np.ndarray:
     return np.array(offs, dtype=np.int64)
 
 
+def _gather_raw(data: bytes, a4: np.ndarray, raw_word: np.ndarray, raw_len: np.ndarray,
+                offsets: np.ndarray) -> np.ndarray:
+    """Concatenated raw payloads (each starts 4 bytes into word `raw_word`).
+
+    Tracepoint payloads are usually whole u32s, so gather 4-byte units (4x fewer indices);
+    otherwise bytes. Ragged gather: repeat each start by its length, add a running index.
+    """
+    if not (raw_len & 3).any():
+        offs4 = offsets[:-1].astype(np.int64) >> 2
+        idx = np.repeat(raw_word * 2 + 1 - offs4, raw_len >> 2)
+        idx += np.arange(len(idx), dtype=np.int64)
+        return a4[idx]
+    idx = np.repeat(raw_word * 8 + 4 - offsets[:-1], raw_len)
+    idx += np.arange(len(idx), dtype=np.int64)
+    return np.frombuffer(data, dtype=np.uint8)[idx]
+
+
 @dataclass
 class Splitter:
     """Stateful across batches: per-ring sequence numbers, the stack dictionary, counters."""
@@ -120,12 +137,9 @@ class Splitter:
         raw_word = w + 5 + np.where(has_cc, 1 + nr, 0)
         a4 = np.frombuffer(data, dtype=np.uint32, count=len(data) // 4)
         raw_len = a4[raw_word * 2].astype(np.int64)
-        raw_start = raw_word * 8 + 4
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(raw_len, out=offsets[1:])
-        total = int(offsets[-1])
-        gather = np.repeat(raw_start - offsets[:-1], raw_len) + np.arange(total, dtype=np.int64)
-        raw_bytes = np.frombuffer(data, dtype=np.uint8)[gather]
+        raw_bytes = _gather_raw(data, a4, raw_word, raw_len, offsets)
         raw = pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
                                                            pa.py_buffer(raw_bytes)])
         stack_id = np.zeros(n, dtype=np.uint32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -24,14 +25,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from kmemleak_offline.recording import RecordingWriter, to_table
+from kmemleak_offline.recording import PART_GLOB, RecordingWriter, open_recording, to_table
 from recorder.errors import RecordError
 from recorder.records import RingBatch, Splitter
 from recorder.ring import FRAME
 
 DATA, META, ROWS = 0, 1, 2
 SEGMENT_GLOB = "spool-*.bin"
-PART_COMPRESSION = "lz4"  # parts are short-lived; the merge at a clean stop recompresses
+CONVERTER_NICE = 10
+PART_COMPRESSION = "lz4"  # parts only matter after a crash; the final file keeps its own codec
 
 
 def segment_path(folder: Path, n: int) -> Path:
@@ -51,12 +53,18 @@ def frames(buf: bytes) -> Iterator[tuple[int, int, memoryview]]:
 
 
 class Converter:
-    """Child side: spool segments -> Splitter rows -> one Parquet part per segment."""
+    """Child side: spool segments -> Splitter rows -> one Parquet part per segment.
+
+    The same rows also stream into the single final file (a second RecordingWriter), so a clean
+    stop only finishes that file and drops the parts: no re-reading and re-encoding of a merge.
+    """
 
     def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int],
                  part_compression: str = PART_COMPRESSION) -> None:
         self.writer = writer
-        self._final_compression = writer.compression
+        self.final = RecordingWriter(writer.path, writer.metadata, compression=writer.compression)
+        if any(writer.parts_dir.glob(PART_GLOB)):  # rows written before the fork
+            self.final.write(open_recording(writer.parts_dir).table())
         writer.compression = part_compression
         self.splitter = splitter
         self.ring_cpu = ring_cpu
@@ -72,15 +80,30 @@ class Converter:
             elif kind == META:
                 self.meta = json.loads(bytes(payload))
             elif kind == ROWS:
-                self.writer.write(pa.ipc.open_stream(payload).read_all())
+                self._write(pa.ipc.open_stream(payload).read_all())
         for ring in sorted(chunks):  # records never straddle drains: a ring's chunks concatenate
             data = b"".join(chunks[ring])
             for rows in self.splitter.split(RingBatch(ring, self.ring_cpu[ring], data)):
-                self.writer.write(rows)
+                self._write(rows)
         del chunks, buf
         self._apply_meta()
         self.writer.flush_part()
         path.unlink()
+
+    def _write(self, rows: Mapping[str, Any] | pa.Table) -> None:
+        table = to_table(rows)
+        self.writer.write(table)
+        self.final.write(table)
+
+    def finish(self) -> None:
+        """Clean stop: the final file gets the last metadata; the parts folder goes."""
+        self.final.metadata = self.writer.metadata
+        self.final.close()
+        shutil.rmtree(self.writer.parts_dir)
+
+    def abort(self) -> None:
+        """The recorder died: the parts folder is the recording; drop the unfinished final file."""
+        self.final.path.with_name(self.final.path.name + ".tmp").unlink(missing_ok=True)
 
     def _apply_meta(self) -> None:
         """The recorder's metadata, with the sample counts only the splitter knows."""
@@ -109,6 +132,7 @@ class Converter:
             chunk = os.read(ctrl, 4096)
             if not chunk:  # the recorder died: save what it spooled, leave the parts folder
                 self.catch_up(folder, None)
+                self.abort()
                 return
             pending += chunk
             *lines, pending = pending.split(b"\n")
@@ -118,8 +142,7 @@ class Converter:
                 if cmd == "sync":
                     os.write(ack, b"ok\n")
                 elif cmd == "stop":
-                    self.writer.compression = self._final_compression
-                    self.writer.close()
+                    self.finish()
                     return
 
 
@@ -137,7 +160,7 @@ class SpooledRecording:
         self.parts_dir: Path = writer.parts_dir
         self.seg = 0
         self.fd = self._open(0)
-        self.bytes_spooled = 0
+        self.converter_cpu_s = 0.0
         ctrl_r, self._ctrl = os.pipe()
         self._ack, ack_w = os.pipe()
         self.pid = os.fork()
@@ -150,6 +173,7 @@ class SpooledRecording:
                 os.close(self._ack)
                 os.close(self.fd)
                 in_child()
+                os.nice(CONVERTER_NICE)  # background work: the workload and the drain come first
                 Converter(writer, splitter, ring_cpu).serve(self.parts_dir, ctrl_r, ack_w)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - report in one line, never a traceback
@@ -212,7 +236,8 @@ class SpooledRecording:
         self.rotate("stop")
         os.close(self._ctrl)
         self._ctrl = -1
-        _, status = os.waitpid(self.pid, 0)
+        _, status, usage = os.wait4(self.pid, 0)
+        self.converter_cpu_s = usage.ru_utime + usage.ru_stime
         os.close(self._ack)
         if os.waitstatus_to_exitcode(status) != 0:
             raise RecordError(f"the converter process failed; the data recorded so far is in "
