@@ -262,7 +262,9 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
 
     ksyms = KernelSymbols.from_table(loaded.side["ksym"])
     comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
-    stacks = _stacks(loaded.side["stack"], stream.column("stack_id"))
+    # stack ids in use: per position when the stream has its own (malloc), else any sample's
+    used = stream.per_pos.get("stack_id", sm.stack_id)
+    stacks = _stacks(loaded.side["stack"], used)
 
     reports = [_report_view(r, stream, mode, per_task, opts, comms) for r in res.reports]
     intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []

@@ -83,20 +83,19 @@ def _ring_seq_order(ring: np.ndarray, seq: np.ndarray) -> np.ndarray:
     key = ring_seq_key(ring, seq)
     if np.all(key[1:] >= key[:-1]):
         return np.arange(n)
-    r = ring.astype(np.int64)
-    nr = int(r.max()) + 1
+    nr = int(ring.max()) + 1
+    s64 = seq.view(np.int64) if seq.dtype.itemsize == 8 else seq.astype(np.int64)
     if nr <= 256:  # a few rings (CPUs, threads): one masked max per ring beats ufunc.at
-        s64 = seq.astype(np.int64)
-        span = np.array([int(s64[r == i].max(initial=-1)) + 1 for i in range(nr)], np.int64)
+        span = np.array([int(s64[ring == i].max(initial=-1)) + 1 for i in range(nr)], np.int64)
     else:
         span = np.zeros(nr, np.int64)
-        np.maximum.at(span, r, seq.astype(np.int64) + 1)
+        np.maximum.at(span, ring, s64 + 1)
     base = np.concatenate(([0], np.cumsum(span)[:-1]))
     total = int(span.sum())
     if total > 4 * n + 1024:  # sparse seqs: a plain sort is cheaper
         return np.argsort(key)
     slots = np.full(total, -1, np.int64)
-    pos = base[r] + seq.astype(np.int64)
+    pos = base[ring] + s64
     slots[pos] = np.arange(n)
     out = slots[slots >= 0]
     if len(out) != n:  # duplicate (ring, seq): not a valid recording, but stay correct
