@@ -372,7 +372,7 @@ def _decode_for(role: EventRole, sm: Samples, rows: np.ndarray) -> dict[str, np.
             need |= set(e.fields_used)
     cols = decode_rows(role.fmt, sm.data, sm.starts[rows], sm.lengths[rows], fields=need)
     cols["_cpu"] = sm.cpu[rows].astype(np.int64)
-    cols["_pid"] = sm.pid[rows]
+    cols["_pid"] = sm.pid[rows].astype(np.int64)
     return cols
 
 

@@ -35,8 +35,8 @@ class Samples:
     cpu: np.ndarray  # uint32
     ring: np.ndarray  # uint32 (cpu where the recording has no ring)
     seq: np.ndarray  # uint64
-    pid: np.ndarray  # int64
-    tid: np.ndarray  # int64
+    pid: np.ndarray  # int32 (tgid)
+    tid: np.ndarray  # int32
     stack_id: np.ndarray  # int64, -1 = no callchain
     event: np.ndarray  # int32 code into event_names, -1 = null
     event_names: list[str]
@@ -92,7 +92,7 @@ def load(rec: Recording) -> Loaded:
     data, starts, lengths = raw_buffers(t.column("raw"))
     samples = Samples(
         time=_np(t.column("time"), np.uint64), cpu=cpu, ring=ring, seq=_np(t.column("seq"), np.uint64),
-        pid=_np(t.column("pid"), np.int64), tid=_np(t.column("tid"), np.int64),
+        pid=_np(t.column("pid"), np.int32), tid=_np(t.column("tid"), np.int32),
         stack_id=_np(t.column("stack_id"), np.int64, -1), event=ev, event_names=names,
         data=data, starts=starts, lengths=lengths,
     )
