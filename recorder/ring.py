@@ -74,7 +74,10 @@ class Ring:
         if done < want:  # short write (a signal, a full disk): finish the frame or raise
             flat = b"".join(bytes(b) for b in bufs)
             while done < want:
-                done += os.write(fd, flat[done:])
+                w = os.write(fd, flat[done:])
+                if w <= 0:
+                    raise OSError("the spool file accepts no more bytes")
+                done += w
         self._tail.value = head
         self.bytes_read += n
         return n

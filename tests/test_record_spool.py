@@ -1,0 +1,152 @@
+"""The recorder's spool path: ring -> spool frames -> converter -> parts / final file.
+
+Hand-built perf records (tests.test_record_split) go through real segment files and a real forked
+converter; the expected rows are worked out here from what was put in. One live test drains a real
+1-page perf ring (wrapping many times) with Ring.drain_to and checks the frames tile into records.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kmemleak_offline.recording import RecordingWriter, new_metadata, open_recording
+from recorder import perf_event as pe
+from recorder.records import RingBatch, Splitter, _boundaries
+from recorder.ring import FRAME, Ring
+from recorder.spool import DATA, Converter, SpooledRecording, frames, segment_path
+from tests.test_record_split import EVENTS, _lost, _sample
+
+CHAIN = [2**64 - 128, 0xFFFFFFFF81000010]
+
+
+def _meta() -> dict:
+    m = new_metadata("test")
+    m["counts"] = {"kmem:kmalloc": {"samples": 0, "lost": 0}, "kmem:kfree": {"samples": 0, "lost": 0}}
+    return m
+
+
+def _ring_bytes(first_ptr: int, n: int) -> tuple[bytes, list[bytes]]:
+    """n kmalloc samples (u32-multiple payloads) and one LOST record; their raw payloads."""
+    raws = [(first_ptr + i).to_bytes(8, "little") * 3 for i in range(n)]
+    data = b"".join(_sample(7, 5, 6, 100 + i, 0, CHAIN, r) for i, r in enumerate(raws))
+    return data + _lost(7, 3, 999), raws
+
+
+def test_frames_drop_a_torn_last_frame() -> None:
+    buf = FRAME.pack(1, DATA, 3) + b"abc" + FRAME.pack(0, DATA, 10) + b"xyz"
+    got = [(r, k, bytes(p)) for r, k, p in frames(buf)]
+    assert got == [(1, DATA, b"abc")]
+
+
+def test_u32_payload_gather_keeps_bytes() -> None:
+    data, raws = _ring_bytes(0x1000, 5)
+    rows = Splitter(EVENTS).split(RingBatch(0, 0, data))[0]
+    assert rows["raw"].to_pylist() == raws
+
+
+def _record_through_converter(tmp_path: Path, die: bool) -> tuple[Path, list[bytes]]:
+    """Spool two segments through a forked converter; stop cleanly or 'die' (close the pipe)."""
+    out = tmp_path / "s.parquet"
+    w = RecordingWriter(out, _meta(), parts=True)
+    w.write({"kind": ["comm"], "time": [1], "pid": [5], "tid": [5], "comm": ["init-state"]})
+    w.flush_part()
+    sp = SpooledRecording(w, Splitter(EVENTS), [0, 1], lambda: None)
+    raws = []
+    for seg in range(2):
+        data, r = _ring_bytes(0x10000 * (seg + 1), 40)
+        raws += r
+        # one ring's bytes in two drains (split on a record boundary), as the drain loop does
+        cut = int(_boundaries(data)[20])
+        os.write(sp.fd, FRAME.pack(1, DATA, cut) + data[:cut])
+        os.write(sp.fd, FRAME.pack(1, DATA, len(data) - cut) + data[cut:])
+        sp.metadata["counts"]["kmem:kmalloc"]["lost"] = 3 * (seg + 1)
+        if seg == 0:
+            sp.rotate()
+    if die:
+        sp.abandon()
+    else:
+        sp.write({"kind": ["comm"], "time": [2], "pid": [9], "tid": [9], "comm": ["at-stop"]})
+        sp.close()
+    return out, raws
+
+
+def test_converter_clean_stop_leaves_one_file(tmp_path: Path) -> None:
+    out, raws = _record_through_converter(tmp_path, die=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.parquet"]
+    rec = open_recording(out)
+    assert not rec.partial
+    s = rec.table(["sample"], ["raw", "seq", "ring", "cpu", "stack_id"]).to_pylist()
+    assert sorted(r["raw"] for r in s) == sorted(raws)
+    # seq runs on across segments: 40 samples + 1 LOST per segment
+    assert sorted(r["seq"] for r in s) == list(range(40)) + list(range(41, 81))
+    assert {r["cpu"] for r in s} == {0} and len({r["stack_id"] for r in s}) == 1
+    assert len(rec.table(["stack"]).to_pylist()) == 1
+    assert sorted(r["comm"] for r in rec.table(["comm"]).to_pylist()) == ["at-stop", "init-state"]
+    assert [(r["lost"], r["cpu"]) for r in rec.table(["lost"]).to_pylist()] == [(3, 1), (3, 1)]
+    c = rec.metadata["counts"]["kmem:kmalloc"]
+    assert (c["samples"], c["lost"], c["lost_records"]) == (80, 6, 6)
+
+
+def test_converter_saves_the_spool_when_the_recorder_dies(tmp_path: Path) -> None:
+    out, raws = _record_through_converter(tmp_path, die=True)
+    assert not out.exists() and not Path(str(out) + ".tmp").exists()
+    parts = Path(str(out) + ".parts")
+    assert not list(parts.glob("spool-*.bin"))  # every segment converted, even the unfinished one
+    rec = open_recording(out)
+    assert rec.partial
+    assert sorted(r["raw"] for r in rec.table(["sample"], ["raw"]).to_pylist()) == sorted(raws)
+    assert rec.metadata["counts"]["kmem:kmalloc"]["samples"] == 80
+
+
+def test_converter_in_process_catch_up(tmp_path: Path) -> None:
+    w = RecordingWriter(tmp_path / "c.parquet", _meta(), parts=True)
+    data, raws = _ring_bytes(0x5000, 10)
+    segment_path(w.parts_dir, 0).write_bytes(FRAME.pack(0, DATA, len(data)) + data)
+    conv = Converter(w, Splitter(EVENTS), [3])
+    conv.catch_up(w.parts_dir, 0)
+    assert not segment_path(w.parts_dir, 0).exists()
+    rec = open_recording(w.parts_dir)
+    assert rec.table(["sample"], ["raw"]).column("raw").to_pylist() == raws
+    conv.finish()
+    lost = open_recording(tmp_path / "c.parquet").table(["lost"], ["cpu", "lost"]).to_pylist()
+    assert lost == [{"cpu": 3, "lost": 3}]  # a LOST row carries its ring's CPU
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="perf_event_open on all tasks needs root")
+def test_drain_to_copies_a_wrapping_ring_exactly(tmp_path: Path) -> None:
+    a = pe.PerfEventAttr()
+    a.type, a.config = pe.PERF_TYPE_SOFTWARE, pe.PERF_COUNT_SW_DUMMY
+    a.sample_type = pe.SAMPLE_BASE
+    a.flags = pe.FLAG_DISABLED | pe.FLAG_COMM | pe.FLAG_TASK | pe.FLAG_SAMPLE_ID_ALL
+    fd = pe.perf_event_open(a, -1, 0)
+    spool = tmp_path / "ring.spool"
+    out = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    ring = Ring(fd, 1)
+    try:
+        pe.enable(fd)
+        for _ in range(12):  # each round: ~40 fork/comm/exit records on CPU 0, then drain
+            subprocess.run(["taskset", "-c", "0", "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do /bin/true; done"],
+                           check=True)
+            ring.drain_to(out, 7)
+        pe.disable(fd)
+        ring.drain_to(out, 7)
+    finally:
+        ring.close()
+        os.close(fd)
+        os.close(out)
+    fr = list(frames(spool.read_bytes()))
+    assert fr and all(r == 7 and k == DATA for r, k, _ in fr)
+    data = b"".join(bytes(p) for _, _, p in fr)
+    assert len(data) == ring.bytes_read > 4 * 4096  # wrapped several times
+    h = memoryview(data).cast("H")
+    off, kinds = 0, set()
+    while off < len(data) and h[off // 2 + 3]:  # every record is whole: sizes tile the stream
+        kinds.add(h[off // 2])
+        off += h[off // 2 + 3]
+    assert off == len(data)
+    assert kinds <= {pe.RECORD_COMM, pe.RECORD_FORK, pe.RECORD_EXIT, pe.RECORD_LOST}
+    assert pe.RECORD_FORK in kinds and pe.RECORD_EXIT in kinds
