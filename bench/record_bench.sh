@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Same kmalloc/kfree workload recorded by `kmemleak-offline record` and by `perf record`
 # (same -m, same events, kernel call chains only), side by side: events, lost %, recorder CPU s.
+# Ours is two processes: the drain process (spools ring bytes) and the converter it forks (spool ->
+# Parquet, niced); "CPU s" is both, as /usr/bin/time sees them, and the drain process alone is
+# shown too. perf record does no conversion (perf report/script do it later).
 # Usage (root): bench/record_bench.sh [SECONDS=5] [PAGES=128] [LOAD_PROCS=2]
 set -euo pipefail
 SECS=${1:-5}; PAGES=${2:-128}; NPROC=${3:-2}
@@ -36,7 +39,9 @@ LOADSECS=$((SECS + 4))
 "$TMP/load" "$NPROC" "$LOADSECS" & LP=$!
 sleep 1
 ( cd "$ROOT" && /usr/bin/time -f "%U %S" -o "$TMP/ours.time" python -m kmemleak_offline.cli record \
-    --alloc kmem:kmalloc --free kmem:kfree -g -m "$PAGES" --duration "${SECS}s" -o "$TMP/ours.parquet" )
+    --alloc kmem:kmalloc --free kmem:kfree -g -m "$PAGES" --duration "${SECS}s" -o "$TMP/ours.parquet" \
+    -v 2>"$TMP/ours.err" )
+OURS_CONV=$(awk '/converter process/ {print $(NF-2)}' "$TMP/ours.err")
 wait $LP
 read -r OURS_EV OURS_LOST < <(python - "$TMP/ours.parquet" <<'PY'
 import sys
@@ -59,14 +64,16 @@ PERF_LOST=$(awk '/^ *LOST events:/ {lost=$3} /^ *LOST_SAMPLES events:/ {ls=$3} E
 PERF_LOST=$(perf report -i "$TMP/perf.data" -D 2>/dev/null | awk '/PERF_RECORD_LOST / {for(i=1;i<=NF;i++) if ($i ~ /^lost:/) {split($i,a,":"); s+=a[2]}} END {print s+0}')
 read -r PU PS < "$TMP/perf.time"
 
-python - "$OURS_EV" "$OURS_LOST" "$OU" "$OS" "$PERF_EV" "$PERF_LOST" "$PU" "$PS" "$SECS" "$PAGES" <<'PY'
+python - "$OURS_EV" "$OURS_LOST" "$OU" "$OS" "$PERF_EV" "$PERF_LOST" "$PU" "$PS" "$SECS" "$PAGES" \
+    "${OURS_CONV:-0}" <<'PY'
 import sys
-oe, ol, ou, os_, pe, pl, pu, ps, secs, pages = sys.argv[1:]
-rows = [("kmemleak-offline record", int(oe), int(ol), float(ou) + float(os_)),
-        ("perf record", int(pe or 0), int(pl or 0), float(pu) + float(ps))]
+oe, ol, ou, os_, pe, pl, pu, ps, secs, pages, conv = sys.argv[1:]
+ours = float(ou) + float(os_)
+rows = [("kmemleak-offline record", int(oe), int(ol), ours, f"{ours - float(conv):.2f}"),
+        ("perf record", int(pe or 0), int(pl or 0), float(pu) + float(ps), "")]
 print(f"kmalloc+kfree, kernel call chains, -m {pages}, {secs}s, same load")
-print(f"{'recorder':<26}{'events':>12}{'lost':>10}{'lost %':>9}{'CPU s':>8}")
-for name, ev, lost, cpu in rows:
+print(f"{'recorder':<26}{'events':>12}{'lost':>10}{'lost %':>9}{'CPU s':>8}{'drain proc CPU s':>18}")
+for name, ev, lost, cpu, drain in rows:
     pct = 100.0 * lost / max(1, ev + lost)
-    print(f"{name:<26}{ev:>12}{lost:>10}{pct:>8.2f}%{cpu:>8.2f}")
+    print(f"{name:<26}{ev:>12}{lost:>10}{pct:>8.2f}%{cpu:>8.2f}{drain:>18}")
 PY

@@ -474,6 +474,9 @@ class Session:
                 print(self._stats(), f"(stopped: {self.stop_reason})", file=sys.stderr)
             self._embed_symbols()
             self.writer.close()
+            if cfg.verbose:
+                print(f"kmemleak-offline record: converter process {self.writer.converter_cpu_s:.2f} "
+                      "CPU s", file=sys.stderr)
         finally:
             if isinstance(self.writer, SpooledRecording):
                 self.writer.abandon()  # no-op after close; on errors the converter saves the parts

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from kmemleak_offline.recording import PART_GLOB, RecordingWriter, open_recording, to_table
+from kmemleak_offline.recording import RecordingWriter, to_table
 from recorder.errors import RecordError
 from recorder.records import RingBatch, Splitter
 from recorder.ring import FRAME
@@ -33,7 +32,7 @@ from recorder.ring import FRAME
 DATA, META, ROWS = 0, 1, 2
 SEGMENT_GLOB = "spool-*.bin"
 CONVERTER_NICE = 10
-PART_COMPRESSION = "lz4"  # parts only matter after a crash; the final file keeps its own codec
+PART_COMPRESSION = "lz4"  # parts are short-lived; the merge at a clean stop recompresses
 
 
 def segment_path(folder: Path, n: int) -> Path:
@@ -53,18 +52,17 @@ def frames(buf: bytes) -> Iterator[tuple[int, int, memoryview]]:
 
 
 class Converter:
-    """Child side: spool segments -> Splitter rows -> one Parquet part per segment.
+    """Child side: spool segments -> Splitter rows -> one Parquet part per segment; at a clean
+    stop the writer merges the parts into the single file.
 
-    The same rows also stream into the single final file (a second RecordingWriter), so a clean
-    stop only finishes that file and drops the parts: no re-reading and re-encoding of a merge.
+    (Streaming the rows into the final file as well, to skip the merge, cost as much CPU, and a
+    ParquetWriter opened early keeps its first metadata in the Arrow schema readers use.)
     """
 
     def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int],
                  part_compression: str = PART_COMPRESSION) -> None:
         self.writer = writer
-        self.final = RecordingWriter(writer.path, writer.metadata, compression=writer.compression)
-        if any(writer.parts_dir.glob(PART_GLOB)):  # rows written before the fork
-            self.final.write(open_recording(writer.parts_dir).table())
+        self._final_compression = writer.compression
         writer.compression = part_compression
         self.splitter = splitter
         self.ring_cpu = ring_cpu
@@ -91,19 +89,12 @@ class Converter:
         path.unlink()
 
     def _write(self, rows: Mapping[str, Any] | pa.Table) -> None:
-        table = to_table(rows)
-        self.writer.write(table)
-        self.final.write(table)
+        self.writer.write(to_table(rows))
 
     def finish(self) -> None:
-        """Clean stop: the final file gets the last metadata; the parts folder goes."""
-        self.final.metadata = self.writer.metadata
-        self.final.close()
-        shutil.rmtree(self.writer.parts_dir)
-
-    def abort(self) -> None:
-        """The recorder died: the parts folder is the recording; drop the unfinished final file."""
-        self.final.path.with_name(self.final.path.name + ".tmp").unlink(missing_ok=True)
+        """Clean stop: merge the parts into the single file (recompressed with its codec)."""
+        self.writer.compression = self._final_compression
+        self.writer.close()
 
     def _apply_meta(self) -> None:
         """The recorder's metadata, with the sample counts only the splitter knows."""
@@ -132,7 +123,6 @@ class Converter:
             chunk = os.read(ctrl, 4096)
             if not chunk:  # the recorder died: save what it spooled, leave the parts folder
                 self.catch_up(folder, None)
-                self.abort()
                 return
             pending += chunk
             *lines, pending = pending.split(b"\n")

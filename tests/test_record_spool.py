@@ -51,7 +51,7 @@ def test_u32_payload_gather_keeps_bytes() -> None:
 def _record_through_converter(tmp_path: Path, die: bool) -> tuple[Path, list[bytes]]:
     """Spool two segments through a forked converter; stop cleanly or 'die' (close the pipe)."""
     out = tmp_path / "s.parquet"
-    w = RecordingWriter(out, _meta(), parts=True)
+    w = RecordingWriter(out, _meta(), parts=True, row_group_rows=16)  # several row groups
     w.write({"kind": ["comm"], "time": [1], "pid": [5], "tid": [5], "comm": ["init-state"]})
     w.flush_part()
     sp = SpooledRecording(w, Splitter(EVENTS), [0, 1], lambda: None)
