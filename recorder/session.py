@@ -1,8 +1,9 @@
-"""The record loop: open events, drain rings on a hot thread, split/write in 1 s batches, stop.
+"""The record loop: open events, spool ring bytes, let a converter write parts, stop.
 
-Threads: the drain thread only polls and copies ring bytes into a deque; the main thread handles
-signals, splits batches into rows (recorder.records), writes a crash-safe part about every second
-and decides when to stop. Nothing here decodes tracepoint payloads.
+Processes: this one (SCHED_FIFO while draining) polls the rings and appends their bytes to a spool
+segment (recorder.spool), hands a segment over about every second, handles signals and decides when
+to stop; a forked, niced converter splits segments into rows (recorder.records) and writes the
+crash-safe parts, then the single file. Nothing here decodes tracepoint payloads.
 """
 
 from __future__ import annotations
