@@ -375,7 +375,9 @@ def _short(exc: BaseException) -> str:
 
 def _read_meta(f: Path) -> dict[str, Any]:
     try:
-        kv = pq.read_schema(f).metadata or {}
+        # the file's key-value metadata, not the Arrow schema's: a streaming writer adds the final
+        # metadata at close, after the schema (with the metadata known at open) was serialised
+        kv = pq.ParquetFile(f).metadata.metadata or {}
     except FileNotFoundError:
         raise RecordingError(f"{f}: no such file") from None
     except IsADirectoryError:

@@ -1,0 +1,49 @@
+"""The recording module: streaming writer, parts folders, metadata precedence, row-group layout."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from kmemleak_offline.recording import RecordingWriter, new_metadata, open_recording
+
+
+def test_metadata_set_at_close_wins_over_metadata_known_at_open(tmp_path):
+    meta = new_metadata("test")
+    w = RecordingWriter(tmp_path / "r.parquet", meta, row_group_rows=2)
+    w.write({"kind": ["sample"] * 3, "time": [1, 2, 3]})  # flushes a row group: the writer is open
+    w.metadata["clock"]["stop_ns"] = 42
+    w.metadata["counts"] = {"kmem:kfree": {"samples": 3, "lost": 0}}
+    w.close()
+    rec = open_recording(tmp_path / "r.parquet")
+    assert rec.metadata["clock"]["stop_ns"] == 42
+    assert rec.metadata["counts"]["kmem:kfree"]["samples"] == 3
+
+
+def test_samples_and_side_band_rows_get_separate_row_groups(tmp_path):
+    w = RecordingWriter(tmp_path / "r.parquet", new_metadata("test"))
+    w.write({"kind": ["sample", "comm", "sample", "ksym"], "time": [1, 0, 2, None],
+             "comm": [None, "bash", None, None], "name": [None, None, None, "kfree"]})
+    w.close()
+    pf = pq.ParquetFile(tmp_path / "r.parquet")
+    kinds = [set(pf.read_row_group(i, columns=["kind"]).column("kind").to_pylist())
+             for i in range(pf.num_row_groups)]
+    assert {"sample"} in kinds and all(k == {"sample"} or "sample" not in k for k in kinds)
+    rec = open_recording(tmp_path / "r.parquet")
+    assert rec.table(kinds=["sample"], columns=["time"]).column("time").to_pylist() == [1, 2]
+    assert rec.table(kinds=["comm"], columns=["comm"]).column("comm").to_pylist() == ["bash"]
+
+
+def test_parts_folder_reads_before_close_and_merges_to_one_file(tmp_path):
+    out = tmp_path / "r.parquet"
+    w = RecordingWriter(out, new_metadata("test"), parts=True)
+    w.write({"kind": ["sample", "sample"], "time": [5, 6]})
+    w.flush_part()
+    w.write({"kind": ["comm"], "comm": ["x"]})
+    w.flush_part()
+    partial = open_recording(out)  # the file does not exist yet: falls back to the parts folder
+    assert partial.partial and partial.num_rows == 3
+    w.close()
+    assert not (tmp_path / "r.parquet.parts").exists()
+    rec = open_recording(out)
+    assert not rec.partial
+    assert sorted(rec.table(columns=["kind"]).column("kind").to_pylist()) == ["comm", "sample", "sample"]
