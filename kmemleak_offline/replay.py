@@ -128,19 +128,25 @@ def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.
     n = len(l_ring)
     start = np.full(n, np.uint64(start_ns), dtype=np.uint64)
     end = np.full(n, U64_MAX, dtype=np.uint64)
-    if n and len(order.by_ring):
-        skey_s = ring_seq_key(ring[order.by_ring], seq[order.by_ring])  # ascending
-        stime_s = order.ring_time
-        lkey = ring_seq_key(l_ring, l_seq)
-        pos = np.searchsorted(skey_s, lkey, side="left")  # first sample after the loss
-        before = pos - 1
-        def ring_at(i: np.ndarray) -> np.ndarray:
-            return (skey_s[i] >> np.uint64(48)).astype(np.uint32)
-
-        has_before = (before >= 0) & (ring_at(np.clip(before, 0, None)) == l_ring)
-        start[has_before] = stime_s[before[has_before]]
-        has_after = (pos < len(skey_s)) & (ring_at(np.clip(pos, None, len(skey_s) - 1)) == l_ring)
-        end[has_after] = stime_s[pos[has_after]]
+    m = len(order.by_ring)
+    if n and m:
+        # position of each loss in (ring, seq) order = samples of lower rings + samples of its ring
+        # with a lower seq. Few losses: count with masks; many: one sorted key array.
+        if n <= 64:
+            ring_start = np.concatenate(([0], np.cumsum(np.bincount(ring, minlength=int(l_ring.max()) + 1))))
+            pos = np.array([ring_start[r] + np.count_nonzero((ring == r) & (seq < q))
+                            for r, q in zip(l_ring.tolist(), l_seq.tolist())], dtype=np.int64)
+            ring_end = ring_start[l_ring.astype(np.int64) + 1]
+            ring_first = ring_start[l_ring.astype(np.int64)]
+        else:
+            skey_s = ring_seq_key(ring[order.by_ring], seq[order.by_ring])  # ascending
+            pos = np.searchsorted(skey_s, ring_seq_key(l_ring, l_seq), side="left")
+            ring_first = np.searchsorted(skey_s, ring_seq_key(l_ring, np.zeros_like(l_seq)), side="left")
+            ring_end = np.searchsorted(skey_s, ring_seq_key(l_ring + 1, np.zeros_like(l_seq)), side="left")
+        has_before = pos > ring_first
+        start[has_before] = order.ring_time[pos[has_before] - 1]
+        has_after = pos < ring_end
+        end[has_after] = order.ring_time[pos[has_after]]
     return Lost(ring=l_ring.astype(np.uint32), count=l_count.astype(np.uint64), start=start, end=end,
                 time=l_time.astype(np.uint64))
 

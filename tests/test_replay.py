@@ -139,3 +139,12 @@ def test_than_uses_stop_time_for_final_and_trigger_time_for_early():
     # ages 30 and 25 > 20 -> both selected. Final at 100: k3@40 (60 > 20 yes), k4@48 (52 yes), k5@90 (10 no)
     assert reports == [("lost", 40, [1, 2], [True, True], 2, 0),
                        ("final", 100, [3, 4, 5], [True, True, False], 5, 0)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_many_losses_take_the_sorted_key_path_and_still_match(seed):
+    rng = np.random.default_rng(1000 + seed)
+    samples, losts = random_case(rng, 400, nrings=3, nkeys=30, nlost=100, tmax=2000)
+    assert len(losts) > 64  # lost_windows switches from masked counts to a sorted key search
+    want = normalise(reference_replay(samples, losts, 0, 3000, 0))
+    assert run_vectorised(samples, losts, 0, 3000) == want
