@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kmemleak_offline.symbols.kernel import ksym_rows
+
 from . import spec as specmod
 from . import tracefs
 from .recording import RecordingWriter, new_metadata
@@ -582,16 +584,9 @@ def running_kernel_build_id() -> bytes | None:
 
 
 def _ksym_rows(text: bytes) -> dict[str, Any]:
-    addrs, names, mods = [], [], []
-    for line in text.splitlines():  # once per symbol, not per event
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        addrs.append(int(parts[0], 16))
-        names.append(parts[2].decode(errors="replace"))
-        mods.append(parts[3].strip(b"[]").decode() if len(parts) > 3 else None)
-    return {"kind": ["ksym"] * len(addrs), "addr": pa.array(addrs, pa.uint64()), "name": names,
-            "module": mods}
+    rows = ksym_rows(text)
+    rows["addr"] = pa.array(rows["addr"], pa.uint64())
+    return rows
 
 
 def kernel_symbols(pd_: PerfData, osrelease: str | None) -> tuple[dict[str, Any] | None, str]:

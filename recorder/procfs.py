@@ -10,6 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from kmemleak_offline.symbols.kernel import ksym_rows
 from recorder.errors import RecordError, RecordInputError
 
 TRACEFS_ENV = "KMEMLEAK_OFFLINE_TRACEFS"
@@ -152,13 +153,5 @@ def initial_maps(pid: int, time_ns: int) -> dict[str, list]:
 
 def kallsyms() -> dict[str, list]:
     """`ksym` rows: every /proc/kallsyms symbol (text and data), with its module."""
-    addrs, names, mods = [], [], []
     with open("/proc/kallsyms", "rb") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 3:
-                continue
-            addrs.append(int(parts[0], 16))
-            names.append(parts[2].decode(errors="replace"))
-            mods.append(parts[3].strip(b"[]").decode() if len(parts) > 3 else None)
-    return {"kind": ["ksym"] * len(addrs), "addr": addrs, "name": names, "module": mods}
+        return ksym_rows(f.read())

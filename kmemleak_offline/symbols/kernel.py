@@ -61,3 +61,18 @@ class KernelSymbols:
         names, _ = self.resolve(ips)
         out = np.where((ips >= np.uint64(0xFFFF000000000000)) & (names != None), names, "Unknown")
         return out.astype("S")
+
+
+def ksym_rows(text: bytes) -> dict[str, list]:
+    """`/proc/kallsyms` text -> `ksym` rows (addr, name, module; text and data symbols alike).
+
+    Shared by the recorder (live snapshot) and `import` (kallsyms embedded in perf.data)."""
+    addrs, names, mods = [], [], []
+    for line in text.splitlines():  # once per symbol, not per event
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        addrs.append(int(parts[0], 16))
+        names.append(parts[2].decode(errors="replace"))
+        mods.append(parts[3].strip(b"[]").decode() if len(parts) > 3 else None)
+    return {"kind": ["ksym"] * len(addrs), "addr": addrs, "name": names, "module": mods}
