@@ -8,7 +8,6 @@ crash-safe parts, then the single file. Nothing here decodes tracepoint payloads
 
 from __future__ import annotations
 
-import collections
 import errno
 import os
 import platform
@@ -87,13 +86,11 @@ class Session:
         self.event_fds: dict[str, list[int]] = {}
         self.rings: list[Ring] = []
         self.ring_cpu: list[int] = []
-        self.pending: collections.deque[tuple[int, bytes]] = collections.deque()
         self.stop = threading.Event()
         self.stop_reason = ""
         self.child: int | None = None
         self.child_status: int | None = None
         self.writer: RecordingWriter | None = None
-        self.bytes_in = 0
         self._usr1 = False
         self._hup: set[int] = set()
         self._go: int | None = None
