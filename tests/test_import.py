@@ -22,6 +22,7 @@ import pytest
 from kmemleak_offline import perfdata, tracefs
 from kmemleak_offline.cli import main
 from kmemleak_offline.recording import open_recording
+from tests.test_record_e2e import groups
 
 N_PIPES = 64
 PERF = shutil.which("perf") or "perf"
@@ -76,17 +77,6 @@ def pipes_rec(pipes_data: Path) -> Path:
     return out
 
 
-def _groups(report: str) -> list[tuple[int, list[str]]]:
-    out: list[tuple[int, list[str]]] = []
-    for line in report.splitlines():
-        m = re.match(r"Leak of \d+ bytes in (\d+) objects allocated from:", line)
-        if m:
-            out.append((int(m.group(1)), []))
-        elif out and line.startswith("    "):
-            out[-1][1].append(line)
-    return out
-
-
 def _script(data: Path, fields: str) -> list[str]:
     res = _perf("script", "-i", str(data), "-F", fields, "--ns")
     assert res.returncode == 0, res.stderr
@@ -97,7 +87,7 @@ def test_pipes_leak_through_import_and_analyze(pipes_rec: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["analyze", str(pipes_rec)]) == 0
     report = capsys.readouterr().out
-    pipe = [n for n, st in _groups(report)
+    pipe = [n for n, st in groups(report)
             if any(" alloc_pipe_info+" in s for s in st) and any(" create_pipe_files+" in s for s in st)]
     assert pipe and max(pipe) >= N_PIPES, report[:3000]
 
