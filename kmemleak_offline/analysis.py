@@ -6,6 +6,7 @@ replay (replay.py) -> group. Every reporter renders the `Analysis` this returns;
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,8 +81,17 @@ class ReportView:
     total_alloc: int
     total_free: int
     lost_count: int
-    entries: pd.DataFrame  # one row per tree entry, (time, key) order; column `selected`
+    positions: np.ndarray  # stream positions of the tree entries, (time, key) order
+    selected: np.ndarray  # per entry: passes --than
     groups: list[Group]
+    stream: Stream = field(repr=False, default=None)
+
+    @functools.cached_property
+    def entries(self) -> pd.DataFrame:
+        """One row per tree entry (stream columns + `selected`); built only when a reporter asks."""
+        df = self.stream.frame(self.positions)
+        df["selected"] = self.selected
+        return df
 
 
 @dataclass
@@ -398,11 +408,10 @@ def _stacks(t: pa.Table, ids: np.ndarray) -> dict[int, np.ndarray]:
 
 def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOptions,
                  comms: CommTimeline) -> ReportView:
-    entries = stream.frame(r.leaked)
-    entries["selected"] = r.selected
     groups: list[Group] = []
     if mode == LEAKED_BYTES:
-        sel = entries[entries["selected"]]
+        pos = r.leaked[r.selected]
+        sel = pd.DataFrame({c: stream.column(c, pos) for c in ("stack_id", "size", "pid", "time")})
         if len(sel):
             g = sel.groupby("stack_id", sort=False)
             agg = g.agg(bytes=("size", "sum"), objects=("size", "size"), pid=("pid", "last"))
@@ -423,9 +432,9 @@ def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOpti
                                     objects=int(row["objects"]),
                                     pid=int(row["pid"]) if per_task else 0,
                                     comms=comm_lists.get(int(sid), [])))
-    return ReportView(reason=r.reason, time_ns=r.time_ns, position=r.position, num=len(entries),
+    return ReportView(reason=r.reason, time_ns=r.time_ns, position=r.position, num=len(r.leaked),
                       total_alloc=r.total_alloc, total_free=r.total_free, lost_count=r.lost_count,
-                      entries=entries, groups=groups)
+                      positions=r.leaked, selected=r.selected, groups=groups, stream=stream)
 
 
 def sort_groups(groups: list[Group], stacks: dict[int, np.ndarray]) -> list[Group]:

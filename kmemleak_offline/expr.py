@@ -88,12 +88,12 @@ class ExprEnv:
 
 def as_ptr(r: EvalResult) -> np.ndarray:
     """perf-prof's ptr rule: -1 (and a failed row) becomes NULL."""
-    return np.where(r.failed | (r.values == _ALL1), np.uint64(0), r.values).astype(np.uint64)
+    return np.where(r.failed | (r.values == _ALL1), np.uint64(0), r.values).astype(np.uint64, copy=False)
 
 
 def as_size(r: EvalResult) -> np.ndarray:
     """perf-prof's size rule: -1 (and a failed row) becomes 1."""
-    return np.where(r.failed | (r.values == _ALL1), np.uint64(1), r.values).astype(np.uint64)
+    return np.where(r.failed | (r.values == _ALL1), np.uint64(1), r.values).astype(np.uint64, copy=False)
 
 
 def filter_mask(r: EvalResult) -> np.ndarray:
