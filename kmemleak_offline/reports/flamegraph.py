@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from ..analysis import LEAKED_BYTES, Analysis
 from .frames import StackResolver
 
@@ -25,7 +27,9 @@ def folded(a: Analysis, stacks: StackResolver) -> Counter[str]:
             for g in r.groups:
                 if g.stack_id < 0:
                     continue
-                acc[_path(stacks, g.stack_id, g.pid, r.time_ns, None)] += g.bytes
+                root = (a.comms.comm(np.array([g.pid]), np.array([r.time_ns]))[0]
+                        if a.per_task else None)
+                acc[_path(stacks, g.stack_id, g.pid, r.time_ns, root)] += g.bytes
             continue
         ents = r.entries[r.entries["selected"] & (r.entries["stack_id"] >= 0)]
         if not len(ents):
