@@ -263,15 +263,18 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
                         _np(lost_t.column("lost"), np.uint64), _np(lost_t.column("time"), np.uint64),
                         int(meta["clock"].get("start_ns") or 0))
 
+    ksyms = KernelSymbols.from_table(loaded.side["ksym"])
+    comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
     stop_ns = int(meta["clock"].get("stop_ns") or 0) or int(sm.time.max(initial=0))
     if is_malloc_recording(meta) and not (opts.alloc or opts.free):
         mode = LEAKED_BYTES
         stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn)
     else:
-        stream, res = _kernel_stream(sm, order, roles, names, code_by_name, lost, stop_ns, opts, warn)
+        env = exprmod.ExprEnv(ksymbol=ksyms.names_only, comm_get=lambda pids: comms.comm(
+            pids, np.full(len(pids), stop_ns, np.uint64)).astype("S"))
+        stream, res = _kernel_stream(sm, order, roles, names, code_by_name, lost, stop_ns, opts, warn,
+                                     env)
 
-    ksyms = KernelSymbols.from_table(loaded.side["ksym"])
-    comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
     # stack ids in use: per position when the stream has its own (malloc), else any sample's
     used = stream.per_pos.get("stack_id", sm.stack_id)
     stacks = _stacks(loaded.side["stack"], used)
@@ -289,8 +292,11 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
 
 def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
                    code_by_name: np.ndarray, lost: Lost, stop_ns: int, opts: AnalyzeOptions,
-                   warn: Callable[[str], None]) -> tuple[Stream, ReplayResult]:
-    """Tracepoint recordings: evaluate ptr/size/filter per event type, then replay."""
+                   warn: Callable[[str], None],
+                   env: exprmod.ExprEnv | None = None) -> tuple[Stream, ReplayResult]:
+    """Tracepoint recordings: evaluate ptr/size/filter per event type, then replay.
+
+    `env` gives expressions the recording's kallsyms (`ksymbol()`) and comms (`comm_get()`)."""
     n = len(sm)
     key = np.zeros(n, np.uint64)
     size = np.zeros(n, np.uint64)
@@ -305,14 +311,14 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
         m = len(rows)
         ok = np.ones(m, bool)
         if role.filter is not None:
-            fr = role.filter.evaluate(cols, m)
+            fr = role.filter.evaluate(cols, m, env)
             ok = exprmod.filter_mask(fr)
             _count_fail(fail_counts, role.spec.full_name, "filter", fr)
-        pr = role.ptr.evaluate(cols, m)
+        pr = role.ptr.evaluate(cols, m, env)
         _count_fail(fail_counts, role.spec.full_name, "ptr", pr)
         key[rows] = exprmod.as_ptr(pr)
         if role.size is not None:
-            sr = role.size.evaluate(cols, m)
+            sr = role.size.evaluate(cols, m, env)
             _count_fail(fail_counts, role.spec.full_name, "size", sr)
             size[rows] = exprmod.as_size(sr)
         role_of[rows] = role.code

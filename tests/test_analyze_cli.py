@@ -468,7 +468,7 @@ def test_json_report(rec_c, capsys):
     assert doc["format_version"] == 1
     assert doc["recording"] == str(rec_c)
     assert doc["mode"] == "leaked-bytes"
-    assert doc["stats"] == {"total_alloc": 5, "total_free": 1}
+    assert doc["stats"] == {"total_alloc": 5, "total_free": 1, "lost_events": 5}  # LOST_C: 5 lost
     assert [(r["reason"], r["time_ns"], r["num"]) for r in doc["reports"]] == [
         ("lost", START + 300 * MS, 3), ("final", STOP, 2)]
     early, final = doc["reports"]
@@ -605,3 +605,17 @@ def test_json_verbose_lists_events_in_leaked_bytes_mode(rec_c, capsys):
         (START + 100 * MS, P(1), 64), (START + 150 * MS, P(4), 128), (START + 200 * MS, P(2), 256)]
     assert [(e["ptr"], e["size"]) for e in final["events"]] == [(P(3), 512), (P(6), 1024)]
     assert all(e["comm"] == "python3" and e["event"] == "kmem:kmalloc" for e in early["events"])
+
+
+def test_offline_filter_can_use_ksymbol_from_the_recordings_kallsyms(tmp_path, capsys):
+    # call_site is each alloc's caller (STACKS[...][2]): udp_init_sock for "udp", alloc_pipe_info for "pipe"
+    events = [Ev(10, 0, 100, 100, 0x1000, size=64, stack="udp"),
+              Ev(11, 0, 100, 100, 0x2000, size=512, stack="pipe"),
+              Ev(12, 1, 100, 100, 0x9999)]  # a free of nothing: both allocs leak unless filtered
+    rec = build(events, tmp_path / "ks.parquet")
+    code, out, err = run(capsys, "analyze", rec, "--alloc",
+                         'kmem:kmalloc/ksymbol(call_site) == "alloc_pipe_info"/', "--free", "kmem:kfree")
+    assert code == 0, err
+    assert "TOTAL alloc 1 free 1" in out
+    assert "Leak of 512 bytes in 1 objects allocated from:" in out
+    assert "Leak of 64 bytes" not in out

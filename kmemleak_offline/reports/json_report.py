@@ -52,7 +52,8 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
         "format_version": 1,
         "recording": recording,
         "mode": a.mode,
-        "stats": {"total_alloc": a.result.total_alloc, "total_free": a.result.total_free},
+        "stats": {"total_alloc": a.result.total_alloc, "total_free": a.result.total_free,
+                  "lost_events": a.lost_total},
         "reports": reports,
         "lost": [{"cpu": int(lost.ring[i]), "count": int(lost.count[i]), "start_ns": int(lost.start[i]),
                   "end_ns": None if int(lost.end[i]) == 0xFFFFFFFFFFFFFFFF else int(lost.end[i])}
