@@ -17,8 +17,11 @@ import atexit
 import errno
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Self
 
@@ -261,6 +264,19 @@ def _write_line(path: str, line: str) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM (main thread only) so a Ctrl-C cannot split a tracefs change from its bookkeeping."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @dataclass
 class CreatedEvent:
     """An event created in tracefs: its id and format text (for the recording's `events`)."""
@@ -291,11 +307,13 @@ class UprobeSet:
         ev_path = os.path.join(self.root, "uprobe_events")
         try:
             for d in defs:
+                # Listed before it exists: a signal between the write and the append must not orphan it.
+                self._defined.append(d)
                 try:
-                    _write_line(ev_path, d.definition)
+                    with _signals_deferred():
+                        _write_line(ev_path, d.definition)
                 except OSError as exc:
                     raise ProbeError(f"cannot create uprobe {d.event} ({exc.strerror}): {d.definition}") from None
-                self._defined.append(d)
                 evdir = os.path.join(self.root, "events", d.group, d.name)
                 try:
                     with open(os.path.join(evdir, "format")) as f:
@@ -312,6 +330,10 @@ class UprobeSet:
 
     def remove(self) -> None:
         """Remove every probe this set defined (reverse order); EBUSY is retried briefly."""
+        with _signals_deferred():
+            self._remove_all()
+
+    def _remove_all(self) -> None:
         ev_path = os.path.join(self.root, "uprobe_events")
         errors = []
         for d in reversed(self._defined):

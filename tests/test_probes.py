@@ -133,6 +133,30 @@ def test_failed_create_removes_what_was_made():
     assert uprobe_lines() == before
 
 
+
+def test_interrupt_right_after_the_kernel_took_a_probe_leaves_nothing(monkeypatch):
+    """Ctrl-C landing between the tracefs write and the bookkeeping must not orphan the probe (CI saw it)."""
+    import recorder.probes as probes_mod
+
+    defs = allocator_probes(DEFAULT_LIBC, group=f"kmlo_t{os.getpid()}")
+    real_write = probes_mod._write_line
+    calls = []
+
+    def write_then_interrupt(path: str, line: str) -> None:
+        real_write(path, line)
+        calls.append(line)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+
+    before = uprobe_lines()
+    monkeypatch.setattr(probes_mod, "_write_line", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        UprobeSet().create(defs)
+    monkeypatch.setattr(probes_mod, "_write_line", real_write)
+    assert calls[3] == defs[3].definition and calls[4:] == [f"-:{d.group}/{d.name}" for d in defs[3::-1]]
+    assert uprobe_lines() == before
+    assert not Path(ROOT, "events", defs[0].group).exists()
+
 # ---- a real traced run through the tracefs ring ---------------------------------------------------
 
 _LINE = re.compile(r"^\s*(?P<comm>.+?)-(?P<tid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+(?P<ts>[\d.]+):\s+"
