@@ -1,0 +1,295 @@
+"""Stitch complete Parquet files into one file by copying their bytes and rewriting the footer.
+
+Why: the recorder writes crash-safe part files while it records, and a clean stop must leave one
+file. Decoding and re-encoding every row (pyarrow's only way to merge) costs as much CPU as writing
+them in the first place; the row groups of the parts are already what the final file needs. A
+Parquet file is `PAR1`, column chunks, a Thrift-compact `FileMetaData` footer, its length and
+`PAR1`; the footer addresses chunks by absolute file offset. So the final file is the parts' chunk
+bytes back to back, plus one footer listing all their row groups with offsets shifted by where each
+part's bytes landed. Only offsets, ordinals, the row count and the key-value metadata change.
+
+The Thrift compact protocol is parsed generically (fields kept in order, unknown ones round-trip).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAGIC = b"PAR1"
+
+# Thrift compact type codes
+_TRUE, _FALSE, _I8, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(1, 13)
+
+# Parquet FileMetaData / RowGroup / ColumnChunk / ColumnMetaData field ids (parquet.thrift)
+_FMD_NUM_ROWS, _FMD_ROW_GROUPS, _FMD_KV = 3, 4, 5
+_RG_COLUMNS, _RG_FILE_OFFSET, _RG_ORDINAL = 1, 5, 7
+_CC_FILE_PATH, _CC_FILE_OFFSET, _CC_META, _CC_OFFSET_INDEX, _CC_COLUMN_INDEX = 1, 2, 3, 4, 6
+_CMD_OFFSETS = (9, 10, 11, 14)  # data, index, dictionary page offsets; bloom filter offset
+
+
+class StitchError(ValueError):
+    """A part is not a plain Parquet file this module can stitch (encrypted, external chunks...)."""
+
+
+@dataclass
+class TList:
+    etype: int
+    items: list[Any]
+
+
+@dataclass
+class TMap:
+    ktype: int
+    vtype: int
+    items: list[tuple[Any, Any]]
+
+
+TStruct = list  # of [field id, type, value]
+
+
+class _Reader:
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def byte(self) -> int:
+        b = self.buf[self.pos]
+        self.pos += 1
+        return b
+
+    def varint(self) -> int:
+        shift = out = 0
+        while True:
+            b = self.byte()
+            out |= (b & 0x7F) << shift
+            if b < 0x80:
+                return out
+            shift += 7
+
+    def zigzag(self) -> int:
+        z = self.varint()
+        return (z >> 1) ^ -(z & 1)
+
+    def value(self, ttype: int) -> Any:
+        if ttype in (_TRUE, _FALSE):  # inside a container: one byte, 1 = true
+            return self.byte() == _TRUE
+        if ttype == _I8:
+            return self.byte()
+        if ttype in (_I16, _I32, _I64):
+            return self.zigzag()
+        if ttype == _DOUBLE:
+            self.pos += 8
+            return self.buf[self.pos - 8:self.pos]
+        if ttype == _BINARY:
+            n = self.varint()
+            self.pos += n
+            return self.buf[self.pos - n:self.pos]
+        if ttype in (_LIST, _SET):
+            h = self.byte()
+            n, etype = h >> 4, h & 0x0F
+            if n == 15:
+                n = self.varint()
+            return TList(etype, [self.value(etype) for _ in range(n)])
+        if ttype == _MAP:
+            n = self.varint()
+            if not n:
+                return TMap(0, 0, [])
+            kv = self.byte()
+            k, v = kv >> 4, kv & 0x0F
+            return TMap(k, v, [(self.value(k), self.value(v)) for _ in range(n)])
+        if ttype == _STRUCT:
+            return self.struct()
+        raise StitchError(f"unknown Thrift compact type {ttype}")
+
+    def struct(self) -> TStruct:
+        fields: TStruct = []
+        fid = 0
+        while True:
+            h = self.byte()
+            ttype = h & 0x0F
+            if ttype == 0:
+                return fields
+            fid = fid + (h >> 4) if h >> 4 else self.zigzag()
+            if ttype in (_TRUE, _FALSE):
+                fields.append([fid, _TRUE, ttype == _TRUE])
+            else:
+                fields.append([fid, ttype, self.value(ttype)])
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def varint(self, n: int) -> None:
+        while n >= 0x80:
+            self.out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        self.out.append(n)
+
+    def zigzag(self, n: int) -> None:
+        self.varint((n << 1) ^ (n >> 63))
+
+    def value(self, ttype: int, v: Any) -> None:
+        if ttype in (_TRUE, _FALSE):
+            self.out.append(_TRUE if v else _FALSE)
+        elif ttype == _I8:
+            self.out.append(v)
+        elif ttype in (_I16, _I32, _I64):
+            self.zigzag(v)
+        elif ttype == _DOUBLE:
+            self.out += v
+        elif ttype == _BINARY:
+            self.varint(len(v))
+            self.out += v
+        elif ttype in (_LIST, _SET):
+            n = len(v.items)
+            if n < 15:
+                self.out.append(n << 4 | v.etype)
+            else:
+                self.out.append(0xF0 | v.etype)
+                self.varint(n)
+            for item in v.items:
+                self.value(v.etype, item)
+        elif ttype == _MAP:
+            self.varint(len(v.items))
+            if v.items:
+                self.out.append(v.ktype << 4 | v.vtype)
+                for k, val in v.items:
+                    self.value(v.ktype, k)
+                    self.value(v.vtype, val)
+        elif ttype == _STRUCT:
+            self.struct(v)
+        else:
+            raise StitchError(f"unknown Thrift compact type {ttype}")
+
+    def struct(self, fields: TStruct) -> None:
+        last = 0
+        for fid, ttype, v in fields:
+            wire = (_TRUE if v else _FALSE) if ttype in (_TRUE, _FALSE) else ttype
+            if 0 < fid - last <= 15:
+                self.out.append((fid - last) << 4 | wire)
+            else:
+                self.out.append(wire)
+                self.zigzag(fid)
+            last = fid
+            if ttype not in (_TRUE, _FALSE):
+                self.value(ttype, v)
+        self.out.append(0)
+
+
+def _field(fields: TStruct, fid: int) -> list | None:
+    return next((f for f in fields if f[0] == fid), None)
+
+
+def _shift(fields: TStruct, fids: Sequence[int], delta: int) -> None:
+    for f in fields:
+        if f[0] in fids and f[1] == _I64:
+            f[2] += delta
+
+
+def read_footer(path: str | os.PathLike) -> tuple[TStruct, int]:
+    """(parsed FileMetaData, byte offset where the footer starts) of a Parquet file."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size < 12:
+            raise StitchError(f"{path}: too short for Parquet")
+        f.seek(size - 8)
+        tail = f.read(8)
+        f.seek(0)
+        head = f.read(4)
+        if head != MAGIC or tail[4:] != MAGIC:
+            raise StitchError(f"{path}: not a plain Parquet file (encrypted or foreign)")
+        (flen,) = struct.unpack("<I", tail[:4])
+        start = size - 8 - flen
+        f.seek(start)
+        return _Reader(f.read(flen)).struct(), start
+
+
+def stitch(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
+           kv_metadata: Mapping[bytes, bytes] | None = None, chunk: int = 1 << 22) -> int:
+    """Write `out` holding every row group of `parts` (same schema), in order; returns its row count.
+
+    `kv_metadata` replaces values of the first part's key-value metadata (other keys, such as
+    ARROW:schema, are kept).
+    """
+    if not parts:
+        raise StitchError("nothing to stitch")
+    footers = [read_footer(p) for p in parts]
+    meta0 = footers[0][0]
+    row_groups: list[Any] = []
+    num_rows = 0
+    with open(out, "wb") as dst:
+        dst.write(MAGIC)
+        for path, (fmd, end) in zip(parts, footers):
+            delta = dst.tell() - len(MAGIC)
+            groups = _field(fmd, _FMD_ROW_GROUPS)
+            for rg in groups[2].items if groups else []:
+                _shift(rg, (_RG_FILE_OFFSET,), delta)
+                for cc in _field(rg, _RG_COLUMNS)[2].items:
+                    if _field(cc, _CC_FILE_PATH):
+                        raise StitchError(f"{path}: column chunks in another file")
+                    _shift(cc, (_CC_FILE_OFFSET, _CC_OFFSET_INDEX, _CC_COLUMN_INDEX), delta)
+                    _shift(_field(cc, _CC_META)[2], _CMD_OFFSETS, delta)
+                ordinal = _field(rg, _RG_ORDINAL)
+                if ordinal:
+                    ordinal[2] = len(row_groups)
+                row_groups.append(rg)
+            rows = _field(fmd, _FMD_NUM_ROWS)
+            num_rows += rows[2] if rows else 0
+            with open(path, "rb") as src:
+                src.seek(len(MAGIC))
+                left = end - len(MAGIC)
+                while left > 0:
+                    buf = src.read(min(chunk, left))
+                    if not buf:
+                        raise StitchError(f"{path}: truncated")
+                    dst.write(buf)
+                    left -= len(buf)
+        fmd = [list(f) for f in meta0]
+        for f in fmd:
+            if f[0] == _FMD_NUM_ROWS:
+                f[2] = num_rows
+            elif f[0] == _FMD_ROW_GROUPS:
+                f[2] = TList(_STRUCT, row_groups)
+        if kv_metadata:
+            _set_kv(fmd, kv_metadata)
+        w = _Writer()
+        w.struct(fmd)
+        dst.write(w.out)
+        dst.write(struct.pack("<I", len(w.out)) + MAGIC)
+    return num_rows
+
+
+def _set_kv(fmd: TStruct, kv: Mapping[bytes, bytes]) -> None:
+    """KeyValue structs are {1: key, 2: value}; replace or append ours, keep the rest."""
+    entry = _field(fmd, _FMD_KV)
+    if entry is None:
+        entry = [_FMD_KV, _LIST, TList(_STRUCT, [])]
+        fmd.append(entry)
+        fmd.sort(key=lambda f: f[0])
+    items = entry[2].items
+    for key, value in kv.items():
+        for item in items:
+            if _field(item, 1)[2] == key:
+                val = _field(item, 2)
+                if val is None:
+                    item.append([2, _BINARY, value])
+                else:
+                    val[2] = value
+                break
+        else:
+            items.append([[1, _BINARY, key], [2, _BINARY, value]])
+
+
+def stitch_files(parts: Sequence[Path], out: Path, kv_metadata: Mapping[bytes, bytes]) -> int:
+    """Stitch into a temporary name beside `out`, then rename: `out` is whole or absent."""
+    tmp = out.with_name(out.name + ".tmp")
+    rows = stitch(parts, tmp, kv_metadata)
+    os.replace(tmp, out)
+    return rows
