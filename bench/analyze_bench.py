@@ -5,7 +5,8 @@
 Builds a recording like a busy 2-CPU box would produce (kmalloc/kfree/kmem_cache_alloc/
 kmem_cache_free, about half the allocations freed, freed pointers re-allocated later, ~1000
 kernel stacks of depth 8-24, frees often on the other CPU, a few lost records, comms, a 50k-symbol
-kallsyms), then times `kmemleak-offline analyze FILE` as a child process and reports events/s and
+kallsyms; sample rows in the recorder's file layout: per ~1 s segment, CPU ring by CPU ring, each
+in seq order), then times `kmemleak-offline analyze FILE` as a child process and reports events/s and
 the child's peak RSS. For scale it also times a naive replay (a Python dict, one loop iteration
 per event) over the same decoded columns.
 
@@ -44,6 +45,7 @@ ALLOC = ["kmem:kmalloc//ptr=ptr/size=bytes_alloc/stack/",
 FREE = ["kmem:kfree//ptr=ptr/", "kmem:kmem_cache_free//ptr=ptr/"]
 T0 = 1_000_000_000_000  # 1000 s of uptime: perf timestamps are CLOCK_MONOTONIC
 STEP_NS = 1000  # mean event spacing: 1M events/s
+SEGMENT_NS = 1_000_000_000  # the recorder hands its converter one spool segment about every second
 KMALLOC_SIZES = np.array([8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192])
 CACHES = [(b"dentry", 192), (b"inode_cache", 600), (b"filp", 256), (b"skbuff_head_cache", 232),
           (b"vm_area_struct", 176), (b"anon_vma", 88), (b"buffer_head", 104),
@@ -167,8 +169,9 @@ def build(path: Path, n_events: int, seed: int = 1) -> dict[str, Any]:
     for i in range(n_lost):
         b.add_lost(lt[i], int(rng.integers(0, 2)), int(rng.integers(10, 500)),
                    event=list(counts)[i % len(counts)])
+    # rows laid out like `record` writes them: per ~1 s segment, ring by ring, each in seq order
     b.write(path, ALLOC, FREE, start_ns=T0, stop_ns=T0 + n_events * STEP_NS + STEP_NS,
-            host={"ncpus": 2})
+            host={"ncpus": 2}, segment_ns=SEGMENT_NS)
     return {"events": n_events, "counts": counts, "allocs": int(is_alloc.sum()),
             "frees": int((~is_alloc).sum()), "stacks": len(chains_by_id), "ksyms": len(names),
             "lost_records": n_lost}

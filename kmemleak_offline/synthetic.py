@@ -412,13 +412,44 @@ class RecordingBuilder:
             r["seq"] = seq[pos: pos + len(r["time"])]
             pos += len(r["time"])
 
-    def _tables(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for r in self._samples:
-            n = len(r["time"])
-            out.append({"kind": _dict_const("sample", n), "event": _dict_const(r["event"], n),
-                        "time": r["time"], "cpu": r["cpu"], "ring": r["ring"], "seq": r["seq"],
-                        "pid": r["pid"], "tid": r["tid"], "stack_id": r["stack_id"], "raw": r["raw"]})
+    def _sample_tables(self, segment_ns: int | None) -> list[dict[str, Any]]:
+        """Sample rows in insertion order, or (segment_ns) in the recorder's layout: per segment of
+        segment_ns of sample time, ring after ring (ascending), each ring's rows in seq order -
+        what `record` writes (its converter splits each ~1 s spool segment ring by ring)."""
+        if segment_ns is None or not self._samples:
+            return [{"kind": _dict_const("sample", len(r["time"])),
+                     "event": _dict_const(r["event"], len(r["time"])),
+                     "time": r["time"], "cpu": r["cpu"], "ring": r["ring"], "seq": r["seq"],
+                     "pid": r["pid"], "tid": r["tid"], "stack_id": r["stack_id"], "raw": r["raw"]}
+                    for r in self._samples]
+        rs = self._samples
+        names = list(dict.fromkeys(r["event"] for r in rs))
+        cat = {c: np.concatenate([r[c] for r in rs]) for c in ("time", "cpu", "seq", "pid", "tid")}
+        ring = None
+        if any(r["ring"] is not None for r in rs):
+            ring = np.concatenate([np.full(len(r["time"]), -1, np.int64) if r["ring"] is None
+                                   else r["ring"].astype(np.int64) for r in rs])
+        event = np.concatenate([np.full(len(r["time"]), names.index(r["event"]), np.int32) for r in rs])
+        ring_key = cat["cpu"].astype(np.int64) if ring is None else np.where(ring < 0, cat["cpu"], ring)
+        t = cat["time"]
+        segment = (t - t.min()) // np.uint64(segment_ns)
+        order = np.lexsort((cat["seq"], ring_key, segment))
+        stack_id = pa.concat_arrays([r["stack_id"] for r in rs])
+        raw = pa.concat_arrays([r["raw"] for r in rs])
+        out = []
+        for lo in range(0, len(order), _CHUNK):
+            o = order[lo: lo + _CHUNK]
+            m = len(o)
+            po = pa.array(o)
+            out.append({"kind": _dict_const("sample", m),
+                        "event": pa.DictionaryArray.from_arrays(pa.array(event[o]), pa.array(names)),
+                        **{c: v[o] for c, v in cat.items()},
+                        "ring": None if ring is None else pa.array(ring[o].astype(np.uint32), mask=ring[o] < 0),
+                        "stack_id": stack_id.take(po), "raw": raw.take(po)})
+        return out
+
+    def _tables(self, segment_ns: int | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = self._sample_tables(segment_ns)
         for r in self._lost:
             n = len(r["time"])
             out.append({"kind": _dict_const("lost", n), "event": _dict_const(r["event"], n),
@@ -439,8 +470,12 @@ class RecordingBuilder:
               start_ns: int | None = None, stop_ns: int | None = None,
               anchor: Mapping[str, int] | None = None, options: Mapping[str, Any] | None = None,
               host: Mapping[str, Any] | None = None,
-              counts: Mapping[str, Mapping[str, int]] | None = None) -> Path:
-        """Write the recording; metadata is derived from the rows unless given."""
+              counts: Mapping[str, Mapping[str, int]] | None = None,
+              segment_ns: int | None = None) -> Path:
+        """Write the recording; metadata is derived from the rows unless given.
+
+        Sample rows go out in insertion order, or with `segment_ns` in the recorder's layout
+        (per segment of that much sample time, ring by ring, each ring in seq order)."""
         self._number_seq()
         times = [r["time"] for r in self._samples + self._lost]
         times += [np.asarray(s["time"]) for s in self._side if "time" in s]
@@ -470,4 +505,4 @@ class RecordingBuilder:
                           "lost": int(sum(int(r["lost"].sum()) for r in self._lost if r["event"] == e))}
                       for e in used}
         meta["counts"] = {k: dict(v) for k, v in counts.items()}
-        return write_recording(path, meta, self._tables())
+        return write_recording(path, meta, self._tables(segment_ns))
