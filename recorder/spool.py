@@ -32,7 +32,6 @@ from recorder.ring import FRAME
 DATA, META, ROWS = 0, 1, 2
 SEGMENT_GLOB = "spool-*.bin"
 CONVERTER_NICE = 10
-PART_COMPRESSION = "lz4"  # parts are short-lived; the merge at a clean stop recompresses
 
 
 def segment_path(folder: Path, n: int) -> Path:
@@ -53,17 +52,11 @@ def frames(buf: bytes) -> Iterator[tuple[int, int, memoryview]]:
 
 class Converter:
     """Child side: spool segments -> Splitter rows -> one Parquet part per segment; at a clean
-    stop the writer merges the parts into the single file.
-
-    (Streaming the rows into the final file as well, to skip the merge, cost as much CPU, and a
-    ParquetWriter opened early keeps its first metadata in the Arrow schema readers use.)
+    stop the writer stitches the parts' row groups into the single file (no re-encoding).
     """
 
-    def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int],
-                 part_compression: str = PART_COMPRESSION) -> None:
+    def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int]) -> None:
         self.writer = writer
-        self._final_compression = writer.compression
-        writer.compression = part_compression
         self.splitter = splitter
         self.ring_cpu = ring_cpu
         self.meta: dict[str, Any] = writer.metadata
@@ -92,8 +85,7 @@ class Converter:
         self.writer.write(to_table(rows))
 
     def finish(self) -> None:
-        """Clean stop: merge the parts into the single file (recompressed with its codec)."""
-        self.writer.compression = self._final_compression
+        """Clean stop: stitch the parts into the single file."""
         self.writer.close()
 
     def _apply_meta(self) -> None:
@@ -140,7 +132,7 @@ class SpooledRecording:
     """Parent side: the recording as the session sees it (a RecordingWriter stand-in).
 
     `metadata` stays the recorder's to update; `write` and `flush_part` go through the spool;
-    `close` waits for the converter to merge the parts into the single file.
+    `close` waits for the converter to stitch the parts into the single file.
     """
 
     def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int],
@@ -222,7 +214,7 @@ class SpooledRecording:
         os.close(self._ack)
 
     def close(self) -> Path:
-        """Hand over the last segment, let the converter merge, wait for it."""
+        """Hand over the last segment, let the converter stitch the parts, wait for it."""
         self.rotate("stop")
         os.close(self._ctrl)
         self._ctrl = -1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 
 from kmemleak_offline.recording import RecordingWriter, new_metadata, open_recording
@@ -47,3 +49,28 @@ def test_parts_folder_reads_before_close_and_merges_to_one_file(tmp_path):
     rec = open_recording(out)
     assert not rec.partial
     assert sorted(rec.table(columns=["kind"]).column("kind").to_pylist()) == ["comm", "sample", "sample"]
+
+
+def test_clean_stop_stitches_the_parts_row_groups_and_final_metadata(tmp_path):
+    """close() in parts mode copies the parts' row groups (no re-encoding) and writes the final
+    metadata both where our reader looks and where pyarrow's read_schema() looks."""
+    out = tmp_path / "r.parquet"
+    meta = new_metadata("test")
+    w = RecordingWriter(out, meta, parts=True)
+    for k in range(3):
+        w.write({"kind": ["sample"] * 4, "time": [k * 10 + i for i in range(4)], "raw": [b"ab"] * 4})
+        w.write({"kind": ["stack"], "stack_id": [k], "callchain": [[1, 2, k]]})
+        w.metadata["counts"] = {"kmem:kmalloc": {"samples": 4 * (k + 1)}}
+        w.flush_part()
+    parts = sorted((tmp_path / "r.parquet.parts").glob("part-*.parquet"))
+    groups = sum(pq.ParquetFile(p).num_row_groups for p in parts)
+    w.close()
+    pf = pq.ParquetFile(out)
+    assert pf.num_row_groups == groups == 6
+    kinds = [pf.read_row_group(i, columns=["kind"]).column("kind").to_pylist() for i in range(6)]
+    assert kinds == [["sample"] * 4, ["stack"]] * 3
+    rec = open_recording(out)
+    assert rec.table(kinds=["sample"], columns=["time"]).column("time").to_pylist() == [
+        0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]
+    assert rec.metadata["counts"] == {"kmem:kmalloc": {"samples": 12}}
+    assert json.loads(pq.read_schema(out).metadata[b"kmemleak_offline"])["counts"] == rec.metadata["counts"]
