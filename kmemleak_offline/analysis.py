@@ -24,7 +24,7 @@ from .recording import Recording
 from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered, ring_seq_key
 from .symbols.kernel import KernelSymbols
 from .timeline import CommTimeline
-from .tracefs import EventFormat, FormatError, decode_rows, parse_format
+from .tracefs import EventFormat, FormatError, parse_format
 
 LEAKED_BYTES = "leaked-bytes"
 EVENT_LIST = "event-list"
@@ -381,14 +381,16 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
 
 
 def _decode_for(role: EventRole, sm: Samples, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Decode only the fields the role's expressions read, plus `_cpu`/`_pid`."""
-    need = set(role.ptr.fields_used)
+    """Decode only the fields the role's expressions read (and `_cpu`/`_pid` when they do)."""
+    need = set(role.ptr.fields_used) | role.ptr.specials_used
     for e in (role.size, role.filter):
         if e is not None:
-            need |= set(e.fields_used)
-    cols = decode_rows(role.fmt, sm.data, sm.starts[rows], sm.lengths[rows], fields=need)
-    cols["_cpu"] = sm.cpu[rows].astype(np.int64)
-    cols["_pid"] = sm.pid[rows].astype(np.int64)
+            need |= set(e.fields_used) | e.specials_used
+    cols = sm.decode(role.fmt, rows, fields=need)
+    if "_cpu" in need:
+        cols["_cpu"] = sm.cpu[rows].astype(np.int64)
+    if "_pid" in need:
+        cols["_pid"] = sm.pid[rows].astype(np.int64)
     return cols
 
 

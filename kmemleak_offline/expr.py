@@ -221,6 +221,7 @@ class _Parser:
         self.tk, self.ival, self.id = 0, 0, None
         self.strs: list[bytes] = []
         self.used: set[str] = set()
+        self.specials: set[str] = set()  # _cpu / _pid, which are not payload fields
 
     def err(self, msg: str) -> _Syntax:
         return _Syntax(msg, self.p)
@@ -428,8 +429,7 @@ class _Parser:
         if s.cls != Glo:
             raise self.err("undefined variable")
         v = s.var
-        if v.col not in ("_cpu", "_pid"):
-            self.used.add(v.col)
+        (self.specials if v.col in ("_cpu", "_pid") else self.used).add(v.col)
         if v.ty & ARRAY:
             return _Node("arr", (v.ty & ~ARRAY) | PTR, arg=v, mem=True)
         return _Node("var", v.ty, arg=v, load=_typeop_assign(v.ty))
@@ -930,6 +930,7 @@ class Expr:
     fields_used: frozenset[str]
     _root: _Node = field(repr=False)
     _strs: list[bytes] = field(repr=False)
+    specials_used: frozenset[str] = frozenset()  # "_cpu" / "_pid" when the expression reads them
 
     def evaluate(self, cols: Mapping[str, np.ndarray], n: int,
                  env: ExprEnv | None = None) -> EvalResult:
@@ -960,4 +961,4 @@ def compile_expr(text: str, fields: Sequence[tracefs.Field]) -> Expr:
         root = parser.program()
     except _Syntax as e:
         raise ExprError(e.msg, text, e.pos, listing) from None
-    return Expr(text, frozenset(parser.used), root, parser.strs)
+    return Expr(text, frozenset(parser.used), root, parser.strs, frozenset(parser.specials))

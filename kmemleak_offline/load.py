@@ -6,14 +6,16 @@ become numpy arrays and payloads stay in the raw column's buffer, addressed by (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .recording import Recording, kind_mask
-from .tracefs import raw_buffers
+from .tracefs import EventFormat, decode_rows, raw_buffers
 
 SIDE_COLUMNS = {
     "lost": ["time", "cpu", "ring", "seq", "lost"],
@@ -29,7 +31,11 @@ SAMPLE_COLUMNS = ["time", "cpu", "ring", "seq", "pid", "tid", "event", "raw", "s
 
 @dataclass
 class Samples:
-    """Sample rows as columns; `event` as dictionary codes into `event_names`."""
+    """Sample rows as columns; `event` as dictionary codes into `event_names`.
+
+    Payloads stay in the Arrow chunks they were read into (one per row group: concatenating them
+    would copy every payload byte); `decode` reads fields of any rows straight from those chunks.
+    """
 
     time: np.ndarray  # uint64
     cpu: np.ndarray  # uint32
@@ -40,12 +46,43 @@ class Samples:
     stack_id: np.ndarray  # int64, -1 = no callchain
     event: np.ndarray  # int32 code into event_names, -1 = null
     event_names: list[str]
-    data: np.ndarray  # payload bytes (uint8)
-    starts: np.ndarray  # int64 payload start in `data`, per sample
-    lengths: np.ndarray  # int64 payload length, per sample
+    raw: list[pa.Array] = field(default_factory=list)  # payload chunks, in row order
 
     def __len__(self) -> int:
         return len(self.time)
+
+    @functools.cached_property
+    def _chunks(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        """(first row of each chunk + total, [(data, starts, lengths) per chunk])."""
+        bufs = [raw_buffers(c) for c in self.raw]
+        first = np.zeros(len(bufs) + 1, np.int64)
+        np.cumsum([len(b[1]) for b in bufs], out=first[1:])
+        return first, bufs
+
+    def decode(self, fmt: EventFormat, rows: np.ndarray,
+               fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """`tracefs.decode_rows` of the given sample rows (any order), chunk by chunk."""
+        rows = np.asarray(rows, np.int64)
+        first, bufs = self._chunks
+        if len(bufs) <= 1 or not len(rows):
+            empty = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
+            data, starts, lengths = bufs[0] if bufs else empty
+            return decode_rows(fmt, data, starts[rows], lengths[rows], fields=fields)
+        srt = bool(np.all(rows[1:] >= rows[:-1]))
+        order = None if srt else np.argsort(rows, kind="stable")
+        r = rows if srt else rows[order]
+        cut = np.searchsorted(r, first)
+        parts = []
+        for c, (data, starts, lengths) in enumerate(bufs):
+            if cut[c + 1] > cut[c]:
+                sub = r[cut[c]:cut[c + 1]] - first[c]
+                parts.append(decode_rows(fmt, data, starts[sub], lengths[sub], fields=fields))
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if order is not None:
+            inv = np.empty_like(order)
+            inv[order] = np.arange(len(order))
+            out = {k: v[inv] for k, v in out.items()}
+        return out
 
 
 @dataclass
@@ -89,12 +126,11 @@ def load(rec: Recording) -> Loaded:
         r = _np(ring_col, np.int64, -1)
         ring = np.where(r < 0, cpu, r).astype(np.uint32)
     ev, names = _codes(t.column("event"))
-    data, starts, lengths = raw_buffers(t.column("raw"))
     samples = Samples(
         time=_np(t.column("time"), np.uint64), cpu=cpu, ring=ring, seq=_np(t.column("seq"), np.uint64),
         pid=_np(t.column("pid"), np.int32), tid=_np(t.column("tid"), np.int32),
         stack_id=_np(t.column("stack_id"), np.int64, -1), event=ev, event_names=names,
-        data=data, starts=starts, lengths=lengths,
+        raw=list(t.column("raw").chunks),
     )
     cols = list(dict.fromkeys(["kind"] + [c for cs in SIDE_COLUMNS.values() for c in cs]))
     rest = rec.table(kinds=list(SIDE_COLUMNS), columns=cols)

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from ..printfmt import PrintFormatter, lat_flags
-from ..tracefs import decode_rows
 
 
 def wall_clock(meta: dict, perf_ns: int, utc: bool = False) -> str:
@@ -31,7 +30,6 @@ class EventLines:
     def render(self, rows: pd.DataFrame) -> list[str]:
         """One line per row of `rows` (stream columns), in the given order."""
         sm = self.a.samples
-        data, starts, lengths = sm.data, sm.starts, sm.lengths
         out = np.empty(len(rows), dtype=object)
         role_col = rows["role"].to_numpy()
         comms = self.a.comms
@@ -40,7 +38,7 @@ class EventLines:
             role = self.a.roles[int(code)]
             sub = rows.iloc[sel]
             idx = sub["row"].to_numpy()
-            cols = decode_rows(role.fmt, data, starts[idx], lengths[idx])
+            cols = sm.decode(role.fmt, idx)
             info = self._fmt[int(code)].render(cols, np.arange(len(sel)))
             cpid = cols.get("common_pid", sub["tid"].to_numpy())
             flags = cols.get("common_flags", np.zeros(len(sel), np.uint8))
