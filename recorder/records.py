@@ -1,9 +1,11 @@
 """Split drained ring bytes into records and turn them into Arrow tables for the writer.
 
-Runs off the hot loop, once per batch. One Python pass finds record boundaries (records are
-variable-sized; the numpy alternative measured slower); everything else is numpy gathers over
-all records of a batch. Callchains are deduplicated across the whole recording with a dict keyed
-by the chain bytes, so each distinct chain becomes one `stack` row.
+Runs off the hot loop, once per batch, in numpy over all records of a batch. Record boundaries
+need a walk (records are variable-sized), but every drained chunk starts on a boundary, so the
+walk advances all chunks of a batch in lockstep: as many numpy steps as the longest chunk has
+records, instead of one Python step per record. Callchains are gathered into one binary column
+and dictionary-encoded by Arrow (exact byte equality); only the distinct chains of a batch meet
+the recording-wide dict that gives each one its `stack` row.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ class EventInfo:
 
 @dataclass
 class RingBatch:
-    """The bytes drained from one ring since the last batch."""
+    """Bytes drained from one ring. By default all of `data`; with `starts`/`ends`, the spans
+    [starts[i], ends[i]) of `data` (one per drain, in drain order, each starting a record)."""
 
     ring: int
     cpu: int
-    data: bytes
+    data: bytes | memoryview
+    starts: np.ndarray | None = None
+    ends: np.ndarray | None = None
 
 
 def _dict_array(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
@@ -40,14 +45,42 @@ def _dict_array(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
                                           pa.array(values, pa.string()))
 
 
-def _boundaries(data: bytes) -> np.ndarray:
-    """Byte offsets of the records in a ring stream (header u16 size at byte 6)."""
-    h = memoryview(data).cast("H")
-    n = len(h) * 2
+def _boundaries(data: bytes, starts: np.ndarray | None = None,
+                ends: np.ndarray | None = None) -> np.ndarray:
+    """Byte offsets of the records in ring spans (header u16 size at byte 6), ascending.
+
+    `starts` are known record starts (each drain began on one), `ends` where their spans end
+    (default: the next start, the last at the end of `data`): all spans are walked at once. With
+    few, long spans a numpy step per record would cost more than a Python loop; use that.
+    """
+    n = len(data)
+    h = np.frombuffer(data, dtype=np.uint16, count=n // 2)
+    if starts is None or not len(starts):
+        starts = np.zeros(1, np.int64)
+    starts = np.asarray(starts, np.int64)
+    ends = np.append(starts[1:], n) if ends is None else np.asarray(ends, np.int64)
+    if (ends - starts).max(initial=0) * 25 > (ends - starts).sum():  # dominant span: plain loop
+        hv = memoryview(data)[: n & ~1].cast("H")
+        return np.concatenate([_walk(hv, a, b) for a, b in zip(starts.tolist(), ends.tolist())]
+                              + [np.zeros(0, np.int64)])
+    keep = starts < ends
+    cur, ends = starts[keep], ends[keep]
+    steps = []
+    while len(cur):
+        steps.append(cur)
+        size = h[(cur >> 1) + 3].astype(np.int64)
+        cur = cur + size
+        live = (cur < ends) & (size > 0)  # size 0 is never valid: that chain stops
+        cur, ends = cur[live], ends[live]
+    offs = np.concatenate(steps) if steps else np.zeros(0, np.int64)
+    offs.sort()
+    return offs
+
+
+def _walk(h: memoryview, off: int, end: int) -> np.ndarray:
     offs = []
     append = offs.append
-    off = 0
-    while off < n:
+    while off < end:
         size = h[(off >> 1) + 3]
         if size == 0:  # never valid; stop rather than spin
             break
@@ -56,21 +89,35 @@ def _boundaries(data: bytes) -> np.ndarray:
     return np.array(offs, dtype=np.int64)
 
 
+def _ragged(starts: np.ndarray, lens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Indices start[i] .. start[i]+len[i]-1 for every i, concatenated (`offsets` = cumsum of lens)."""
+    idx = np.repeat(starts - offsets[:-1], lens)
+    idx += np.arange(len(idx), dtype=np.int64)
+    return idx
+
+
 def _gather_raw(data: bytes, a4: np.ndarray, raw_word: np.ndarray, raw_len: np.ndarray,
                 offsets: np.ndarray) -> np.ndarray:
     """Concatenated raw payloads (each starts 4 bytes into word `raw_word`).
 
-    Tracepoint payloads are usually whole u32s, so gather 4-byte units (4x fewer indices);
-    otherwise bytes. Ragged gather: repeat each start by its length, add a running index.
+    Payload sizes are few (one per event type, usually whole u32s): per size, one row gather
+    through a sliding-window view copies each payload as a block. Many sizes (strings): a
+    ragged gather of single units.
     """
     if not (raw_len & 3).any():
-        offs4 = offsets[:-1].astype(np.int64) >> 2
-        idx = np.repeat(raw_word * 2 + 1 - offs4, raw_len >> 2)
-        idx += np.arange(len(idx), dtype=np.int64)
-        return a4[idx]
-    idx = np.repeat(raw_word * 8 + 4 - offsets[:-1], raw_len)
-    idx += np.arange(len(idx), dtype=np.int64)
-    return np.frombuffer(data, dtype=np.uint8)[idx]
+        src, first, lens, dst = a4, raw_word * 2 + 1, raw_len >> 2, offsets[:-1] >> 2
+    else:
+        src, first, lens, dst = np.frombuffer(data, dtype=np.uint8), raw_word * 8 + 4, raw_len, offsets[:-1]
+    sizes = np.unique(lens)
+    if len(sizes) > 16:
+        return src[_ragged(first, lens, np.append(dst, dst[-1] + lens[-1]).astype(np.int64))]
+    out = np.empty(int(dst[-1] + lens[-1]) if len(lens) else 0, src.dtype)
+    for size in sizes.tolist():
+        if size:
+            rows = np.nonzero(lens == size)[0]
+            win = np.lib.stride_tricks.sliding_window_view(out, size, writeable=True)
+            win[dst[rows]] = np.lib.stride_tricks.sliding_window_view(src, size)[first[rows]]
+    return out
 
 
 @dataclass
@@ -102,7 +149,7 @@ class Splitter:
     def split(self, batch: RingBatch) -> list[pa.Table | dict]:
         """All rows (sample, stack, lost, side-band) of one ring's bytes."""
         data = batch.data
-        offs = _boundaries(data)
+        offs = _boundaries(data, batch.starts, batch.ends)
         base = self.seq.get(batch.ring, 0)
         self.seq[batch.ring] = base + len(offs)
         if not len(offs):
@@ -143,21 +190,8 @@ class Splitter:
         raw = pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
                                                            pa.py_buffer(raw_bytes)])
         stack_id = np.zeros(n, dtype=np.uint32)
-        new_rows: list[bytes] = []
         cc_idx = np.nonzero(has_cc)[0]
-        if len(cc_idx):
-            stacks = self.stacks
-            starts = ((w[cc_idx] + 6) * 8).tolist()
-            ends = (np.array(starts) + nr[cc_idx] * 8).tolist()
-            ids = []
-            for s, e in zip(starts, ends):  # dedupe: one dict probe per chain, no parsing
-                key = data[s:e]
-                sid = stacks.get(key)
-                if sid is None:
-                    sid = stacks[key] = len(stacks)
-                    new_rows.append(key)
-                ids.append(sid)
-            stack_id[cc_idx] = ids
+        new_rows = self._stack_ids(a8, w[cc_idx] + 6, nr[cc_idx], stack_id, cc_idx)
         name_idx = self._name_idx[k]
         counts = np.bincount(name_idx, minlength=len(self._names))
         for i, c in enumerate(counts.tolist()):
@@ -177,19 +211,42 @@ class Splitter:
             "raw": raw,
             "stack_id": pa.array(stack_id, pa.uint32(), mask=~valid),
         }
-        out: list[pa.Table | dict] = [rows]
-        if new_rows:
-            first = len(self.stacks) - len(new_rows)
-            words = np.frombuffer(b"".join(new_rows), dtype=np.uint64)
-            lens = np.array([len(r) // 8 for r in new_rows], dtype=np.int32)
-            loffs = np.zeros(len(new_rows) + 1, dtype=np.int32)
-            np.cumsum(lens, out=loffs[1:])
-            out.append({
-                "kind": _dict_array(np.zeros(len(new_rows)), ["stack"]),
-                "stack_id": pa.array(np.arange(first, first + len(new_rows), dtype=np.uint32)),
-                "callchain": pa.ListArray.from_arrays(pa.array(loffs), pa.array(words, pa.uint64())),
-            })
-        return out
+        return [rows, new_rows] if new_rows else [rows]
+
+    def _stack_ids(self, a8: np.ndarray, first_word: np.ndarray, nr: np.ndarray,
+                   stack_id: np.ndarray, at: np.ndarray) -> dict | None:
+        """Set stack_id[at] to the recording-wide id of each chain (words a8[first:first+nr]);
+        return the `stack` rows of chains never seen before (None if none)."""
+        if not len(first_word):
+            return None
+        offsets = np.zeros(len(nr) + 1, dtype=np.int64)
+        np.cumsum(nr, out=offsets[1:])
+        words = a8[_ragged(first_word, nr, offsets)]
+        big = offsets[-1] * 8 >= 1 << 31
+        chains = pa.Array.from_buffers(pa.large_binary() if big else pa.binary(), len(nr), [
+            None, pa.py_buffer((offsets * 8).astype(np.int64 if big else np.int32)), pa.py_buffer(words)])
+        enc = chains.dictionary_encode()  # Arrow hashes and compares the exact bytes
+        stacks = self.stacks
+        ids, new = [], []
+        for key in enc.dictionary.to_pylist():  # distinct chains of this batch only
+            sid = stacks.get(key)
+            if sid is None:
+                sid = stacks[key] = len(stacks)
+                new.append(key)
+            ids.append(sid)
+        stack_id[at] = np.array(ids, dtype=np.uint32)[enc.indices.to_numpy(zero_copy_only=False)]
+        if not new:
+            return None
+        first = len(stacks) - len(new)
+        lens = np.array([len(r) // 8 for r in new], dtype=np.int32)
+        loffs = np.zeros(len(new) + 1, dtype=np.int32)
+        np.cumsum(lens, out=loffs[1:])
+        return {
+            "kind": _dict_array(np.zeros(len(new)), ["stack"]),
+            "stack_id": pa.array(np.arange(first, first + len(new), dtype=np.uint32)),
+            "callchain": pa.ListArray.from_arrays(
+                pa.array(loffs), pa.array(np.frombuffer(b"".join(new), dtype=np.uint64), pa.uint64())),
+        }
 
     def _others(self, data: bytes, a8: np.ndarray, offs: np.ndarray, hdr: np.ndarray,
                 seqs: np.ndarray, batch: RingBatch) -> list[dict]:

@@ -15,6 +15,7 @@ ROWS (an Arrow IPC stream of rows the recorder adds, e.g. symbol tables at stop)
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from kmemleak_offline.recording import RecordingWriter, to_table
@@ -38,16 +40,23 @@ def segment_path(folder: Path, n: int) -> Path:
     return folder / f"spool-{n:06d}.bin"
 
 
-def frames(buf: bytes) -> Iterator[tuple[int, int, memoryview]]:
-    """(ring, kind, payload) of each complete frame; a torn last frame (killed writer) is dropped."""
-    mv = memoryview(buf)
+def frame_spans(buf: bytes | mmap.mmap) -> Iterator[tuple[int, int, int, int]]:
+    """(ring, kind, payload start, payload length) of each complete frame; a torn last frame
+    (killed writer) is dropped."""
     off, end, hsize = 0, len(buf), FRAME.size
     while off + hsize <= end:
         ring, kind, n = FRAME.unpack_from(buf, off)
         if off + hsize + n > end:
             break
-        yield ring, kind, mv[off + hsize: off + hsize + n]
+        yield ring, kind, off + hsize, n
         off += hsize + n
+
+
+def frames(buf: bytes) -> Iterator[tuple[int, int, memoryview]]:
+    """(ring, kind, payload) of each complete frame."""
+    mv = memoryview(buf)
+    for ring, kind, start, n in frame_spans(buf):
+        yield ring, kind, mv[start: start + n]
 
 
 class Converter:
@@ -63,20 +72,24 @@ class Converter:
         self.done = -1  # last converted segment number
 
     def convert(self, path: Path) -> None:
-        buf = path.read_bytes()
-        chunks: dict[int, list[memoryview]] = {}
-        for ring, kind, payload in frames(buf):
+        """One segment -> one part. The segment is mapped, not read: each ring's records are split
+        where they lie (its frames are spans of the map), so ring bytes are never copied again."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) if size else b""
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for ring, kind, start, n in frame_spans(buf):
             if kind == DATA:
-                chunks.setdefault(ring, []).append(payload)
+                spans.setdefault(ring, []).append((start, start + n))
             elif kind == META:
-                self.meta = json.loads(bytes(payload))
+                self.meta = json.loads(buf[start:start + n])
             elif kind == ROWS:
-                self._write(pa.ipc.open_stream(payload).read_all())
-        for ring in sorted(chunks):  # records never straddle drains: a ring's chunks concatenate
-            data = b"".join(chunks[ring])
-            for rows in self.splitter.split(RingBatch(ring, self.ring_cpu[ring], data)):
+                self._write(pa.ipc.open_stream(pa.py_buffer(buf[start:start + n])).read_all())
+        for ring in sorted(spans):  # records never straddle drains: each frame starts a record
+            starts, ends = np.array(spans[ring], dtype=np.int64).T
+            for rows in self.splitter.split(RingBatch(ring, self.ring_cpu[ring], buf, starts, ends)):
                 self._write(rows)
-        del chunks, buf
+        del spans
         self._apply_meta()
         self.writer.flush_part()
         path.unlink()
