@@ -74,47 +74,66 @@ class Ordering:
         return out
 
 
-def _ring_seq_order(ring: np.ndarray, seq: np.ndarray) -> np.ndarray:
-    """Rows in (ring, seq) order. Seqs are unique and nearly dense within a ring (they number every
-    record of the ring), so a counting sort by scatter is O(n); fall back to argsort otherwise."""
+def _group_by_ring(ring: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows grouped by ring ascending, file order kept within a ring; first index of each ring
+    in that order + n). O(n): a mask per ring for a few rings, else a radix sort of 16-bit ids."""
+    n = len(ring)
+    nr = int(ring.max()) + 1 if n else 0
+    counts = np.bincount(ring, minlength=nr) if n else np.zeros(0, np.int64)
+    bounds = np.zeros(nr + 1, np.int64)
+    np.cumsum(counts, out=bounds[1:])
+    present = np.flatnonzero(counts)
+    if len(present) <= 1:
+        return np.arange(n), bounds
+    if len(present) <= 8:
+        return np.concatenate([np.flatnonzero(ring == r) for r in present]), bounds
+    if nr <= 1 << 16:  # numpy's stable sort of 16-bit keys is a radix sort
+        return np.argsort(ring.astype(np.uint16), kind="stable"), bounds
+    return np.argsort(ring, kind="stable"), bounds
+
+
+def _ring_seq_order(ring: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows in (ring, seq) order, ring boundaries in that order). The recorder writes every ring's
+    records in seq order, so grouping rows by ring (file order within a ring) is usually enough;
+    one pass checks that and a full sort runs only when some ring is out of order."""
     n = len(ring)
     if n == 0:
-        return np.zeros(0, np.int64)
-    key = ring_seq_key(ring, seq)
-    if np.all(key[1:] >= key[:-1]):
-        return np.arange(n)
-    nr = int(ring.max()) + 1
-    s64 = seq.view(np.int64) if seq.dtype.itemsize == 8 else seq.astype(np.int64)
-    if nr <= 256:  # a few rings (CPUs, threads): one masked max per ring beats ufunc.at
-        span = np.array([int(s64[ring == i].max(initial=-1)) + 1 for i in range(nr)], np.int64)
-    else:
-        span = np.zeros(nr, np.int64)
-        np.maximum.at(span, ring, s64 + 1)
-    base = np.concatenate(([0], np.cumsum(span)[:-1]))
-    total = int(span.sum())
-    if total > 4 * n + 1024:  # sparse seqs: a plain sort is cheaper
-        return np.argsort(key)
-    slots = np.full(total, -1, np.int64)
-    pos = base[ring] + s64
-    slots[pos] = np.arange(n)
-    out = slots[slots >= 0]
-    if len(out) != n:  # duplicate (ring, seq): not a valid recording, but stay correct
-        return np.argsort(key, kind="stable")
+        return np.zeros(0, np.int64), np.zeros(1, np.int64)
+    by, bounds = _group_by_ring(ring)
+    s = seq[by]
+    up = s[1:] > s[:-1]
+    up[bounds[1:-1][(bounds[1:-1] > 0) & (bounds[1:-1] < n)] - 1] = True  # a new ring starts
+    if not up.all():  # out of order (or duplicate seqs, not a valid recording): sort, stay stable
+        by = np.argsort(ring_seq_key(ring, seq), kind="stable")
+    return by, bounds
+
+
+def _clamp_runs(t: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Running max of t within each ring's run [bounds[i], bounds[i+1]) (times that go backwards
+    within a ring are clamped), computed only when some run actually goes backwards."""
+    n = len(t)
+    if n < 2:
+        return t
+    back = t[1:] < t[:-1]
+    inner = bounds[1:-1]
+    back[inner[(inner > 0) & (inner < n)] - 1] = False
+    if not back.any():
+        return t
+    out = t.copy()
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        if hi - lo > 1 and back[lo:hi - 1].any():
+            np.maximum.accumulate(t[lo:hi], out=out[lo:hi])
     return out
 
 
 def order_samples(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> Ordering:
     """Order rows by (ring, seq), clamp times that go backwards within a ring, then merge the rings
     by time with a stable sort (ties keep ring, then seq order)."""
-    by_ring = _ring_seq_order(ring, seq)
-    t = time[by_ring].astype(np.uint64)
-    r = ring[by_ring]
-    if len(t) > 1:
-        back = (t[1:] < t[:-1]) & (r[1:] == r[:-1])
-        if back.any():  # segmented running max, only when some ring actually goes backwards
-            t = pd.Series(t).groupby(r, sort=False).cummax().to_numpy(np.uint64)
-    # each ring is now one sorted run: timsort merges the runs in near-linear time
-    o = np.argsort(t, kind="stable")
+    by_ring, bounds = _ring_seq_order(ring, seq)
+    t = _clamp_runs(time[by_ring].astype(np.uint64, copy=False), bounds)
+    # each ring is now one sorted run: timsort finds the runs and merges them in near-linear time
+    # (ties keep ring, then seq order: the sort is stable)
+    o = np.argsort(t, kind="stable") if len(bounds) > 2 else np.arange(len(t))
     return Ordering(by_ring=by_ring, ring_time=t, stream=by_ring[o], time=t[o])
 
 
