@@ -11,9 +11,6 @@ from typing import Annotated
 
 import typer
 
-from .perfdata import PerfDataError, import_perf_data
-from .recording import RecordingError
-
 
 def import_(
     ctx: typer.Context,
@@ -25,6 +22,9 @@ def import_(
     free: Annotated[list[str] | None, typer.Option("--free", help="free events EVENT[,EVENT...]")] = None,
 ) -> None:
     """Convert a perf.data (tracepoints and uprobes) into a recording."""
+    from .perfdata import PerfDataError, import_perf_data  # pandas: only when importing
+    from .recording import RecordingError
+
     out = output if output is not None else perf_data.with_suffix(".parquet")
     if out.resolve() == perf_data.resolve():
         _fail(f"{out}: the output would overwrite the perf.data; give -o")

@@ -583,16 +583,10 @@ def running_kernel_build_id() -> bytes | None:
     return None
 
 
-def _ksym_rows(text: bytes) -> dict[str, Any]:
-    rows = ksym_rows(text)
-    rows["addr"] = pa.array(rows["addr"], pa.uint64())
-    return rows
-
-
 def kernel_symbols(pd_: PerfData, osrelease: str | None) -> tuple[dict[str, Any] | None, str]:
     """ksym rows and a one-line note on where they came from (or why there are none)."""
     if pd_.kallsyms.strip():
-        return _ksym_rows(pd_.kallsyms), "kernel symbols: from the kallsyms embedded in the perf.data"
+        return ksym_rows(pd_.kallsyms), "kernel symbols: from the kallsyms embedded in the perf.data"
     here = platform.release()
     if osrelease != here:
         return None, (f"kernel symbols: none (perf.data from kernel {osrelease or '?'}, this machine "
@@ -606,7 +600,7 @@ def kernel_symbols(pd_: PerfData, osrelease: str | None) -> tuple[dict[str, Any]
         text = Path("/proc/kallsyms").read_bytes()
     except OSError as exc:
         return None, f"kernel symbols: none (cannot read /proc/kallsyms: {exc.strerror})"
-    rows = _ksym_rows(text)
+    rows = ksym_rows(text)
     if not any(rows["addr"].to_numpy(zero_copy_only=False)):
         return None, "kernel symbols: none (/proc/kallsyms addresses are hidden; run as root)"
     return rows, "kernel symbols: /proc/kallsyms of this machine (same kernel release and build-id)"

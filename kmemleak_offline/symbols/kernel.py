@@ -63,10 +63,11 @@ class KernelSymbols:
         return out.astype("S")
 
 
-def ksym_rows(text: bytes) -> dict[str, list]:
+def ksym_rows(text: bytes) -> dict[str, pa.Array]:
     """`/proc/kallsyms` text -> `ksym` rows (addr, name, module; text and data symbols alike).
 
-    Shared by the recorder (live snapshot) and `import` (kallsyms embedded in perf.data)."""
+    Shared by the recorder (live snapshot) and `import` (kallsyms embedded in perf.data). Typed
+    Arrow columns: converting ~200k-item lists generically cost the recorder 0.2 s per start."""
     addrs, names, mods = [], [], []
     for line in text.splitlines():  # once per symbol, not per event
         parts = line.split()
@@ -75,4 +76,6 @@ def ksym_rows(text: bytes) -> dict[str, list]:
         addrs.append(int(parts[0], 16))
         names.append(parts[2].decode(errors="replace"))
         mods.append(parts[3].strip(b"[]").decode() if len(parts) > 3 else None)
-    return {"kind": ["ksym"] * len(addrs), "addr": addrs, "name": names, "module": mods}
+    kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(addrs), np.int32)), pa.array(["ksym"]))
+    return {"kind": kind, "addr": pa.array(addrs, pa.uint64()), "name": pa.array(names, pa.string()),
+            "module": pa.array(mods, pa.string())}
