@@ -38,7 +38,8 @@ LOADSECS=$((SECS + 4))
 # ours: kernel count (incl. lost) and PERF_FORMAT_LOST from the recording's metadata
 "$TMP/load" "$NPROC" "$LOADSECS" & LP=$!
 sleep 1
-( cd "$ROOT" && /usr/bin/time -f "%U %S" -o "$TMP/ours.time" python -m kmemleak_offline.cli record \
+PY=$(python3 -c 'import sys; print(sys.executable)')  # the interpreter itself: a pyenv shim's bash is not ours
+( cd "$ROOT" && /usr/bin/time -f "%U %S" -o "$TMP/ours.time" "$PY" -m kmemleak_offline.cli record \
     --alloc kmem:kmalloc --free kmem:kfree -g -m "$PAGES" --duration "${SECS}s" -o "$TMP/ours.parquet" \
     -v 2>"$TMP/ours.err" )
 OURS_CONV=$(awk '/converter process/ {print $(NF-2)}' "$TMP/ours.err")
@@ -72,8 +73,11 @@ ours = float(ou) + float(os_)
 rows = [("kmemleak-offline record", int(oe), int(ol), ours, f"{ours - float(conv):.2f}"),
         ("perf record", int(pe or 0), int(pl or 0), float(pu) + float(ps), "")]
 print(f"kmalloc+kfree, kernel call chains, -m {pages}, {secs}s, same load")
-print(f"{'recorder':<26}{'events':>12}{'lost':>10}{'lost %':>9}{'CPU s':>8}{'drain proc CPU s':>18}")
+print(f"{'recorder':<26}{'events':>12}{'lost':>10}{'lost %':>9}{'CPU s':>8}{'us/event':>10}"
+      f"{'drain proc CPU s':>18}")
 for name, ev, lost, cpu, drain in rows:
     pct = 100.0 * lost / max(1, ev + lost)
-    print(f"{name:<26}{ev:>12}{lost:>10}{pct:>8.2f}%{cpu:>8.2f}{drain:>18}")
+    print(f"{name:<26}{ev:>12}{lost:>10}{pct:>8.2f}%{cpu:>8.2f}{1e6 * cpu / max(1, ev):>10.2f}{drain:>18}")
+print(f"CPU ratio ours/perf: {ours / max(1e-9, float(pu) + float(ps)):.2f}x total, "
+      f"{(ours / max(1, int(oe))) / max(1e-12, (float(pu) + float(ps)) / max(1, int(pe or 0))):.2f}x per event")
 PY

@@ -442,7 +442,7 @@ def open_recording(path: str | os.PathLike) -> Recording:
     if not p.exists():
         parts = Path(str(p) + PARTS_SUFFIX)
         if parts.is_dir():
-            p = parts  # the recorder was killed before it could merge: read its parts
+            p = parts  # the recorder was killed before it could stitch: read its parts
         else:
             raise RecordingError(f"{p}: no such file")
     if p.is_dir():

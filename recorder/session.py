@@ -78,7 +78,7 @@ class _Target:
 
 
 class Session:
-    """One recording, from checks to the merged file."""
+    """One recording, from checks to the single stitched file."""
 
     def __init__(self, cfg: RecordConfig) -> None:
         self.cfg = cfg

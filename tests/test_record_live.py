@@ -264,7 +264,7 @@ def test_sigint_sigusr1_and_sigkill_partial_recording(tmp_path: Path) -> None:
             time.sleep(0.1)  # initial state part + two 1 s batches
         rec.send_signal(signal.SIGUSR1)
         time.sleep(0.5)
-        rec.kill()  # SIGKILL: no chance to merge
+        rec.kill()  # SIGKILL: no chance to stitch
         _, err = rec.communicate(timeout=10)
         assert "events" in err  # live stats on SIGUSR1
         assert parts.is_dir() and not out.exists()
