@@ -9,6 +9,7 @@ crash-safe parts, then the single file. Nothing here decodes tracepoint payloads
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import platform
 import select
@@ -453,6 +454,8 @@ class Session:
                     pe.enable(fd)
             self._t0 = time.monotonic()
             self.release_child()
+            gc.collect()
+            gc.freeze()  # set-up objects (typer, pyarrow, ...) never rescanned: no GC pause mid-drain
             self._realtime(True)
             try:
                 self._main_loop()
