@@ -250,8 +250,9 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
 
     loaded = load(rec)
     sm = loaded.samples
-    code_by_name = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
-                            np.int32)[sm.event]
+    # role code of each event name (its first role, as in perf-prof); the last entry is for nulls
+    role_lut = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
+                        np.int32)
 
     # lost windows are computed over every sample of the ring, before any filtering
     lost_t = loaded.side["lost"]
@@ -272,7 +273,7 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     else:
         env = exprmod.ExprEnv(ksymbol=ksyms.names_only, comm_get=lambda pids: comms.comm(
             pids, np.full(len(pids), stop_ns, np.uint64)).astype("S"))
-        stream, res = _kernel_stream(sm, order, roles, names, code_by_name, lost, stop_ns, opts, warn,
+        stream, res = _kernel_stream(sm, order, roles, names, role_lut, lost, stop_ns, opts, warn,
                                      env)
 
     # stack ids in use: per position when the stream has its own (malloc), else any sample's
@@ -291,28 +292,32 @@ def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
 
 
 def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
-                   code_by_name: np.ndarray, lost: Lost, stop_ns: int, opts: AnalyzeOptions,
+                   role_lut: np.ndarray, lost: Lost, stop_ns: int, opts: AnalyzeOptions,
                    warn: Callable[[str], None],
                    env: exprmod.ExprEnv | None = None) -> tuple[Stream, ReplayResult]:
     """Tracepoint recordings: evaluate ptr/size/filter per event type, then replay.
 
+    Payloads are decoded in file order (each chunk's rows of one event are read front to back);
+    the replay's columns are then gathered once into stream order, which is nearly file order
+    (rings interleaved within a segment), so those gathers stay cache-friendly.
     `env` gives expressions the recording's kallsyms (`ksymbol()`) and comms (`comm_get()`)."""
     n = len(sm)
+    role_r = role_lut[sm.event]  # per sample row; -1: not an alloc/free event (or a null event)
     key = np.zeros(n, np.uint64)
-    size = np.zeros(n, np.uint64)
-    role_of = np.full(n, -1, np.int32)
-    keep = np.zeros(n, bool)
+    size = np.zeros(n, np.uint64) if any(r.size is not None for r in roles) else None
+    keep = None  # per row, only when some role filters
     fail_counts: dict[tuple[str, str], int] = {}
     for role in roles:
-        rows = np.flatnonzero(code_by_name == names.index(role.spec.full_name))
-        # an event listed twice (or in both lists) belongs to its first role, as in perf-prof
-        rows = rows[role_of[rows] < 0]
+        if names.index(role.spec.full_name) != role.code:
+            continue  # an event listed twice (or in both lists) belongs to its first role
+        rows = np.flatnonzero(role_r == role.code)
         cols = _decode_for(role, sm, rows)
         m = len(rows)
-        ok = np.ones(m, bool)
         if role.filter is not None:
             fr = role.filter.evaluate(cols, m, env)
-            ok = exprmod.filter_mask(fr)
+            if keep is None:
+                keep = role_r >= 0
+            keep[rows] = exprmod.filter_mask(fr)
             _count_fail(fail_counts, role.spec.full_name, "filter", fr)
         pr = role.ptr.evaluate(cols, m, env)
         _count_fail(fail_counts, role.spec.full_name, "ptr", pr)
@@ -321,20 +326,24 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
             sr = role.size.evaluate(cols, m, env)
             _count_fail(fail_counts, role.spec.full_name, "size", sr)
             size[rows] = exprmod.as_size(sr)
-        role_of[rows] = role.code
-        keep[rows] = ok
     for (ev, what), cnt in fail_counts.items():
         warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
 
-    in_stream = keep[order.stream]
-    rows_in = order.stream[in_stream]  # sample row of each stream position
+    st, t = order.stream, order.time
+    keep_s = (role_r >= 0)[st] if keep is None else keep[st]
+    if not keep_s.all():  # other events or filtered samples: only the replayed positions
+        st, t = st[keep_s], t[keep_s]
+    role_s = role_r[st]
+    key_s = key[st]
+    del key
+    size_s = size[st] if size is not None else np.zeros(len(st), np.uint64)
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
-    res = replay_ordered(time=order.time[in_stream], is_alloc=is_alloc_role[role_of[rows_in]],
-                         key=key[rows_in], lost=lost, stop_ns=stop_ns, than_ns=opts.than_ns,
-                         want_death=bool(opts.interval_ms))
-    stream = Stream(rows=rows_in, samples=sm, is_alloc_role=is_alloc_role,
-                    per_pos={"time": res.time, "kept": res.kept},
-                    per_row={"role": role_of, "ptr": key, "size": size})
+    res = replay_ordered(time=t, is_alloc=is_alloc_role[role_s], key=key_s, lost=lost,
+                         stop_ns=stop_ns, than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
+    stream = Stream(rows=st, samples=sm, is_alloc_role=is_alloc_role,
+                    per_pos={"time": res.time, "kept": res.kept, "role": role_s, "ptr": key_s,
+                             "size": size_s},
+                    per_row={})
     return stream, res
 
 
@@ -400,9 +409,21 @@ def _count_fail(acc: dict, ev: str, what: str, r: exprmod.EvalResult) -> None:
         acc[(ev, what)] = acc.get((ev, what), 0) + c
 
 
+def _used_ids(ids: np.ndarray) -> np.ndarray:
+    """Sorted distinct ids >= 0 (-1 = none): counted when the ids are dense, else hashed."""
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    lo, hi = int(ids.min()), int(ids.max())
+    if hi < 0:
+        return np.zeros(0, np.int64)
+    if lo >= -1 and hi < 4 * len(ids) + (1 << 16):
+        return np.flatnonzero(np.bincount(ids + 1, minlength=hi + 2)[1:])
+    return np.unique(ids[ids >= 0])
+
+
 def _stacks(t: pa.Table, ids: np.ndarray) -> dict[int, np.ndarray]:
     """Callchain words of the stack ids the stream uses."""
-    want = np.unique(ids[ids >= 0])
+    want = _used_ids(ids)
     if not len(want) or not t.num_rows:
         return {}
     sid = _np(t.column("stack_id"), np.int64, -1)

@@ -62,26 +62,31 @@ class Samples:
     def decode(self, fmt: EventFormat, rows: np.ndarray,
                fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """`tracefs.decode_rows` of the given sample rows (any order), chunk by chunk."""
-        rows = np.asarray(rows, np.int64)
         first, bufs = self._chunks
         if len(bufs) <= 1 or not len(rows):
             empty = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
             data, starts, lengths = bufs[0] if bufs else empty
             return decode_rows(fmt, data, starts[rows], lengths[rows], fields=fields)
-        srt = bool(np.all(rows[1:] >= rows[:-1]))
-        order = None if srt else np.argsort(rows, kind="stable")
-        r = rows if srt else rows[order]
-        cut = np.searchsorted(r, first)
-        parts = []
-        for c, (data, starts, lengths) in enumerate(bufs):
-            if cut[c + 1] > cut[c]:
-                sub = r[cut[c]:cut[c + 1]] - first[c]
-                parts.append(decode_rows(fmt, data, starts[sub], lengths[sub], fields=fields))
-        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        if order is not None:
-            inv = np.empty_like(order)
-            inv[order] = np.arange(len(order))
-            out = {k: v[inv] for k, v in out.items()}
+        if np.all(rows[1:] >= rows[:-1]):  # sorted: each chunk's rows are one slice
+            cut = np.searchsorted(rows, first)
+            sels = [slice(cut[c], cut[c + 1]) if cut[c + 1] > cut[c] else None for c in range(len(bufs))]
+        else:
+            cid = np.searchsorted(first[1:-1], rows, side="right")
+            sels = [np.flatnonzero(cid == c) if k else None
+                    for c, k in enumerate(np.bincount(cid, minlength=len(bufs)).tolist())]
+        out: dict[str, np.ndarray] = {}
+        for c, sel in enumerate(sels):
+            if sel is None:
+                continue
+            data, starts, lengths = bufs[c]
+            sub = rows[sel] - first[c]
+            for k, v in decode_rows(fmt, data, starts[sub], lengths[sub], fields=fields).items():
+                have = out.get(k)
+                if have is None:
+                    out[k] = have = np.zeros(len(rows), v.dtype)
+                elif v.dtype.kind == "S" and v.dtype.itemsize > have.dtype.itemsize:
+                    out[k] = have = have.astype(v.dtype)  # a longer string in this chunk
+                have[sel] = v
         return out
 
 
