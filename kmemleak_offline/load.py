@@ -105,7 +105,8 @@ def _np(col: pa.ChunkedArray, dtype, fill: int = 0) -> np.ndarray:
 def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     """Dictionary codes of a string column, unified over chunks."""
     names: list[str] = []
-    out = []
+    out = np.empty(len(col), np.int32)
+    pos = 0
     for chunk in col.chunks:
         if not pa.types.is_dictionary(chunk.type):
             chunk = pc.dictionary_encode(chunk)
@@ -116,8 +117,11 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
                 names.append(d)
             lut[i] = names.index(d)
         lut[len(dic)] = -1
-        out.append(lut[chunk.indices.fill_null(len(dic)).to_numpy(zero_copy_only=False)])
-    return (np.concatenate(out) if out else np.zeros(0, np.int32)), names
+        ind = chunk.indices
+        ind = (ind.fill_null(len(dic)) if ind.null_count else ind).to_numpy(zero_copy_only=False)
+        np.take(lut, ind, out=out[pos:pos + len(ind)])
+        pos += len(ind)
+    return out, names
 
 
 def load(rec: Recording) -> Loaded:

@@ -339,20 +339,57 @@ def read_row_groups(path: Path, groups: list[int], columns: list[str]) -> pa.Tab
         return pa.concat_tables(list(ex.map(one, groups)))
 
 
+def _group_kind(rg: pq.RowGroupMetaData, col: int | None) -> str | None:
+    """The one kind every row of a row group has, from its `kind` statistics; None if unknown
+    (no statistics, several kinds, nulls)."""
+    if col is None:
+        return None
+    st = rg.column(col).statistics
+    if st is None or not st.has_min_max or st.null_count:
+        return None
+    lo, hi = st.min, st.max
+    if isinstance(lo, bytes):
+        lo, hi = lo.decode("utf-8", "replace"), hi.decode("utf-8", "replace")
+    return lo if lo == hi and lo in KINDS else None
+
+
 def _read_kinds(path: Path, pf: pq.ParquetFile, kinds: list[str], columns: list[str]) -> pa.Table:
-    """Rows of the given kinds, reading only the row groups that hold some (kind is cheap to read)."""
+    """Rows of the given kinds, reading only the row groups that hold some. Writers put samples and
+    side-band rows in row groups of their own, so the `kind` statistics usually settle a group;
+    the `kind` column is read only for groups they do not (mixed kinds, no statistics)."""
     import numpy as np
 
-    kind = pf.read(columns=["kind"]).column("kind")
-    mask = kind_mask(kind, kinds).to_numpy(zero_copy_only=False)
-    sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
-    bounds = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-    groups = [i for i in range(len(sizes)) if mask[bounds[i]:bounds[i + 1]].any()]
+    md = pf.metadata
+    col = next((j for j in range(md.num_columns) if md.schema.column(j).path == "kind"), None)
+    whole, unsure = [], []
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        k = _group_kind(rg, col)
+        if k is None:
+            unsure.append(i)
+        elif k in kinds:
+            whole.append(i)
+    masks: dict[int, np.ndarray] = {}
+    if unsure:
+        kind = pf.read_row_groups(unsure, columns=["kind"]).column("kind")
+        mask = kind_mask(kind, kinds).to_numpy(zero_copy_only=False)
+        pos = 0
+        for i in unsure:
+            m = mask[pos:pos + md.row_group(i).num_rows]
+            pos += len(m)
+            if m.any():
+                masks[i] = m
+    groups = sorted(whole + list(masks))
     if not groups:
         return pf.schema_arrow.empty_table().select(columns)
     t = read_row_groups(path, groups, columns)
-    sub = np.concatenate([mask[bounds[i]:bounds[i + 1]] for i in groups])
-    return t if sub.all() else t.filter(pa.array(sub))
+    if not masks or all(masks[i].all() for i in masks):
+        return t
+    sub = np.concatenate([masks[i] if i in masks else np.ones(md.row_group(i).num_rows, bool)
+                          for i in groups])
+    return t.filter(pa.array(sub))
 
 
 def kind_mask(col: pa.ChunkedArray, kinds: list[str]) -> pa.Array:
@@ -364,8 +401,9 @@ def kind_mask(col: pa.ChunkedArray, kinds: list[str]) -> pa.Array:
         if pa.types.is_dictionary(chunk.type):
             dic = chunk.dictionary.to_pylist()
             codes = [i for i, d in enumerate(dic) if d in kinds]
-            idx = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-            parts.append(np.isin(idx, codes))
+            ind = chunk.indices
+            idx = (ind.fill_null(-1) if ind.null_count else ind).to_numpy(zero_copy_only=False)
+            parts.append(idx == codes[0] if len(codes) == 1 else np.isin(idx, codes))
         else:
             parts.append(pc.is_in(chunk, value_set=pa.array(kinds, pa.string()))
                          .fill_null(False).to_numpy(zero_copy_only=False))
