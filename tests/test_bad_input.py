@@ -83,6 +83,16 @@ def test_truncated_recording(rec, tmp_path, capsys, cmd):
     assert_one_line_error(*run(capsys, cmd, p), str(p))
 
 
+@pytest.mark.parametrize("cmd", ["analyze", "info"])
+def test_corrupt_data_pages_with_an_intact_footer(rec, tmp_path, capsys, cmd):
+    """The footer opens fine, the column data does not decode: still bad input, not an internal error."""
+    p = tmp_path / "corrupt.parquet"
+    data = bytearray(rec.read_bytes())
+    data[200:3000] = (bytes(range(256)) * 11)[:2800]
+    p.write_bytes(bytes(data))
+    assert_one_line_error(*run(capsys, cmd, p), str(p))
+
+
 def test_newer_format_version(rec, tmp_path, capsys):
     p = with_metadata(rec, tmp_path / "v99.parquet", lambda m: m.update(format_version=99))
     assert_one_line_error(*run(capsys, "analyze", p), "format_version 99")
