@@ -91,6 +91,7 @@ def record(
 
 
 def _fail(msg: str, code: int) -> None:
-    line = (msg.strip().splitlines() or ["failed"])[0]
-    print(f"kmemleak-offline record: {line}", file=sys.stderr)
+    """One line; an expression error adds perf-prof's block (text, caret, available variables)."""
+    lines = msg.strip().splitlines() or ["failed"]
+    print(f"kmemleak-offline record: {lines[0]}", *lines[1:], sep="\n", file=sys.stderr)
     raise typer.Exit(code)

@@ -88,10 +88,24 @@ def resolve(alloc: str, free: str, tracefs: Path, call_graph: bool) -> tuple[lis
                 s = specmod.with_defaults(s, fmt)
             except ValueError as exc:
                 raise RecordInputError(str(exc).splitlines()[0]) from None
+            _check_expressions(s, fmt, role)
             cc = bool(s.stack) or (role == "alloc" and call_graph)
             out.append(TracedEvent(spec=s, fmt=fmt, role=role, callchain=cc,
                                    max_stack=getattr(s, "max_stack", None)))
     return out, call_graph
+
+
+def _check_expressions(s: Any, fmt: EventFormat, role: str) -> None:
+    """ptr=/size= must compile now: a recording whose own analysis would refuse it is no use."""
+    from kmemleak_offline import expr
+
+    for attr, text in (("ptr", s.ptr), ("size", s.size if role == "alloc" else None)):
+        if not text:
+            continue
+        try:
+            expr.compile_expr(text, fmt.fields)
+        except expr.ExprError as exc:
+            raise RecordInputError(f"{fmt.full_name} {attr}={text}: {exc.message}\n{exc}") from None
 
 
 def check_userspace_filter(ev: TracedEvent) -> None:
@@ -112,7 +126,6 @@ def check_userspace_filter(ev: TracedEvent) -> None:
         return
     try:
         expr.compile_expr(ev.filter, ev.fmt.fields)
-    except ValueError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else "does not parse"
+    except expr.ExprError as exc:
         raise RecordInputError(f"{ev.name} filter '{ev.filter}' failed: rejected by the kernel, "
-                               f"and not a valid expression ({msg})") from None
+                               f"and not a valid expression ({exc.message})\n{exc}") from None

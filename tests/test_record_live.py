@@ -344,6 +344,29 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("e.parquet*"))
 
 
+def expression_error(res: subprocess.CompletedProcess, headline: str, text: str, pos: int) -> None:
+    """Exit 2; a headline, then perf-prof's block: the text, a caret under `pos`, the fields."""
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].startswith("kmemleak-offline record: ") and headline in lines[0], lines
+    assert lines[1] == text and lines[2].index("^") == pos and lines[3] == "Available variables:"
+    assert any(line.split()[-1] == "bytes_alloc" for line in lines[4:]), lines
+
+
+def test_bad_expressions_are_refused_before_recording(tmp_path: Path) -> None:
+    """A ptr=/size= that does not compile would make a recording its own analysis refuses."""
+    o = ["-o", str(tmp_path / "e.parquet"), "--duration", "1s"]
+    expression_error(run_record(["--alloc", "kmem:kmalloc//ptr=nosuchfield+/", "--free", "kmem:kfree"]
+                                + o), "kmem:kmalloc ptr=nosuchfield+: undefined variable",
+                     "nosuchfield+", 11)
+    expression_error(run_record(["--alloc", "kmem:kmalloc//size=bytes_alloc*/", "--free", "kmem:kfree"]
+                                + o), "kmem:kmalloc size=bytes_alloc*", "bytes_alloc*", 11)
+    expression_error(run_record(["--alloc", "kmem:kmalloc/bytes_alloc >/", "--free", "kmem:kfree"]
+                                + o), "rejected by the kernel, and not a valid expression",
+                     "bytes_alloc >", 12)
+    assert not list(tmp_path.glob("e.parquet*"))
+
+
 def test_not_root_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
