@@ -58,6 +58,7 @@ def recording(kind: str, tmp_path: Path) -> Path:
     ("event_list_verbose_than", "b", ["-v", "--than", "700ms"]),
     ("lost_early", "c", []),
     ("lost_early_than", "c", ["--than", "120ms"]),
+    ("lost_early_vv", "c", ["-vv"]),  # the triggering sample prints before the early report
     ("interval", "a", ["-i", "250"]),
     ("size_expr", "b", ["--alloc", "kmem:mm_page_alloc//ptr=pfn/size=4096<<order/stack/",
                         "--free", PAGE_FREE, "--comm"]),

@@ -37,8 +37,8 @@ class TextReport:
         lost_total = 0
         for _, _, item in items:
             if isinstance(item, ReportView):
-                if self.verbose >= 2:
-                    end = item.position
+                if self.verbose >= 2:  # perf-prof prints a sample before its lost check
+                    end = max(pos, item.position + (item.reason == "lost"))
                     self._samples(pos, end)
                     pos = end
                 if item.reason == "lost":
