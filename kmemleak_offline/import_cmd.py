@@ -17,9 +17,9 @@ def import_(
     perf_data: Annotated[Path, typer.Argument(help="perf.data written by perf record (tracepoints/uprobes)")],
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                 help="recording to write (default: PERF_DATA with .parquet)")] = None,
-    alloc: Annotated[list[str] | None, typer.Option("--alloc", help="alloc events EVENT[,EVENT...] "
+    alloc: Annotated[list[str] | None, typer.Option("--alloc", metavar="EVENT[,EVENT...]", help="alloc events "
                                                     "(default: the known kmem/percpu events present)")] = None,
-    free: Annotated[list[str] | None, typer.Option("--free", help="free events EVENT[,EVENT...]")] = None,
+    free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="free events")] = None,
 ) -> None:
     """Convert a perf.data (tracepoints and uprobes) into a recording."""
     from .perfdata import PerfDataError, import_perf_data  # pandas: only when importing

@@ -34,23 +34,23 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
 
 def record(
     ctx: typer.Context,
-    alloc: Annotated[str, typer.Option("--alloc", help="alloc events: sys:name/filter/ptr=../size=../stack/,...")] = "",
-    free: Annotated[str, typer.Option("--free", help="free events: sys:name/filter/ptr=../,...")] = "",
-    cpus: Annotated[str | None, typer.Option("-C", "--cpus", help="CPUs to record, e.g. 0,2-3")] = None,
-    pids: Annotated[str | None, typer.Option("-p", "--pids", help="processes to attach to (all threads, children)")] = None,
-    tids: Annotated[str | None, typer.Option("-t", "--tids", help="threads to attach to")] = None,
-    mmap_pages: Annotated[int, typer.Option("-m", "--mmap-pages", help="ring pages per CPU (power of 2)")] = 128,
+    alloc: Annotated[str, typer.Option("--alloc", metavar="SPEC[,SPEC...]", help="alloc events: sys:name/filter/ptr=../size=../stack/,...")] = "",
+    free: Annotated[str, typer.Option("--free", metavar="SPEC[,SPEC...]", help="free events: sys:name/filter/ptr=../,...")] = "",
+    cpus: Annotated[str | None, typer.Option("-C", "--cpus", metavar="CPUS", help="CPUs to record, e.g. 0,2-3")] = None,
+    pids: Annotated[str | None, typer.Option("-p", "--pids", metavar="PIDS", help="processes to attach to (all threads, children)")] = None,
+    tids: Annotated[str | None, typer.Option("-t", "--tids", metavar="TIDS", help="threads to attach to")] = None,
+    mmap_pages: Annotated[int, typer.Option("-m", "--mmap-pages", metavar="PAGES", help="ring pages per CPU (power of 2)")] = 128,
     call_graph: Annotated[bool, typer.Option("-g", "--call-graph", help="record call chains on alloc events")] = False,
-    duration: Annotated[str | None, typer.Option("--duration", help="stop after this long, e.g. 10s, 500ms")] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="recording to write")] = Path("kmemleak.parquet"),
+    duration: Annotated[str | None, typer.Option("--duration", metavar="T", help="stop after this long, e.g. 10s, 500ms")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="recording to write")] = Path("kmemleak.parquet"),
     order: Annotated[bool, typer.Option("--order", help="accepted for perf-prof compatibility; always on")] = False,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="more output")] = 0,
     malloc: Annotated[bool, typer.Option("--malloc", help="user-space leaks: uprobes on the target's "
                                          "allocator (malloc, calloc, realloc, free...); needs -p/-t or -- CMD; "
                                          "replaces --alloc/--free")] = False,
-    malloc_lib: Annotated[str | None, typer.Option("--malloc-lib", help="allocator library to probe "
+    malloc_lib: Annotated[str | None, typer.Option("--malloc-lib", metavar="PATH", help="allocator library to probe "
                                                    "(default: the libc the target maps)")] = None,
-    malloc_prefix: Annotated[str, typer.Option("--malloc-prefix", help="symbol prefix of the allocator "
+    malloc_prefix: Annotated[str, typer.Option("--malloc-prefix", metavar="PREFIX", help="symbol prefix of the allocator "
                                                "functions, e.g. je_")] = "",
     embed_symbols: Annotated[bool, typer.Option("--embed-symbols/--no-embed-symbols",
                                                 help="with --malloc: embed the symbol tables of the "
