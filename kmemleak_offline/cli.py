@@ -128,29 +128,55 @@ def _user_resolver(rec, symfs: Path | None):
 
 @app.command()
 def diff(
-    base: Annotated[Path, typer.Argument(help="the earlier recording")],
-    new: Annotated[Path, typer.Argument(help="the later recording")],
-    alloc: Annotated[list[str] | None, typer.Option("--alloc", help="re-interpret both: alloc events")] = None,
-    free: Annotated[list[str] | None, typer.Option("--free", help="re-interpret both: free events")] = None,
-    than: Annotated[str | None, typer.Option("--than", help="only leaks older than N[s|ms|us|ns]")] = None,
+    base: Annotated[Path, typer.Argument(help="the earlier recording, or analyze's JSON report")],
+    new: Annotated[Path, typer.Argument(help="the later recording, or analyze's JSON report")],
+    alloc: Annotated[list[str] | None, typer.Option("--alloc", help="re-interpret recordings: alloc events")] = None,
+    free: Annotated[list[str] | None, typer.Option("--free", help="re-interpret recordings: free events")] = None,
+    than: Annotated[str | None, typer.Option("--than", help="recordings: only leaks older than N[s|ms|us|ns]")] = None,
     top: Annotated[int | None, typer.Option("--top", help="show the N biggest changes")] = None,
     fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
     symfs: Annotated[Path | None, typer.Option("--symfs", help="look for user ELF files under DIR")] = None,
 ) -> None:
-    """Compare the leaks of two recordings: per call chain, what grew, appeared or went away."""
+    """Compare the leaks of two recordings or reports: per call chain, what grew, appeared or went away.
+
+    A JSON report (`analyze --format json`) is used as it was analysed: --alloc/--free/--than
+    apply to the recording side(s) only.
+    """
     import json
 
     from . import diff as diffmod
+    from .spec import SpecError, parse_duration
 
     if fmt not in ("text", "json"):
         _fail(f"--format must be text or json, not {fmt!r}")
-    a, sa = _analysis(base, alloc, free, than, symfs=symfs)
-    b, sb = _analysis(new, alloc, free, than, symfs=symfs)
-    changes = diffmod.compare(diffmod.leak_table(a, sa), diffmod.leak_table(b, sb))
+    if than is not None:
+        try:
+            parse_duration(than)
+        except SpecError as exc:
+            _fail(f"--than: {exc}")
+    tables: list = []  # diff.Table of a JSON report, or None for a recording (analysed below)
+    for path in (base, new):
+        try:
+            doc = diffmod.read_report(path)
+            tables.append(diffmod.report_table(str(path), doc) if doc is not None else None)
+        except diffmod.ReportError as exc:
+            _fail(str(exc))
+    given = [o for o, v in (("--alloc", alloc), ("--free", free), ("--than", than)) if v]
+    reports = [str(p) for p, t in zip((base, new), tables) if t is not None]
+    if given and reports:
+        sys.stderr.write(f"kmemleak-offline: note: {'/'.join(given)} "
+                         f"appl{'ies' if len(given) == 1 else 'y'} to recordings only; "
+                         f"{' and '.join(reports)} compared as analysed\n")
+    for i, path in enumerate((base, new)):
+        if tables[i] is None:
+            a, stacks = _analysis(path, alloc, free, than, symfs=symfs)
+            tables[i] = diffmod.recording_table(str(path), a, stacks)
+    ta, tb = tables
+    changes = diffmod.compare(ta.leaks, tb.leaks)
     if fmt == "json":
         sys.stdout.write(json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n")
     else:
-        sys.stdout.write(diffmod.render_text(str(base), str(new), a, b, changes, top))
+        sys.stdout.write(diffmod.render_text(ta, tb, changes, top))
 
 
 @app.command()

@@ -1,29 +1,78 @@
 """`diff`: what leaks grew, appeared or went away between two analyses (regression comparison).
 
-Groups are matched by their symbolised call chain (`sym+0xoff` frames), not by raw addresses or
-stack ids, so two recordings of the same kernel/binary line up even though ids differ.
+Either side is a recording (analysed here) or a JSON report written by `analyze --format json`
+(shared/spec/report-json.md), told apart by content: a file whose first non-blank byte is `{` (or
+`[`) is read as JSON, and must then be such a report.
+
+Groups are matched by their call chain as (symbol, offset, dso) per frame, never by raw addresses
+or stack ids: the same leak after a reboot (KASLR moves the kernel) or in a new run of a PIE
+program (another load base) lines up, and so does a recording against a JSON report. A frame that
+did not resolve is keyed on its dso alone ("Unknown" when not even that is known). Addresses are
+kept for display only (those of the later side when both sides have the chain).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .analysis import LEAKED_BYTES, Analysis
-from .reports.frames import StackResolver
+from .analysis import EVENT_LIST, LEAKED_BYTES, Analysis
+from .reports.frames import KERNEL_DSO, Frame, StackResolver
+
+UNKNOWN = "Unknown"
+NO_CHAIN = ("(no call chain recorded)",)
+
+FrameKey = tuple[str, int, str]  # (symbol, offset, dso)
+ChainKey = tuple[FrameKey, ...]  # leaf first; () = no call chain
+
+
+class ReportError(ValueError):
+    """A JSON side that cannot be read or is not an `analyze --format json` report (one line)."""
+
+
+def frame_key(symbol: str | None, offset: int, dso: str | None) -> FrameKey:
+    """Address-free identity of a frame: unresolved frames collapse to their dso."""
+    if symbol is None:
+        return (UNKNOWN, 0, dso or UNKNOWN)
+    return (symbol, int(offset), dso or UNKNOWN)
 
 
 @dataclass
 class Side:
     bytes: int = 0
     objects: int = 0
+    lines: tuple[str, ...] = ()  # display lines of the chain (first group seen), leaf first
+
+
+@dataclass
+class Table:
+    """One side of a diff: its name, totals and leaks per chain."""
+
+    name: str
+    total_alloc: int
+    total_free: int
+    leaks: dict[ChainKey, Side] = field(default_factory=dict)
+
+    def add(self, key: ChainKey, lines: tuple[str, ...], b: int, n: int) -> None:
+        side = self.leaks.get(key)
+        if side is None:
+            side = self.leaks[key] = Side(lines=lines or NO_CHAIN)
+        side.bytes += b
+        side.objects += n
 
 
 @dataclass
 class Change:
-    signature: tuple[str, ...]  # frame lines, leaf first
+    key: ChainKey
     base: Side
     new: Side
+
+    @property
+    def signature(self) -> tuple[str, ...]:
+        """Frame lines to show, leaf first (the later side's addresses when both have the chain)."""
+        return self.new.lines or self.base.lines or NO_CHAIN
 
     @property
     def delta_bytes(self) -> int:
@@ -43,9 +92,20 @@ class Change:
             "shrunk" if (self.delta_bytes, self.delta_objects) < (0, 0) else "same"
 
 
-def leak_table(a: Analysis, stacks: StackResolver) -> dict[tuple[str, ...], Side]:
-    """Leaked bytes/objects per symbolised chain over every report of one analysis."""
-    out: dict[tuple[str, ...], Side] = {}
+# ---- recording side -------------------------------------------------------------------------------
+
+def _chain(frames: list[Frame]) -> tuple[ChainKey, tuple[str, ...]]:
+    return (tuple(frame_key(f.symbol, f.offset, f.dso) for f in frames),
+            tuple(f.line().strip() for f in frames))
+
+
+def leak_table(a: Analysis, stacks: StackResolver) -> dict[ChainKey, Side]:
+    """Leaked bytes/objects per chain over every report of one analysis."""
+    return recording_table("", a, stacks).leaks
+
+
+def recording_table(name: str, a: Analysis, stacks: StackResolver) -> Table:
+    t = Table(name, a.result.total_alloc, a.result.total_free)
     for r in a.reports:
         if a.mode == LEAKED_BYTES:
             items = [(g.stack_id, g.pid, g.bytes, g.objects) for g in r.groups]
@@ -53,26 +113,121 @@ def leak_table(a: Analysis, stacks: StackResolver) -> dict[tuple[str, ...], Side
             ents = r.entries[r.entries["selected"]]
             items = [(int(s), int(p), 0, 1) for s, p in zip(ents["stack_id"], ents["pid"])]
         for sid, pid, b, n in items:
-            sig = tuple(f.line().strip() for f in stacks.frames(sid, pid, r.time_ns)) if sid >= 0 \
-                else ("(no call chain recorded)",)
-            side = out.setdefault(sig, Side())
-            side.bytes += b
-            side.objects += n
-    return out
+            key, lines = _chain(stacks.frames(sid, pid, r.time_ns)) if sid >= 0 else ((), NO_CHAIN)
+            t.add(key, lines, b, n)
+    return t
 
 
-def compare(base: dict[tuple[str, ...], Side], new: dict[tuple[str, ...], Side]) -> list[Change]:
+# ---- JSON side ----------------------------------------------------------------------------------
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """The parsed JSON report at path, or None when path is not JSON (a recording or parts folder).
+
+    Raises ReportError for a file that starts like JSON but does not parse.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096).lstrip()
+            if not head.startswith((b"{", b"[")):
+                return None
+            data = head + f.read()
+    except OSError:
+        return None  # the recording loader reports it
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+    return doc
+
+
+_KIND = {int: "a number", str: "a string", list: "a list", dict: "an object"}
+
+
+def _need(obj: Any, key: str, kind: type, where: str, optional: bool = False) -> Any:
+    """obj[key], checked to be of `kind` (None allowed when optional); ReportError naming the spot."""
+    if not isinstance(obj, dict):
+        raise ReportError(f"{where} is not an object")
+    if key not in obj:
+        raise ReportError(f"{where} has no {key!r}")
+    v = obj[key]
+    if v is None and optional:
+        return None
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise ReportError(f"{where}.{key} is not {_KIND[kind]}")
+    return v
+
+
+def _json_chain(stack: list, where: str) -> tuple[ChainKey, tuple[str, ...]]:
+    keys, lines = [], []
+    for i, fr in enumerate(stack):
+        w = f"{where}.stack[{i}]"
+        addr = _need(fr, "addr", int, w)
+        sym = _need(fr, "symbol", str, w, optional=True)
+        off = _need(fr, "offset", int, w)
+        dso = _need(fr, "dso", str, w, optional=True)
+        keys.append(frame_key(sym, off, dso))
+        # context is not in the report: the kernel's dso says kernel, anything else was user space
+        ctx = "kernel" if dso == KERNEL_DSO else "user"
+        lines.append(Frame(addr & 0xFFFFFFFFFFFFFFFF, sym, off if sym else 0, dso, ctx).line().strip())
+    return tuple(keys), tuple(lines)
+
+
+def report_table(name: str, doc: Any) -> Table:
+    """Leaks per chain of an `analyze --format json` report (version 1)."""
+    try:
+        return _report_table(name, doc)
+    except ReportError as exc:
+        raise ReportError(f"{name}: not a kmemleak-offline analyze JSON report: {exc}") from None
+
+
+def _report_table(name: str, doc: Any) -> Table:
+    if not isinstance(doc, dict):
+        raise ReportError("the document is not an object")
+    if "changes" in doc and "reports" not in doc:
+        raise ReportError("this is the output of diff, not of analyze")
+    version = _need(doc, "format_version", int, "report")
+    if version != 1:
+        raise ReportError(f"format_version {version} (this version reads 1)")
+    mode = _need(doc, "mode", str, "report")
+    if mode not in (LEAKED_BYTES, EVENT_LIST):
+        raise ReportError(f"unknown mode {mode!r}")
+    stats = _need(doc, "stats", dict, "report")
+    t = Table(name, _need(stats, "total_alloc", int, "stats"), _need(stats, "total_free", int, "stats"))
+    for ri, r in enumerate(_need(doc, "reports", list, "report")):
+        where = f"reports[{ri}]"
+        if mode == LEAKED_BYTES:
+            for gi, g in enumerate(_need(r, "groups", list, where)):
+                gw = f"{where}.groups[{gi}]"
+                b, n = _need(g, "bytes", int, gw), _need(g, "objects", int, gw)
+                key, lines = _json_chain(_need(g, "stack", list, gw), gw)
+                t.add(key, lines, b, n)
+        else:
+            for ei, e in enumerate(_need(r, "events", list, where)):
+                ew = f"{where}.events[{ei}]"
+                if isinstance(e, dict) and e.get("selected", True) is False:
+                    continue  # -v lists every sample; only the leaked (selected) ones count
+                key, lines = _json_chain(_need(e, "stack", list, ew), ew)
+                t.add(key, lines, 0, 1)
+    return t
+
+
+# ---- comparison and output ----------------------------------------------------------------------
+
+def compare(base: dict[ChainKey, Side], new: dict[ChainKey, Side]) -> list[Change]:
     """Every chain of either side, biggest absolute byte (then object) change first."""
-    changes = [Change(sig, base.get(sig, Side()), new.get(sig, Side())) for sig in set(base) | set(new)]
-    changes.sort(key=lambda c: (-abs(c.delta_bytes), -abs(c.delta_objects), c.signature))
+    changes = [Change(k, base.get(k, Side()), new.get(k, Side())) for k in set(base) | set(new)]
+    changes.sort(key=lambda c: (-abs(c.delta_bytes), -abs(c.delta_objects), c.key, c.signature))
     return changes
 
 
-def render_text(base_name: str, new_name: str, a: Analysis, b: Analysis, changes: list[Change],
-                top: int | None, show_same: bool = False) -> str:
-    lines = [f"LEAK DIFF: {base_name} -> {new_name}",
-             (f"TOTAL alloc {a.result.total_alloc} -> {b.result.total_alloc} "
-              f"free {a.result.total_free} -> {b.result.total_free}")]
+def render_text(base: Table, new: Table, changes: list[Change], top: int | None,
+                show_same: bool = False) -> str:
+    lines = [f"LEAK DIFF: {base.name} -> {new.name}",
+             (f"TOTAL alloc {base.total_alloc} -> {new.total_alloc} "
+              f"free {base.total_free} -> {new.total_free}")]
     tb = sum(c.base.bytes for c in changes), sum(c.new.bytes for c in changes)
     to = sum(c.base.objects for c in changes), sum(c.new.objects for c in changes)
     lines.append(f"LEAKED bytes {tb[0]} -> {tb[1]} ({tb[1] - tb[0]:+d}) objects {to[0]} -> {to[1]} "
