@@ -66,6 +66,7 @@ class Ordering:
     ring_time: np.ndarray  # clamped times in by_ring order
     stream: np.ndarray  # rows in (clamped time, ring, seq) order
     time: np.ndarray  # clamped times in stream order
+    bounds: np.ndarray | None = None  # by_ring index where each ring starts (+ n at the end)
 
     def clamped(self) -> np.ndarray:
         """Clamped time per input row."""
@@ -134,7 +135,7 @@ def order_samples(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> Orderi
     # each ring is now one sorted run: timsort finds the runs and merges them in near-linear time
     # (ties keep ring, then seq order: the sort is stable)
     o = np.argsort(t, kind="stable") if len(bounds) > 2 else np.arange(len(t))
-    return Ordering(by_ring=by_ring, ring_time=t, stream=by_ring[o], time=t[o])
+    return Ordering(by_ring=by_ring, ring_time=t, stream=by_ring[o], time=t[o], bounds=bounds)
 
 
 def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.ndarray,
@@ -151,7 +152,15 @@ def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.
     if n and m:
         # position of each loss in (ring, seq) order = samples of lower rings + samples of its ring
         # with a lower seq. Few losses: count with masks; many: one sorted key array.
-        if n <= 64:
+        if n <= 64 and order.bounds is not None:  # binary search of each ring's seqs in place
+            b = order.bounds
+            nb = len(b) - 1
+            lr = l_ring.astype(np.int64)
+            ring_first = np.where(lr < nb, b[np.minimum(lr, nb)], m)
+            ring_end = np.where(lr < nb, b[np.minimum(lr + 1, nb)], m)
+            pos = np.array([_first_seq_at_least(order.by_ring, seq, lo, hi, q) for lo, hi, q in
+                            zip(ring_first.tolist(), ring_end.tolist(), l_seq.tolist())], np.int64)
+        elif n <= 64:
             ring_start = np.concatenate(([0], np.cumsum(np.bincount(ring, minlength=int(l_ring.max()) + 1))))
             pos = np.array([ring_start[r] + np.count_nonzero((ring == r) & (seq < q))
                             for r, q in zip(l_ring.tolist(), l_seq.tolist())], dtype=np.int64)
@@ -168,6 +177,17 @@ def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.
         end[has_after] = order.ring_time[pos[has_after]]
     return Lost(ring=l_ring.astype(np.uint32), count=l_count.astype(np.uint64), start=start, end=end,
                 time=l_time.astype(np.uint64))
+
+
+def _first_seq_at_least(by_ring: np.ndarray, seq: np.ndarray, lo: int, hi: int, q: int) -> int:
+    """First i in [lo, hi) with seq[by_ring[i]] >= q (a ring's seqs ascend along by_ring)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(seq[by_ring[mid]]) < q:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def replay(*, ring: np.ndarray, seq: np.ndarray, time: np.ndarray, is_alloc: np.ndarray,
@@ -197,13 +217,15 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
     ws, we, wc = lost.start[w], lost.end[w], lost.count[w]
     first_after = np.searchsorted(t, ws, side="right")  # first stream pos with time > start
     last_in = np.searchsorted(t, we, side="left")  # first pos with time >= end
-    if len(ws):
-        diff = np.zeros(n + 1, dtype=np.int64)
+    kept = np.ones(n, bool)
+    if 0 < len(ws) <= 256:  # a few windows: clear their stretches
+        for a, b in zip(first_after.tolist(), last_in.tolist()):
+            kept[a:b] = False
+    elif len(ws):
+        diff = np.zeros(n + 1, dtype=np.int32)
         np.add.at(diff, first_after, 1)
         np.add.at(diff, np.maximum(last_in, first_after), -1)
         kept = np.cumsum(diff[:-1]) == 0
-    else:
-        kept = np.ones(n, bool)
 
     # report points: each window with a sample after its start triggers one at that sample
     trig = first_after[first_after < n]
@@ -217,9 +239,14 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
     bounds = np.concatenate(([0], report_pos, [n])).astype(np.int64)
     live_parts = []
     for e in range(len(bounds) - 1):
-        lo, hi = bounds[e], bounds[e + 1]
+        lo, hi = int(bounds[e]), int(bounds[e + 1])
+        if kept[lo:hi].all():  # nothing dropped in this epoch: no gathers
+            live = ~_duplicated_last(k[lo:hi])
+            live &= alloc[lo:hi]
+            live_parts.append(lo + np.flatnonzero(live))
+            continue
         kpos = lo + np.flatnonzero(kept[lo:hi])
-        last = ~pd.Series(k[kpos]).duplicated(keep="last").to_numpy()
+        last = ~_duplicated_last(k[kpos])
         live_parts.append(kpos[last & alloc[kpos]])
 
     death = _death_positions(kept, k, bounds, n) if want_death else np.zeros(0, np.int64)
@@ -248,6 +275,11 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
                               lost_count=0 if final else int(lost_per_report[i])))
     return ReplayResult(order=np.arange(n), time=t, kept=kept, reports=reports,
                         total_alloc=sum(seg_alloc), total_free=sum(seg_free), lost=lost, death=death)
+
+
+def _duplicated_last(k: np.ndarray) -> np.ndarray:
+    """True where the same key occurs again later (one hash pass)."""
+    return pd.Series(k, copy=False).duplicated(keep="last").to_numpy()
 
 
 def _death_positions(kept: np.ndarray, key: np.ndarray, bounds: np.ndarray, n: int) -> np.ndarray:
