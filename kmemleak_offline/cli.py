@@ -130,12 +130,12 @@ def _user_resolver(rec, symfs: Path | None):
 def diff(
     base: Annotated[Path, typer.Argument(help="the earlier recording, or analyze's JSON report")],
     new: Annotated[Path, typer.Argument(help="the later recording, or analyze's JSON report")],
-    alloc: Annotated[list[str] | None, typer.Option("--alloc", help="re-interpret recordings: alloc events")] = None,
-    free: Annotated[list[str] | None, typer.Option("--free", help="re-interpret recordings: free events")] = None,
-    than: Annotated[str | None, typer.Option("--than", help="recordings: only leaks older than N[s|ms|us|ns]")] = None,
-    top: Annotated[int | None, typer.Option("--top", help="show the N biggest changes")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="text or json")] = "text",
-    symfs: Annotated[Path | None, typer.Option("--symfs", help="look for user ELF files under DIR")] = None,
+    alloc: Annotated[list[str] | None, typer.Option("--alloc", metavar="EVENT[,EVENT...]", help="re-interpret recordings: alloc events")] = None,
+    free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="re-interpret recordings: free events")] = None,
+    than: Annotated[str | None, typer.Option("--than", metavar="T", help="recordings: only leaks older than T: N[s|ms|us|ns]")] = None,
+    top: Annotated[int | None, typer.Option("--top", metavar="N", help="show the N biggest changes")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="text|json", help="output format")] = "text",
+    symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
 ) -> None:
     """Compare the leaks of two recordings or reports: per call chain, what grew, appeared or went away.
 
