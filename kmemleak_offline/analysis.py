@@ -468,30 +468,58 @@ def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOpti
     groups: list[Group] = []
     if mode == LEAKED_BYTES:
         pos = r.leaked[r.selected]
-        sel = pd.DataFrame({c: stream.column(c, pos) for c in ("stack_id", "size", "pid", "time")})
-        if len(sel):
-            g = sel.groupby("stack_id", sort=False)
-            agg = g.agg(bytes=("size", "sum"), objects=("size", "size"), pid=("pid", "last"))
-            comm_lists: dict[int, list[tuple[str, int, int]]] = {}
-            if opts.comm:
-                pc_ = comms.comm(sel["pid"].to_numpy(), sel["time"].to_numpy())
-                cdf = pd.DataFrame({"stack_id": sel["stack_id"].to_numpy(), "comm": pc_,
-                                    "size": sel["size"].to_numpy()})
-                ca = cdf.groupby(["stack_id", "comm"], sort=False).agg(
-                    bytes=("size", "sum"), count=("size", "size")).reset_index()
-                ca = ca.sort_values(["stack_id", "bytes", "count", "comm"],
-                                    ascending=[True, False, False, True], kind="stable")
-                for sid, sub in ca.groupby("stack_id", sort=False):
-                    comm_lists[int(sid)] = list(zip(sub["comm"], sub["bytes"].astype(int),
-                                                    sub["count"].astype(int)))
-            for sid, row in agg.iterrows():
-                groups.append(Group(stack_id=int(sid), bytes=int(row["bytes"]),
-                                    objects=int(row["objects"]),
-                                    pid=int(row["pid"]) if per_task else 0,
-                                    comms=comm_lists.get(int(sid), [])))
+        sid = stream.column("stack_id", pos).astype(np.int64, copy=False)
+        size = stream.column("size", pos)
+        pid = stream.column("pid", pos) if (per_task or opts.comm) else None
+        if len(pos):
+            comm_lists = _comm_lists(sid, size, pid, stream.column("time", pos), comms) \
+                if opts.comm else {}
+            groups = [Group(stack_id=g, bytes=b, objects=o, pid=p if per_task else 0,
+                            comms=comm_lists.get(g, []))
+                      for g, b, o, p in _group_leaks(sid, size, pid)]
     return ReportView(reason=r.reason, time_ns=r.time_ns, position=r.position, num=len(r.leaked),
                       total_alloc=r.total_alloc, total_free=r.total_free, lost_count=r.lost_count,
                       positions=r.leaked, selected=r.selected, groups=groups, stream=stream)
+
+
+def _comm_lists(sid: np.ndarray, size: np.ndarray, pid: np.ndarray, time: np.ndarray,
+                comms: CommTimeline) -> dict[int, list[tuple[str, int, int]]]:
+    """Per stack id: (comm, bytes, count) of its leaked entries, bytes desc, count desc, comm."""
+    cdf = pd.DataFrame({"stack_id": sid, "comm": comms.comm(pid, time), "size": size})
+    ca = cdf.groupby(["stack_id", "comm"], sort=False).agg(
+        bytes=("size", "sum"), count=("size", "size")).reset_index()
+    ca = ca.sort_values(["stack_id", "bytes", "count", "comm"],
+                        ascending=[True, False, False, True], kind="stable")
+    return {int(s): list(zip(sub["comm"], sub["bytes"].astype(int), sub["count"].astype(int)))
+            for s, sub in ca.groupby("stack_id", sort=False)}
+
+
+def _group_leaks(sid: np.ndarray, size: np.ndarray,
+                 pid: np.ndarray | None) -> list[tuple[int, int, int, int]]:
+    """(stack_id, bytes, objects, pid of the last entry) per stack id, in order of first
+    appearance - what a pandas groupby(sort=False) gives - with numpy only: one stable sort of the
+    ids (a radix sort when they are dense) and counts."""
+    n = len(sid)
+    lo, hi = int(sid.min()), int(sid.max())
+    code = sid - lo
+    span = hi - lo + 1
+    if span < (1 << 15):
+        code = code.astype(np.int16)  # numpy's stable sort of 16-bit keys is a radix sort
+    o = np.argsort(code, kind="stable")
+    cs = code[o]
+    starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+    ends = np.r_[starts[1:], n]
+    first, last = o[starts], o[ends - 1]
+    objects = ends - starts
+    sz = size[o].astype(np.uint64, copy=False)
+    if n and int(sz.max()) * n < (1 << 53):  # float sums are exact below 2**53
+        byts = np.add.reduceat(sz.astype(np.float64), starts).astype(np.uint64)
+    else:  # wrap like uint64 arithmetic
+        byts = np.add.reduceat(sz, starts) if n else np.zeros(0, np.uint64)
+    ids = sid[first]
+    pids = pid[last] if pid is not None else np.zeros(len(starts), np.int64)
+    g = np.argsort(first, kind="stable")
+    return list(zip(ids[g].tolist(), byts[g].tolist(), objects[g].tolist(), pids[g].tolist()))
 
 
 def sort_groups(groups: list[Group], stacks: dict[int, np.ndarray]) -> list[Group]:
