@@ -358,9 +358,10 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
         warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
 
     st, t = order.stream, order.time
-    keep_s = (role_r >= 0)[st] if keep is None else keep[st]
-    if not keep_s.all():  # other events or filtered samples: only the replayed positions
-        st, t = st[keep_s], t[keep_s]
+    if keep is not None or (n and role_r.min() < 0):  # other events or filtered samples
+        keep_s = (role_r >= 0)[st] if keep is None else keep[st]
+        if not keep_s.all():  # only the replayed positions
+            st, t = st[keep_s], t[keep_s]
     role_s = role_r[st]
     key_s = key[st]
     del key

@@ -86,14 +86,26 @@ class ExprEnv:
     comm_get: Callable[[np.ndarray], np.ndarray] | None = None  # int pids -> S comms
 
 
+def _replace_bad(r: EvalResult, fill: int) -> np.ndarray:
+    """r.values with -1 and failed rows replaced by fill (no new array when there are none)."""
+    if r.values.shape != r.failed.shape:  # a constant: one value per row, as before
+        return np.where(r.failed | (r.values == _ALL1), np.uint64(fill), r.values).astype(np.uint64)
+    bad = r.values == _ALL1
+    if r.failed.any():
+        bad |= r.failed
+    if not bad.any():
+        return r.values.astype(np.uint64, copy=False)
+    return np.where(bad, np.uint64(fill), r.values).astype(np.uint64, copy=False)
+
+
 def as_ptr(r: EvalResult) -> np.ndarray:
     """perf-prof's ptr rule: -1 (and a failed row) becomes NULL."""
-    return np.where(r.failed | (r.values == _ALL1), np.uint64(0), r.values).astype(np.uint64, copy=False)
+    return _replace_bad(r, 0)
 
 
 def as_size(r: EvalResult) -> np.ndarray:
     """perf-prof's size rule: -1 (and a failed row) becomes 1."""
-    return np.where(r.failed | (r.values == _ALL1), np.uint64(1), r.values).astype(np.uint64, copy=False)
+    return _replace_bad(r, 1)
 
 
 def filter_mask(r: EvalResult) -> np.ndarray:
@@ -937,7 +949,11 @@ class Expr:
         ev = _Eval(cols, n, env or ExprEnv(), self._strs, self.text)
         with np.errstate(all="ignore"):
             val = ev.ev(self._root, np.ones(n, bool))
-        return EvalResult(np.asarray(val.v, np.uint64).copy(), ev.failed)
+        v = np.asarray(val.v, np.uint64)
+        # a fresh array of its own is returned as is; views, broadcasts and inputs are copied
+        if not (v.flags.owndata and v.flags.writeable) or any(v is c for c in cols.values()):
+            v = v.copy()
+        return EvalResult(v, ev.failed)
 
 
 def compile_expr(text: str, fields: Sequence[tracefs.Field]) -> Expr:
