@@ -47,6 +47,8 @@ class StackResolver:
         self.stacks = stacks
         self.user = user
         self._cache: dict[tuple[int, int], list[Frame]] = {}
+        self._lines: dict[tuple[int, int], list[str]] = {}
+        self._has_user: dict[int, bool] = {}
         words = np.concatenate(list(stacks.values())) if stacks else np.zeros(0, np.uint64)
         uniq = np.unique(words[words < PERF_CONTEXT_MAX]) if len(words) else words
         names, offs = ksyms.resolve(uniq)
@@ -56,8 +58,7 @@ class StackResolver:
         chain = self.stacks.get(stack_id)
         if chain is None:
             return []
-        has_user = bool(np.any(chain == np.uint64(CTX_USER)))
-        ck = (stack_id, pid if has_user else 0)
+        ck = self._key(stack_id, pid)
         hit = self._cache.get(ck)
         if hit is not None:
             return hit
@@ -88,5 +89,18 @@ class StackResolver:
         self._cache[ck] = out
         return out
 
+    def _key(self, stack_id: int, pid: int) -> tuple[int, int]:
+        """Cache key: kernel-only chains resolve the same for every process."""
+        has_user = self._has_user.get(stack_id)
+        if has_user is None:
+            chain = self.stacks.get(stack_id)
+            has_user = chain is not None and bool(np.any(chain == np.uint64(CTX_USER)))
+            self._has_user[stack_id] = has_user
+        return (stack_id, pid if has_user else 0)
+
     def lines(self, stack_id: int, pid: int = 0, time: int = 0) -> list[str]:
-        return [f.line() for f in self.frames(stack_id, pid, time)]
+        ck = self._key(stack_id, pid)
+        hit = self._lines.get(ck)
+        if hit is None:
+            hit = self._lines[ck] = [f.line() for f in self.frames(stack_id, pid, time)]
+        return hit
