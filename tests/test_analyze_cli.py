@@ -619,3 +619,17 @@ def test_offline_filter_can_use_ksymbol_from_the_recordings_kallsyms(tmp_path, c
     assert "TOTAL alloc 1 free 1" in out
     assert "Leak of 512 bytes in 1 objects allocated from:" in out
     assert "Leak of 64 bytes" not in out
+
+
+def test_byte_totals_stay_exact_above_2_to_the_53(tmp_path, capsys):
+    """Sizes are u64 (perf-prof prints %lu): totals past float precision must not be rounded."""
+    rec = build([Ev(10, 0, 100, 100, P(1), 64, "udp"), Ev(20, 0, 100, 100, P(2), 64, "udp"), Ev(30, 0, 100, 100, P(9))],
+                tmp_path / "big.parquet")
+    for size, total in (("9007199254740993", 2 * 9007199254740993), ("-2", 2 * (2**64 - 2) % 2**64)):
+        spec = f"kmem:kmalloc//ptr=ptr/size={size}/stack/"
+        code, out, err = run(capsys, "analyze", rec, "--alloc", spec)
+        assert code == 0, err
+        assert f"Leak of {total} bytes in 2 objects" in out, out
+        code, out, err = run(capsys, "analyze", rec, "--alloc", spec, "--format", "json")
+        groups = json.loads(out)["reports"][-1]["groups"]
+        assert [g["bytes"] for g in groups] == [total]
