@@ -241,9 +241,12 @@ def _small_pages():
     ~0.03 s with 4 kB pages."""
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # pragma: no cover - numpy < 2
-        from numpy.core.multiarray import _set_madvise_hugepage
-    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+    except ImportError:  # pragma: no cover - numpy < 2, or a numpy without the switch
+        try:
+            from numpy.core.multiarray import _set_madvise_hugepage
+        except ImportError:
+            _set_madvise_hugepage = None
+    if _set_madvise_hugepage is None or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
         yield
         return
     before = _set_madvise_hugepage(False)
