@@ -40,6 +40,7 @@ class Report:
     total_alloc: int
     total_free: int
     lost_count: int = 0  # events lost in the windows that triggered it
+    lost_idx: np.ndarray | None = None  # those windows (indices into `lost`), in reclaim order
 
 
 @dataclass
@@ -233,8 +234,11 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
     trig_counts = wc[first_after < n]
     report_pos, inv = np.unique(trig, return_inverse=True) if len(trig) else (np.zeros(0, np.int64), None)
     lost_per_report = np.zeros(len(report_pos), dtype=np.uint64)
+    windows_of: list[np.ndarray] = []  # per report: its windows, ascending start (perf-prof's queue)
     if len(trig):
         np.add.at(lost_per_report, inv, trig_counts)
+        by_report = np.argsort(inv, kind="stable")
+        windows_of = np.split(w[first_after < n][by_report], np.cumsum(np.bincount(inv))[:-1])
 
     # epochs are contiguous stretches of the stream: find each key's last event per epoch
     bounds = np.concatenate(([0], report_pos, [n])).astype(np.int64)
@@ -270,7 +274,8 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
         tf = sum(seg_free[: i + 1])
         reports.append(Report(reason="final" if final else "lost", time_ns=ref, position=int(pos),
                               leaked=entries, selected=selected, total_alloc=ta, total_free=tf,
-                              lost_count=0 if final else int(lost_per_report[i])))
+                              lost_count=0 if final else int(lost_per_report[i]),
+                              lost_idx=None if final else windows_of[i]))
     return ReplayResult(order=np.arange(n), time=t, kept=kept, reports=reports,
                         total_alloc=sum(seg_alloc), total_free=sum(seg_free), lost=lost, death=death)
 

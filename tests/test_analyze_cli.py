@@ -633,3 +633,21 @@ def test_byte_totals_stay_exact_above_2_to_the_53(tmp_path, capsys):
         code, out, err = run(capsys, "analyze", rec, "--alloc", spec, "--format", "json")
         groups = json.loads(out)["reports"][-1]["groups"]
         assert [g["bytes"] for g in groups] == [total]
+
+
+def test_lost_lines_per_record_with_v_and_running_total_without(tmp_path, capsys):
+    """perf-prof: with -v each reclaimed LOST record prints `lost N events on CPU #c`; without,
+    a running total `lost T events (total)`."""
+    rec = build(EVENTS_C, tmp_path / "c2.parquet", lost=[(250, 0, 5), (260, 1, 7)],
+                comms=[(0, 100, 100, "python3", False)])
+    # ring 1 loses after its 150 ms sample (window 150..300), ring 0 after 200 ms (200..400):
+    # the first is reclaimed by the 200 ms sample, the second by the 300 ms one
+    code, _, err = run(capsys, "analyze", rec, "--utc", "-v")
+    assert code == 0
+    assert [line for line in err.splitlines() if "lost" in line] == [
+        "2025-01-01 00:00:00.200000 kmemleak: lost 7 events on CPU #1",
+        "2025-01-01 00:00:00.300000 kmemleak: lost 5 events on CPU #0"]
+    code, _, err = run(capsys, "analyze", rec, "--utc")
+    assert [line for line in err.splitlines() if "lost" in line] == [
+        "2025-01-01 00:00:00.200000 kmemleak: lost 7 events (total)",
+        "2025-01-01 00:00:00.300000 kmemleak: lost 12 events (total)"]

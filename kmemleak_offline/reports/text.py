@@ -43,7 +43,11 @@ class TextReport:
                     pos = end
                 if item.reason == "lost":
                     lost_total += item.lost_count
-                    self.err.write(f"{self.ts(item.time_ns)}kmemleak: lost {lost_total} events (total)\n")
+                    if self.verbose:  # perf-prof -v: one line per lost record, with its CPU
+                        for count, cpu in item.lost_detail:
+                            self.err.write(f"{self.ts(item.time_ns)}kmemleak: lost {count} events on CPU #{cpu}\n")
+                    else:
+                        self.err.write(f"{self.ts(item.time_ns)}kmemleak: lost {lost_total} events (total)\n")
                     if item.num == 0:
                         continue
                     self.out.write(f"{self.ts(item.time_ns)}Report memory leaks in advance due to lost\n")
