@@ -168,6 +168,7 @@ class Analysis:
     intervals: list[IntervalStat]
     lost_total: int
     warnings: list[str]
+    expansions: list[tuple[str, str]] = field(default_factory=list)  # --alloc/--free lists, expanded
 
     @property
     def start_ns(self) -> int:
@@ -190,16 +191,20 @@ def _formats(meta: dict) -> dict[str, EventFormat]:
 
 
 def build_roles(meta: dict, alloc: list[str], free: list[str], formats: dict[str, EventFormat],
-                warn: Callable[[str], None], verbose: int = 0) -> list[EventRole]:
-    """Parse spec lists against the recording's formats; compile ptr/size/filter expressions."""
+                warn: Callable[[str], None], verbose: int = 0,
+                expansions: list[tuple[str, str]] | None = None) -> list[EventRole]:
+    """Parse spec lists against the recording's formats; compile ptr/size/filter expressions.
+    `expansions` collects (list as given, list after wildcard expansion), for -v."""
     kernel_filters = (meta.get("options") or {}).get("kernel_filters") or {}
     roles: list[EventRole] = []
     for is_alloc, texts in ((True, alloc), (False, free)):
         specs: list[specmod.EventSpec] = []
         try:
             for t in texts:
-                specs.extend(specmod.parse_list(t))
-            specs = specmod.expand_wildcards(specs, formats.keys())
+                expanded = specmod.expand_wildcards(specmod.parse_list(t), formats.keys())
+                if expansions is not None:
+                    expansions.append((t, ",".join(sp.text for sp in expanded)))
+                specs.extend(expanded)
         except specmod.SpecError as exc:
             raise AnalysisError(str(exc)) from None
         for sp in specs:
@@ -274,7 +279,8 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     formats = _formats(meta)
     alloc = opts.alloc if opts.alloc else list(meta.get("alloc") or [])
     free = opts.free if opts.free else list(meta.get("free") or [])
-    roles = build_roles(meta, alloc, free, formats, warn, opts.verbose)
+    expansions: list[tuple[str, str]] = []
+    roles = build_roles(meta, alloc, free, formats, warn, opts.verbose, expansions)
     names = [r.spec.full_name for r in roles]
     mode = LEAKED_BYTES if all(r.size is not None for r in roles if r.is_alloc) else EVENT_LIST
     options = meta.get("options") or {}
@@ -321,7 +327,7 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     return Analysis(recording=rec, metadata=meta, mode=mode, roles=roles, per_task=per_task,
                     stream=stream, result=res, reports=reports, ksyms=ksyms, comms=comms,
                     stacks=stacks, samples=sm, side=loaded.side, intervals=intervals,
-                    lost_total=lost_total, warnings=warnings)
+                    lost_total=lost_total, warnings=warnings, expansions=expansions)
 
 
 def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],

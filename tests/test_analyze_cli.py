@@ -236,7 +236,9 @@ def test_verbose_adds_event_list_in_time_order(rec_a, capsys):
     assert code == 0
     lines = out.splitlines()
     leaked = model_replay(EVENTS_A)
-    assert lines[4] == f"KMEMLEAK REPORT: {len(leaked)}"
+    assert lines[:2] == [f"Wildcard expansion: '{KMALLOC}' -> '{KMALLOC}'",  # perf-prof -v, once per list
+                         f"Wildcard expansion: '{KFREE}' -> '{KFREE}'"]
+    assert lines[6] == f"KMEMLEAK REPORT: {len(leaked)}"
     ev_lines = [ln for ln in lines if " kmem:kmalloc: " in ln]
     assert len(ev_lines) == len(leaked)
     thread_comm = {(100, 100): "python3", (100, 101): "py-worker", (300, 300): "sshd"}
@@ -651,3 +653,16 @@ def test_lost_lines_per_record_with_v_and_running_total_without(tmp_path, capsys
     assert [line for line in err.splitlines() if "lost" in line] == [
         "2025-01-01 00:00:00.200000 kmemleak: lost 7 events (total)",
         "2025-01-01 00:00:00.300000 kmemleak: lost 12 events (total)"]
+
+
+def test_verbose_prints_each_list_wildcard_expanded(rec_a, capsys):
+    """perf-prof -v: `Wildcard expansion: '<list>' -> '<expanded>'` on stdout, expanded against the
+    recording's events (the suffix copied to every match)."""
+    code, out, _ = run(capsys, "analyze", rec_a, "-v", "--alloc", "kmem:kmall*//size=bytes_req/stack/",
+                       "--free", "kmem:kf*")
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "Wildcard expansion: 'kmem:kmall*//size=bytes_req/stack/' -> 'kmem:kmalloc//size=bytes_req/stack/'",
+        "Wildcard expansion: 'kmem:kf*' -> 'kmem:kfree'"]
+    code, out, _ = run(capsys, "analyze", rec_a, "--alloc", "kmem:kmall*", "--free", "kmem:kf*")
+    assert "Wildcard" not in out

@@ -27,6 +27,9 @@ class TextReport:
 
     def write(self) -> None:
         a = self.a
+        if self.verbose:  # perf-prof -v, on stdout, once per list, expanded or not
+            for given, expanded in a.expansions:
+                self.out.write(f"Wildcard expansion: '{given}' -> '{expanded}'\n")
         items: list[tuple[int, int, object]] = []  # (time, order, item)
         for st in a.intervals:
             items.append((st.time_ns, 0, st))
