@@ -449,15 +449,16 @@ class Session:
             self.writer.flush_part()
             self.writer = SpooledRecording(self.writer, self.splitter, self.ring_cpu,
                                            self._close_in_converter)
-            if not cfg.command:
-                for fd in self.fds:
-                    pe.enable(fd)
-            self._t0 = time.monotonic()
-            self.release_child()
+            # Everything slow happens before the events are on: a ring holds a few ms of events.
             gc.collect()
             gc.freeze()  # set-up objects (typer, pyarrow, ...) never rescanned: no GC pause mid-drain
             self._realtime(True)
             try:
+                if not cfg.command:
+                    for fd in self.fds:
+                        pe.enable(fd)
+                self._t0 = time.monotonic()
+                self.release_child()
                 self._main_loop()
             finally:
                 self._realtime(False)
