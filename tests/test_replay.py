@@ -148,3 +148,38 @@ def test_many_losses_take_the_sorted_key_path_and_still_match(seed):
     assert len(losts) > 64  # lost_windows switches from masked counts to a sorted key search
     want = normalise(reference_replay(samples, losts, 0, 3000, 0))
     assert run_vectorised(samples, losts, 0, 3000) == want
+
+
+def _live_allocs_naive(k: np.ndarray, alloc: np.ndarray) -> np.ndarray:
+    last = {}
+    for i, key in enumerate(k.tolist()):
+        last[key] = i
+    return np.array(sorted(i for i in last.values() if alloc[i]), dtype=np.int64)
+
+
+@pytest.mark.parametrize("keys", ["small", "slab", "wide", "edge"])
+def test_live_allocs_packed_sort_and_hash_paths_agree(keys: str) -> None:
+    """_live_allocs packs (key, position, alloc) into one uint64 when it fits, else hashes: both
+    must give the last event of each key, when it is an alloc."""
+    from kmemleak_offline.replay import _live_allocs
+
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 7, 1000, 20000):
+        if keys == "small":
+            k = rng.integers(0, 50, n).astype(np.uint64)
+        elif keys == "slab":  # one region, 64-byte aligned
+            k = np.uint64(0xFFFF888100000000) + rng.integers(0, 5000, n).astype(np.uint64) * np.uint64(64)
+        elif keys == "wide":  # spans the address space, odd and even: no room to pack
+            pool = rng.integers(0, 2**63, 200).astype(np.uint64) * np.uint64(2) + np.arange(200, dtype=np.uint64) % 2
+            k = pool[rng.integers(0, 200, n)]
+        else:  # key bits + position bits + 1 == 64 exactly, and one bit more
+            pbits = max(1, (n - 1).bit_length())
+            span = 1 << (63 - pbits)
+            k = rng.integers(0, 4, n).astype(np.uint64) * np.uint64(span // 4)
+            k[0] = np.uint64(span - 1)
+            k2 = k.copy()
+            k2[0] = np.uint64(span)
+            alloc = rng.random(n) < 0.6
+            assert np.array_equal(_live_allocs(k2, alloc), _live_allocs_naive(k2, alloc))
+        alloc = rng.random(n) < 0.6
+        assert np.array_equal(_live_allocs(k, alloc), _live_allocs_naive(k, alloc)), (keys, n)
