@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from kmemleak_offline.symbols.elf import load_symbols, read_build_id
-from kmemleak_offline.symbols.user import SEGMENT_NAME, UserSymbolizer, demangle, usym_rows
+from kmemleak_offline.symbols.user import UserSymbolizer, demangle, usym_rows
 
 C_DIR = Path(__file__).parent / "c"
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
@@ -98,12 +99,22 @@ def test_embedded_usym_rows_work_without_the_binary(exe, tmp_path):
     syms = nm(copy)
     rows = usym_rows([str(copy)])
     assert set(rows.column("kind").to_pylist()) == {"usym"}
-    assert SEGMENT_NAME in rows.column("name").to_pylist()
+    segs = [n for n in rows.column("name").to_pylist() if n.startswith("[PT_LOAD")]
+    assert segs and all(re.fullmatch(r"\[PT_LOAD offset=0x[0-9a-f]+\]", n) for n in segs)
+    assert rows.column("pgoff").null_count == len(rows)  # trace-format: pgoff is for mmap rows
     mm = mmap_table(str(copy), BASE)
     addrs = [runtime_addr(str(copy), BASE, syms[f]) + 1 for f in FUNCS]
     copy.unlink()
     assert list(resolve(UserSymbolizer(mm), addrs, False)[0]) == [None] * len(FUNCS)
     names, offs, _ = resolve(UserSymbolizer(mm, rows), addrs, False)
+    assert list(names) == FUNCS and set(offs.tolist()) == {1}
+    # an earlier writer's layout: `[PT_LOAD]` rows with p_offset in pgoff
+    nm_ = rows.column("name").to_pylist()
+    old_pg = [int(n.split("=")[1].rstrip("]"), 16) if n.startswith("[PT_LOAD") else None for n in nm_]
+    old = rows.set_column(rows.schema.get_field_index("name"), "name",
+                          pa.array(["[PT_LOAD]" if n.startswith("[PT_LOAD") else n for n in nm_]))
+    old = old.set_column(old.schema.get_field_index("pgoff"), "pgoff", pa.array(old_pg, pa.uint64()))
+    names, offs, _ = resolve(UserSymbolizer(mm, old), addrs, False)
     assert list(names) == FUNCS and set(offs.tolist()) == {1}
 
 

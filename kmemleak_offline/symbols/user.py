@@ -6,8 +6,10 @@ Symbol sources per file, in order: embedded `usym` rows (so a recording analyses
 without the binaries), `--symfs DIR`, debug files by build-id (/usr/lib/debug/.build-id, ~/.debug),
 then the file itself if its build-id matches the recorded one (or none was recorded).
 
-`usym` rows named `[PT_LOAD]` carry the file's segments (addr = p_vaddr, len = p_filesz,
-pgoff = p_offset), needed to turn file offsets into symbol addresses without the file.
+`usym` rows named `[PT_LOAD offset=0x...]` carry the file's segments (addr = p_vaddr,
+len = p_filesz, the name holds p_offset: trace-format keeps `pgoff` for mmap rows), needed to turn
+file offsets into symbol addresses without the file. Recordings of an earlier writer named them
+`[PT_LOAD]` with p_offset in `pgoff`; both are read.
 """
 
 from __future__ import annotations
@@ -25,7 +27,20 @@ import pyarrow as pa
 from kmemleak_offline.recording import to_table
 from kmemleak_offline.symbols.elf import SymbolTable, debug_candidates, load_symbols, read_build_id
 
-SEGMENT_NAME = "[PT_LOAD]"
+SEGMENT_PREFIX = "[PT_LOAD"
+
+
+def segment_name(offset: int) -> str:
+    return f"{SEGMENT_PREFIX} offset={offset:#x}]"
+
+
+def _segment_offsets(names: np.ndarray, pgoff: np.ndarray, has_pgoff: np.ndarray) -> np.ndarray:
+    """p_offset of each segment row: from its name, else (earlier writer) from `pgoff`."""
+    out = pgoff.copy()
+    for i, name in enumerate(names.tolist()):  # a few rows per ELF file, not per event
+        if not has_pgoff[i] and "offset=" in name:
+            out[i] = int(name.split("offset=", 1)[1].rstrip("]"), 16)
+    return out
 _CHUNK = 4096
 
 
@@ -114,10 +129,11 @@ class UserSymbolizer:
             return None
         addr = _np(t.column("addr"), np.uint64)
         ln = _np(t.column("len"), np.uint64)
-        pg = _np(t.column("pgoff"), np.uint64)
-        seg = ok & (names == SEGMENT_NAME)
+        seg = ok & np.array([str(nm).startswith(SEGMENT_PREFIX) for nm in names], bool)
         sym = ok & ~seg
-        segments = np.stack([addr[seg], ln[seg], pg[seg], ln[seg]], axis=1)
+        pg = _segment_offsets(names[seg], _np(t.column("pgoff"), np.uint64)[seg],
+                              t.column("pgoff").is_valid().to_numpy(zero_copy_only=False)[seg])
+        segments = np.stack([addr[seg], ln[seg], pg, ln[seg]], axis=1)
         return SymbolTable.build(addr[sym], ln[sym], names[sym], segments)
 
     def _from_files(self, filename: str, bid: bytes | None) -> SymbolTable | None:
@@ -240,9 +256,10 @@ class UserSymbolizer:
 
 def usym_rows(paths: Iterable[str], symfs: str | None = None) -> pa.Table:
     """Rows (kind=usym) embedding the symbol tables of ELF files, best source first (debug file by
-    build-id, else the file), with `[PT_LOAD]` rows for the file's segments. Unreadable paths are skipped.
+    build-id, else the file), with `[PT_LOAD offset=...]` rows for the file's segments. Unreadable
+    paths are skipped.
     """
-    cols: dict[str, list] = {"filename": [], "build_id": [], "addr": [], "len": [], "pgoff": [], "name": []}
+    cols: dict[str, list] = {"filename": [], "build_id": [], "addr": [], "len": [], "name": []}
     for path in dict.fromkeys(paths):
         real = load_symbols(path)
         if real is None:
@@ -255,8 +272,7 @@ def usym_rows(paths: Iterable[str], symfs: str | None = None) -> pa.Table:
         cols["build_id"] += [bid] * (k + len(seg))
         cols["addr"] += t.addrs.tolist() + seg[:, 0].tolist()
         cols["len"] += t.sizes.tolist() + seg[:, 3].tolist()
-        cols["pgoff"] += [None] * k + seg[:, 2].tolist()
-        cols["name"] += t.names.tolist() + [SEGMENT_NAME] * len(seg)
+        cols["name"] += t.names.tolist() + [segment_name(int(o)) for o in seg[:, 2].tolist()]
     n = len(cols["name"])
     return to_table({"kind": ["usym"] * n, **cols})
 
