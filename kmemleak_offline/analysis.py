@@ -304,7 +304,9 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
 
     ksyms = KernelSymbols.from_table(loaded.side["ksym"])
     comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
-    stop_ns = int(meta["clock"].get("stop_ns") or 0) or int(sm.time.max(initial=0))
+    # a killed recorder's metadata may predate its last samples: the final report is never
+    # earlier than the last sample (else --than would see young allocations as old)
+    stop_ns = max(int(meta["clock"].get("stop_ns") or 0), int(sm.time.max(initial=0)))
     if is_malloc_recording(meta) and not (opts.alloc or opts.free):
         mode = LEAKED_BYTES
         stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +35,26 @@ def _fail(msg: str, code: int = 2) -> None:
     sys.stderr.write(f"kmemleak-offline: {msg.rstrip()}\n" if "\n" not in msg.strip()
                      else msg.rstrip() + "\n")
     raise typer.Exit(code)
+
+
+def _silence_stdout() -> None:
+    """Send whatever is still buffered for a closed stdout to /dev/null (Python's recipe)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """`... | head`: the reader closing stdout ends the command quietly with status 0 (left to
+    Click, it would exit 1)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(0) from None
 
 
 def _load(path: Path):
@@ -76,18 +98,19 @@ def analyze(
     a, stacks = _analysis(recording, alloc, free, than, comm=comm, verbose=verbose,
                           interval=interval, symfs=symfs)
     out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
-    try:
-        if fmt == "json":
-            json_report.write(a, stacks, str(recording), out, verbose=verbose, comm=comm)
-        else:
-            TextReport(a, stacks, out, sys.stderr, verbose=verbose, utc=utc).write()
-        if flame_graph is not None:
-            path = flamegraph.write_folded(a, stacks, flame_graph)
-            if path is not None and fmt == "text":
-                out.write(flamegraph.hint(path))
-    finally:
-        if output:
-            out.close()
+    with _reader_may_leave():
+        try:
+            if fmt == "json":
+                json_report.write(a, stacks, str(recording), out, verbose=verbose, comm=comm)
+            else:
+                TextReport(a, stacks, out, sys.stderr, verbose=verbose, utc=utc).write()
+            if flame_graph is not None:
+                path = flamegraph.write_folded(a, stacks, flame_graph)
+                if path is not None and fmt == "text":
+                    out.write(flamegraph.hint(path))
+        finally:
+            if output:
+                out.close()
 
 
 def _analysis(recording: Path, alloc, free, than, *, comm: bool = False, verbose: int = 0,
@@ -173,10 +196,11 @@ def diff(
             tables[i] = diffmod.recording_table(str(path), a, stacks)
     ta, tb = tables
     changes = diffmod.compare(ta.leaks, tb.leaks)
-    if fmt == "json":
-        sys.stdout.write(json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n")
-    else:
-        sys.stdout.write(diffmod.render_text(ta, tb, changes, top))
+    with _reader_may_leave():
+        if fmt == "json":
+            sys.stdout.write(json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n")
+        else:
+            sys.stdout.write(diffmod.render_text(ta, tb, changes, top))
 
 
 @app.command()
@@ -185,7 +209,8 @@ def info(recording: Annotated[Path, typer.Argument(help="recording file or parts
     from .info import summary
 
     rec = _load(recording)
-    sys.stdout.write(summary(rec))
+    with _reader_may_leave():
+        sys.stdout.write(summary(rec))
 
 
 def _register_record() -> None:
@@ -212,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: Typer in non-standalone mode so usage errors become one line, exit 2."""
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
+        sys.stdout.flush()  # a closed pipe (`| head`) shows up here, not at interpreter exit
     except typer.Exit as exc:
         return exc.exit_code
     except UsageError as exc:
@@ -225,11 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         sys.stderr.write("kmemleak-offline: aborted\n")
         return 130
-    except BrokenPipeError:
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        except OSError:
-            pass
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        _silence_stdout()
         return 0
     except KeyboardInterrupt:
         return 130

@@ -30,6 +30,7 @@ def summary(rec: Recording) -> str:
     lost_sum = int(np.nansum(lost_rows.to_numpy(zero_copy_only=False).astype(float))) if len(lost_rows) else 0
     lines = [
         f"recording:   {rec.path}{'  (PARTIAL: recorder still running or killed; parts folder)' if rec.partial else ''}",
+        *([f"stopped:     {m['stopped']}"] if m.get("stopped") else []),
         f"producer:    {m.get('producer')}  (format_version {m.get('format_version')})",
         (f"host:        {host.get('hostname', '?')}  kernel {host.get('kernel_release', '?')}  "
         f"{host.get('machine', '?')}  {host.get('ncpus', '?')} CPUs  page {host.get('page_size', '?')}"),
@@ -47,8 +48,12 @@ def summary(rec: Recording) -> str:
     counts = m.get("counts") or {}
     for name in sorted(set(ev_counts) | set(counts) | set(m.get("events") or {})):
         c = counts.get(name) or {}
-        lines.append(f"  {name:<32} samples {ev_counts.get(name, 0):>10}"
-                     f"   kernel count {c.get('samples', '-')}  lost {c.get('lost', '-')}")
+        line = (f"  {name:<32} samples {ev_counts.get(name, 0):>10}   kernel count "
+                f"{c.get('kernel_count', '-')}  lost {c.get('lost', '-')}")
+        kc, lost = c.get("kernel_count"), c.get("lost")
+        if isinstance(kc, int) and isinstance(lost, int):  # the facts note: count - samples - lost
+            line += f"  unaccounted {kc - ev_counts.get(name, 0) - lost}"
+        lines.append(line)
     lines.append(f"lost:        {lost_sum} events in {by_kind.get('lost', 0)} LOST records")
     if m.get("probes"):
         lines.append("probes:")

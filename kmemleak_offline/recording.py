@@ -474,15 +474,21 @@ def validate_metadata(meta: Any, where: Path | str) -> dict[str, Any]:
     return meta
 
 
+def _newest_mtime(folder: Path) -> float:
+    return max((f.stat().st_mtime for f in folder.glob(PART_GLOB)), default=0.0)
+
+
 def open_recording(path: str | os.PathLike) -> Recording:
     """Open a recording file or parts folder; RecordingError with one line if it is not one."""
     p = Path(path)
+    parts = Path(str(p) + PARTS_SUFFIX)
     if not p.exists():
-        parts = Path(str(p) + PARTS_SUFFIX)
         if parts.is_dir():
             p = parts  # the recorder was killed before it could stitch: read its parts
         else:
             raise RecordingError(f"{p}: no such file")
+    elif p.is_file() and parts.is_dir() and _newest_mtime(parts) > p.stat().st_mtime:
+        p = parts  # a later run into the same name was killed: its parts, not the older file
     if p.is_dir():
         files = sorted(p.glob(PART_GLOB))
         if not files:

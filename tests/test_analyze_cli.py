@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from kmemleak_offline.cli import main
+from kmemleak_offline.recording import METADATA_KEY, open_recording
 from kmemleak_offline.synthetic import DEFAULT_REALTIME_NS, PERF_CONTEXT_KERNEL, RecordingBuilder
 
 K = PERF_CONTEXT_KERNEL
@@ -666,3 +668,33 @@ def test_verbose_prints_each_list_wildcard_expanded(rec_a, capsys):
         "Wildcard expansion: 'kmem:kf*' -> 'kmem:kfree'"]
     code, out, _ = run(capsys, "analyze", rec_a, "--alloc", "kmem:kmall*", "--free", "kmem:kf*")
     assert "Wildcard" not in out
+
+
+def test_info_shows_kernel_counts_unaccounted_and_how_it_stopped(tmp_path, capsys):
+    """`kernel count` is the kernel's PERF_FORMAT_LOST count, not the samples again; the facts
+    note's `count - samples - lost` residue is shown; a killed recorder's marker is printed."""
+    rec = build(EVENTS_C, tmp_path / "k.parquet")
+    meta = open_recording(rec).metadata
+    meta["counts"] = {"kmem:kmalloc": {"samples": 6, "kernel_count": 9, "lost": 2},
+                      "kmem:kfree": {"samples": 2, "kernel_count": 2, "lost": 0}}
+    meta["stopped"] = "recorder killed"
+    t = pq.read_table(rec)
+    pq.write_table(t.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), rec)
+    code, out, err = run(capsys, "info", rec)
+    assert code == 0, err
+    assert re.search(r"kmem:kmalloc\s+samples\s+6\s+kernel count 9\s+lost 2\s+unaccounted 1\b", out)
+    assert re.search(r"kmem:kfree\s+samples\s+2\s+kernel count 2\s+lost 0\s+unaccounted 0\b", out)
+    assert "stopped:     recorder killed" in out
+
+
+def test_stop_time_older_than_the_last_sample_is_not_used_for_than(tmp_path, capsys):
+    """A killed recorder's last metadata can say stop < last sample: --than must measure from the
+    last sample then, not wrap around and call young allocations old."""
+    rec = build(EVENTS_C, tmp_path / "s.parquet", stop_ms=50)  # every sample is after "stop"
+    code, out, err = run(capsys, "analyze", rec, "--than", "10s")
+    assert code == 0, err
+    assert "Leak of" not in out  # nothing is 10 s old: the recording spans 0.7 s
+    # final report at the last sample (700 ms): the udp allocs at 150/300/400 ms are old enough,
+    # the pipe alloc at 500 ms (200 ms old) is not
+    code, out, err = run(capsys, "analyze", rec, "--than", "250ms")
+    assert "Leak of 672 bytes in 3 objects" in out and "Leak of 1024 bytes" not in out

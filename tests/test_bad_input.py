@@ -174,6 +174,19 @@ def test_command_line_exit_status(rec, tmp_path):
     assert p.returncode == 2
 
 
+@pytest.mark.parametrize("args", [["analyze", "-v"], ["analyze", "--format", "json", "-v"]])  # > a pipe buffer
+def test_reader_closing_the_pipe_is_not_an_error(args):
+    """`kmemleak-offline analyze ... | head -1`: status 0, nothing on stderr."""
+    sample = Path(__file__).resolve().parents[1] / "samples" / "pipe-leak.parquet"
+    p = subprocess.Popen([sys.executable, "-m", "kmemleak_offline", args[0], str(sample), *args[1:]],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 0 and err == "", err
+
+
 # ----------------------------------------------------------------------------- parts folder
 
 def test_parts_folder_analyses_like_the_file(rec, tmp_path, capsys):

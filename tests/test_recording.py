@@ -74,3 +74,23 @@ def test_clean_stop_stitches_the_parts_row_groups_and_final_metadata(tmp_path):
         0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23]
     assert rec.metadata["counts"] == {"kmem:kmalloc": {"samples": 12}}
     assert json.loads(pq.read_schema(out).metadata[b"kmemleak_offline"])["counts"] == rec.metadata["counts"]
+
+
+def test_a_newer_parts_folder_wins_over_an_older_file_of_the_same_name(tmp_path):
+    """A later run into the same name that was killed left parts: they, not the old file, are it."""
+    import os
+
+    out = tmp_path / "r.parquet"
+    old = RecordingWriter(out, new_metadata("old"))
+    old.write({"kind": ["sample"], "time": [1]})
+    old.close()
+    os.utime(out, (1_000_000, 1_000_000))
+    w = RecordingWriter(out, new_metadata("new"), parts=True)
+    w.write({"kind": ["sample", "sample"], "time": [5, 6]})
+    w.flush_part()  # ...and killed
+    rec = open_recording(out)
+    assert rec.partial and rec.metadata["producer"] == "new" and rec.num_rows == 2
+    os.utime(out, None)  # the file is newer (say, a later clean run): the file
+    for f in (tmp_path / "r.parquet.parts").glob("*.parquet"):
+        os.utime(f, (1_000_000, 1_000_000))
+    assert not open_recording(out).partial
