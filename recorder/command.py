@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -84,8 +85,10 @@ def record(
         _fail(str(exc), exc.exit_code)
     except OSError as exc:
         _fail(f"record: {exc.strerror or exc}", 1)
-    except KeyboardInterrupt:
-        _fail("interrupted before recording started", 130)
+    except KeyboardInterrupt as exc:  # SIGINT (Python's own) or SIGTERM (the session's handler)
+        term = str(exc) == signal.Signals.SIGTERM.name
+        _fail("interrupted before recording started",
+              128 + (signal.SIGTERM if term else signal.SIGINT))
     if code:
         raise typer.Exit(code)
 

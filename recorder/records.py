@@ -129,7 +129,10 @@ class Splitter:
     seq: dict[int, int] = field(default_factory=dict)
     stacks: dict[bytes, int] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
-    lost_records: dict[str | None, int] = field(default_factory=dict)
+    # per ring: [its CPU, LOST records, events they report lost]. A LOST record counts the ring's
+    # losses but carries the id of whichever event writes next, so it is no per-event figure.
+    lost_by_ring: dict[int, list[int]] = field(default_factory=dict)
+    max_time: int = 0  # latest record time split so far (clock.stop_ns is never older)
 
     def __post_init__(self) -> None:
         ids = sorted(self.events)
@@ -178,6 +181,8 @@ class Splitter:
         pid = (pidtid & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
         tid = (pidtid >> 32).astype(np.uint32).view(np.int32)
         time = a8[w + 3]
+        if n:
+            self.max_time = max(self.max_time, int(time.max()))
         cpu = (a8[w + 4] & 0xFFFFFFFF).astype(np.uint32)
         has_cc = self._cc[k]
         nr = np.where(has_cc, a8[np.where(has_cc, w + 5, 0)], 0).astype(np.int64)
@@ -268,11 +273,14 @@ class Splitter:
             end_w = (off + size) >> 3
             time = int(a8[end_w - 3])  # trailer: {pid,tid} {time} {cpu,res} {identifier}
             if rtype == pe.RECORD_LOST:
-                ev = self.events.get(int(a8[w + 1]))
-                name = ev.name if ev else None
-                self.lost_records[name] = self.lost_records.get(name, 0) + int(a8[w + 2])
+                # The ring's losses (its leader is the side-band dummy): event stays null, the
+                # record's id is just the next event to write (per event: PERF_FORMAT_LOST).
+                n_lost = int(a8[w + 2])
+                r = self.lost_by_ring.setdefault(batch.ring, [batch.cpu, 0, 0])
+                r[1] += 1
+                r[2] += n_lost
                 add(kind="lost", time=time, cpu=batch.cpu, ring=batch.ring if self.per_task else None,
-                    seq=seq, event=name, lost=int(a8[w + 2]))
+                    seq=seq, event=None, lost=n_lost)
             elif rtype == pe.RECORD_COMM:
                 pid, tid = np.frombuffer(data, np.int32, 2, off + 8).tolist()
                 comm = bytes(mv[off + 16: off + size - 32]).split(b"\0", 1)[0]
@@ -292,4 +300,6 @@ class Splitter:
                 add(kind="mmap", time=time, seq=seq, pid=pid, tid=tid, addr=int(a8[w + 2]),
                     len=int(a8[w + 3]), pgoff=int(a8[w + 4]),
                     filename=name.decode(errors="replace"), build_id=build_id)
+        if rows["kind"]:
+            self.max_time = max(self.max_time, max(rows["time"]))
         return [rows] if rows["kind"] else []

@@ -13,11 +13,12 @@ import gc
 import os
 import platform
 import select
+import shutil
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kmemleak_offline.recording import RecordingWriter, new_metadata
@@ -85,6 +86,7 @@ class Session:
         self.cfg = cfg
         self.fds: list[int] = []
         self.event_fds: dict[str, list[int]] = {}
+        self.sideband_fds: list[int] = []  # the dummy events (ring leaders): enabled first
         self.rings: list[Ring] = []
         self.ring_cpu: list[int] = []
         self.stop = threading.Event()
@@ -108,9 +110,7 @@ class Session:
             raise RecordInputError(f"-m/--mmap-pages must be a power of two, not {cfg.mmap_pages}")
         if sum(x is not None and x != [] for x in (cfg.pids, cfg.tids)) + bool(cfg.command) > 1:
             raise RecordInputError("use only one of -p, -t and -- CMD")
-        out_dir = cfg.output.resolve().parent
-        if not out_dir.is_dir():
-            raise RecordInputError(f"output folder {out_dir} does not exist")
+        self._check_output()
         self.tracefs = procfs.tracefs_root()
         if cfg.malloc:
             alloc, free = self._create_probes()
@@ -138,11 +138,38 @@ class Session:
             self.traced_pids.append(procfs.tgid_of(tid))
             self.targets.append(_Target(tid, False))
         self.traced_pids = sorted(set(self.traced_pids))
-        if cfg.command:
-            import shutil
+        if cfg.command and shutil.which(cfg.command[0]) is None:
+            raise RecordInputError(f"command not found: {cfg.command[0]}")
 
-            if shutil.which(cfg.command[0]) is None:
-                raise RecordInputError(f"command not found: {cfg.command[0]}")
+    def _check_output(self) -> None:
+        """Refuse an output that could not be written, before recording anything."""
+        out = self.cfg.output
+        if out.is_dir():
+            raise RecordInputError(f"output {out} is a directory (give a file name, e.g. {out}/kmemleak.parquet)")
+        out_dir = out.resolve().parent
+        if not out_dir.is_dir():
+            raise RecordInputError(f"output folder {out_dir} does not exist")
+        if not os.access(out_dir, os.W_OK | os.X_OK):
+            raise RecordInputError(f"output folder {out_dir} is not writable")
+
+    def _keep_old_outputs(self) -> None:
+        """Like perf (perf.data -> perf.data.old): an existing OUT becomes OUT.old and a crashed
+        run's OUT.parts becomes OUT.parts.old (older .old ones are replaced), said in one line."""
+        moved = []
+        out = self.cfg.output
+        for src in (out, Path(str(out) + ".parts")):
+            if not (src.exists() or src.is_symlink()):
+                continue
+            dst = Path(str(src) + ".old")
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            elif src.is_dir() and (dst.exists() or dst.is_symlink()):
+                dst.unlink()
+            os.replace(src, dst)
+            moved.append(f"{src} -> {dst.name}")
+        if moved:
+            print(f"kmemleak-offline record: kept the previous output: {', '.join(moved)}",
+                  file=sys.stderr, flush=True)
 
     def _create_probes(self) -> tuple[str, str]:
         """--malloc: uprobes on the target's allocator; returns the --alloc/--free texts for them."""
@@ -263,6 +290,7 @@ class Session:
                 fd = self._open(self._attr(tracepoint=None, leader=leader < 0, inherit=task.inherit),
                                 task.tid, cpu, "side-band dummy")
                 self.ids[pe.event_id(fd)] = EventInfo(None, False)
+                self.sideband_fds.append(fd)
                 if leader < 0:
                     leader = fd
                     try:
@@ -304,7 +332,8 @@ class Session:
         if pid == 0:  # child: wait for the go, then exec (never returns into the recorder)
             try:
                 os.close(w)
-                os.read(r, 1)
+                if os.read(r, 1) != b"x":  # the recorder died before the events were on
+                    os._exit(127)
                 os.close(r)
                 os.execvp(self.cfg.command[0], self.cfg.command)
             except OSError as exc:
@@ -327,8 +356,8 @@ class Session:
         meta["host"] = {"hostname": u.node, "kernel_release": u.release, "machine": u.machine,
                         "page_size": PAGE_SIZE, "ncpus": os.cpu_count()}
         meta["events"] = {ev.name: {"id": ev.fmt.id, "format": ev.fmt.text} for ev in self.events}
-        meta["alloc"] = [ev.spec.canonical() for ev in self.events if ev.role == "alloc"]
-        meta["free"] = [ev.spec.canonical() for ev in self.events if ev.role == "free"]
+        meta["alloc"] = [self._canonical(ev) for ev in self.events if ev.role == "alloc"]
+        meta["free"] = [self._canonical(ev) for ev in self.events if ev.role == "free"]
         cfg = self.cfg
         meta["options"] = {"cpus": cfg.cpus, "pids": cfg.pids, "tids": cfg.tids,
                            "mmap_pages": cfg.mmap_pages, "call_graph": self.call_graph,
@@ -341,6 +370,15 @@ class Session:
             meta["options"]["malloc"] = {"lib": self.probe_defs[0].path if self.probe_defs else None,
                                          "prefix": cfg.malloc_prefix}
         return meta
+
+    @staticmethod
+    def _canonical(ev: TracedEvent) -> str:
+        """The spec as recorded: `stack/` when the event recorded call chains (-g adds them to
+        every alloc event), as import writes it."""
+        spec = ev.spec
+        if ev.callchain and not spec.stack and spec.max_stack is None:
+            spec = replace(spec, stack=True)
+        return spec.canonical()
 
     def _refresh_counts(self) -> None:
         """Kernel counts (PERF_FORMAT_LOST) into the metadata; the converter adds exact samples."""
@@ -356,8 +394,7 @@ class Session:
                 lost += lo
             old = meta["counts"].get(name, {})
             meta["counts"][name] = {"samples": old.get("samples", 0), "lost": lost,
-                                    "kernel_count": count,
-                                    "lost_records": old.get("lost_records", 0)}
+                                    "kernel_count": count}
         meta["clock"]["stop_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
     # ----------------------------------------------------------------- loop
@@ -433,30 +470,30 @@ class Session:
     def _record(self) -> int:
         cfg = self.cfg
         self.splitter = Splitter(self.ids, per_task=self.per_task)
-        start = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        # Slow work first, with nothing enabled yet: kallsyms, the traced processes' build-ids
+        # (cached: the snapshot taken once the side-band is on only re-reads /proc), the fork.
+        ksyms = procfs.kallsyms()
+        for pid in self.traced_pids:
+            procfs.initial_maps(pid, 0)
+        self._keep_old_outputs()
+        start = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # provisional: set again at enable
         meta = self._metadata()
-        meta["clock"].update(start_ns=start, stop_ns=start, anchor={
-            "perf_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC),
-            "realtime_ns": time.clock_gettime_ns(time.CLOCK_REALTIME)})
+        meta["clock"].update(start_ns=start, stop_ns=start)
         self.writer = RecordingWriter(cfg.output, meta, parts=True)
         old = {s: signal.signal(s, self._on_signal)
                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
         try:
-            self.writer.write(procfs.initial_comms(start))
-            for pid in self.traced_pids:
-                self.writer.write(procfs.initial_maps(pid, start))
-            self.writer.write(procfs.kallsyms())
+            self.writer.write(ksyms)
+            del ksyms
             self.writer.flush_part()
             self.writer = SpooledRecording(self.writer, self.splitter, self.ring_cpu,
-                                           self._close_in_converter)
+                                           self._close_in_converter, self._orphaned)
             # Everything slow happens before the events are on: a ring holds a few ms of events.
             gc.collect()
             gc.freeze()  # set-up objects (typer, pyarrow, ...) never rescanned: no GC pause mid-drain
             self._realtime(True)
             try:
-                if not cfg.command:
-                    for fd in self.fds:
-                        pe.enable(fd)
+                self._enable()
                 self._t0 = time.monotonic()
                 self.release_child()
                 self._main_loop()
@@ -469,6 +506,7 @@ class Session:
                     pass
             self._drain_rings()
             self._refresh_counts()
+            self.writer.metadata["stopped"] = self.stop_reason or "stopped"
             self._stop_child()
             if sys.stderr.isatty():
                 sys.stderr.write("\r\033[K")
@@ -485,6 +523,32 @@ class Session:
             for s, h in old.items():
                 signal.signal(s, h)
         return 0
+
+    def _enable(self) -> None:
+        """Start the clock and the /proc snapshot right at enable time: the side-band (comm, fork,
+        exec, mmap) is switched on first, then /proc is read (rows at start_ns, through the spool),
+        then the tracepoints: a process started at any time has its comm in the recording.
+        With -- CMD every event is enable-on-exec and the command is still held."""
+        start = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.writer.metadata["clock"].update(start_ns=start, stop_ns=start, anchor={
+            "perf_ns": start, "realtime_ns": time.clock_gettime_ns(time.CLOCK_REALTIME)})
+        if not self.cfg.command:
+            for fd in self.sideband_fds:
+                pe.enable(fd)
+        self.writer.write(procfs.initial_comms(start))
+        for pid in self.traced_pids:
+            self.writer.write(procfs.initial_maps(pid, start))
+        self.writer.write_metadata()
+        if not self.cfg.command:
+            side = set(self.sideband_fds)
+            for fd in self.fds:
+                if fd not in side:
+                    pe.enable(fd)
+
+    def _orphaned(self) -> None:
+        """In the converter, once the recorder died without stopping: remove its uprobes."""
+        if self.uprobes is not None:
+            self.uprobes.remove()
 
     def _main_loop(self) -> None:
         """Poll the rings and spool what they hold; every second hand a segment over; stop."""

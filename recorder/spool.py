@@ -5,11 +5,15 @@ competed with the drain for the GIL and the CPUs, and the kernel dropped events.
 only appends ring bytes to a segment file (`Ring.drain_to`), and a forked converter process turns
 each finished segment (about 1 s of data) into a Parquet part through `RecordingWriter`, in big
 batches. A SIGKILLed recorder loses nothing it drained: the converter sees its control pipe close,
-converts the segments left behind and exits, leaving a parts folder `analyze` reads.
+converts the segments left behind and exits, leaving a parts folder `analyze` reads; its metadata
+then says "stopped": "recorder killed" and the uprobes the recorder created are removed. The
+converter runs in a session of its own, so a group kill (or a terminal hang-up) leaves it to finish.
 
 Segment file = frames, each a 16-byte header (u32 ring, u32 kind, u64 length) + payload. Kinds:
 DATA (one drain of ring `ring`), META (JSON: the recording metadata as the recorder knows it),
-ROWS (an Arrow IPC stream of rows the recorder adds, e.g. symbol tables at stop).
+ROWS (an Arrow IPC stream of rows the recorder adds: the /proc snapshot, symbol tables at stop).
+Each frame starts 8-byte aligned (META/ROWS payloads are padded; ring bytes are whole u64s), as
+the splitter reads ring records as u64 words where they lie in the mapped segment.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def frame_spans(buf: bytes | mmap.mmap) -> Iterator[tuple[int, int, int, int]]:
         if off + hsize + n > end:
             break
         yield ring, kind, off + hsize, n
-        off += hsize + n
+        off += hsize + ((n + 7) & ~7)
 
 
 def frames(buf: bytes) -> Iterator[tuple[int, int, memoryview]]:
@@ -64,12 +68,15 @@ class Converter:
     stop the writer stitches the parts' row groups into the single file (no re-encoding).
     """
 
-    def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int]) -> None:
+    def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int],
+                 orphaned: Callable[[], None] | None = None) -> None:
         self.writer = writer
         self.splitter = splitter
         self.ring_cpu = ring_cpu
         self.meta: dict[str, Any] = writer.metadata
         self.done = -1  # last converted segment number
+        self.stopped: str | None = None  # set when the recorder did not stop cleanly
+        self.orphaned = orphaned  # run once the recorder died (uprobe removal)
 
     def convert(self, path: Path) -> None:
         """One segment -> one part. The segment is mapped, not read: each ring's records are split
@@ -102,12 +109,19 @@ class Converter:
         self.writer.close()
 
     def _apply_meta(self) -> None:
-        """The recorder's metadata, with the sample counts only the splitter knows."""
+        """The recorder's metadata, with what only the splitter knows: exact sample counts, the
+        LOST records per ring, and a stop time no older than the last record written."""
         meta = json.loads(json.dumps(self.meta))
         sp = self.splitter
         for name, c in meta.get("counts", {}).items():
             c["samples"] = sp.samples.get(name, 0)
-            c["lost_records"] = sp.lost_records.get(name, 0)
+            c.pop("lost_records", None)
+        meta["lost_by_ring"] = [{"ring": ring, "cpu": cpu, "lost_records": n, "lost": lost}
+                                for ring, (cpu, n, lost) in sorted(sp.lost_by_ring.items())]
+        clock = meta.setdefault("clock", {})
+        clock["stop_ns"] = max(int(clock.get("stop_ns") or 0), sp.max_time)
+        if self.stopped:
+            meta["stopped"] = self.stopped
         self.writer.metadata = meta
 
     def catch_up(self, folder: Path, upto: int | None) -> None:
@@ -126,13 +140,23 @@ class Converter:
         pending = b""
         while True:
             chunk = os.read(ctrl, 4096)
-            if not chunk:  # the recorder died: save what it spooled, leave the parts folder
+            if not chunk:  # the recorder died: its uprobes go, what it spooled becomes parts
+                self.stopped = "recorder killed"
+                if self.orphaned is not None:
+                    try:
+                        self.orphaned()
+                    except Exception as exc:  # noqa: BLE001 - still save the data
+                        sys.stderr.write(f"kmemleak-offline record: converter: {exc}\n")
                 self.catch_up(folder, None)
                 return
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 cmd, n = line.decode().split()
+                if cmd == "abandon":  # the recorder failed and cleans up itself: save the spool
+                    self.stopped = "recorder failed"
+                    self.catch_up(folder, None)
+                    return
                 self.catch_up(folder, int(n))
                 if cmd == "sync":
                     os.write(ack, b"ok\n")
@@ -149,7 +173,7 @@ class SpooledRecording:
     """
 
     def __init__(self, writer: RecordingWriter, splitter: Splitter, ring_cpu: list[int],
-                 in_child: Callable[[], None]) -> None:
+                 in_child: Callable[[], None], orphaned: Callable[[], None] | None = None) -> None:
         self.metadata: dict[str, Any] = writer.metadata
         self.path = writer.path
         self.parts_dir: Path = writer.parts_dir
@@ -162,14 +186,15 @@ class SpooledRecording:
         if self.pid == 0:
             code = 1
             try:
-                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                    signal.signal(s, signal.SIG_IGN)  # Ctrl-C hits the group; finish the work
+                os.setsid()  # a group kill or hang-up of the recorder leaves it to save the spool
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+                    signal.signal(s, signal.SIG_IGN)  # finish the work; the recorder says when
                 os.close(self._ctrl)
                 os.close(self._ack)
                 os.close(self.fd)
                 in_child()
                 os.nice(CONVERTER_NICE)  # background work: the workload and the drain come first
-                Converter(writer, splitter, ring_cpu).serve(self.parts_dir, ctrl_r, ack_w)
+                Converter(writer, splitter, ring_cpu, orphaned).serve(self.parts_dir, ctrl_r, ack_w)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - report in one line, never a traceback
                 sys.stderr.write(f"kmemleak-offline record: converter: {exc}\n")
@@ -183,7 +208,8 @@ class SpooledRecording:
                        | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
     def _frame(self, kind: int, payload: bytes) -> None:
-        os.write(self.fd, FRAME.pack(0, kind, len(payload)) + payload)
+        pad = b"\0" * (-len(payload) & 7)  # the next frame starts 8-byte aligned
+        os.write(self.fd, FRAME.pack(0, kind, len(payload)) + payload + pad)
 
     def write(self, rows: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
         """Rows for the recording (few: not the hot path), as an Arrow IPC frame."""
@@ -192,6 +218,10 @@ class SpooledRecording:
         with pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)
         self._frame(ROWS, sink.getvalue().to_pybytes())
+
+    def write_metadata(self) -> None:
+        """Spool the metadata as known now (the converter applies it to what follows)."""
+        self._frame(META, json.dumps(self.metadata).encode())
 
     def rotate(self, cmd: str = "seg") -> None:
         """Finish the current segment (with the metadata as known now) and start the next."""
@@ -218,6 +248,11 @@ class SpooledRecording:
         """The recorder failed: let the converter save what was spooled (parts folder), wait."""
         if self._ctrl < 0:
             return
+        try:
+            self._frame(META, json.dumps(self.metadata).encode())
+            os.write(self._ctrl, b"abandon 0\n")  # not a death: the recorder removes its uprobes
+        except OSError:
+            pass
         os.close(self._ctrl)
         self._ctrl = -1
         try:

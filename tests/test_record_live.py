@@ -274,6 +274,8 @@ def test_sigint_sigusr1_and_sigkill_partial_recording(tmp_path: Path) -> None:
         assert n > 1000 and r.table(["ksym"], ["addr"]).num_rows > 1000
         assert r.metadata["counts"]["kmem:kmalloc"]["samples"] > 0
         assert r.metadata["clock"]["stop_ns"] > r.metadata["clock"]["start_ns"]
+        assert r.metadata["stopped"] == "recorder killed"
+        assert r.metadata["clock"]["stop_ns"] >= max(r.table(["sample"], ["time"]).column("time").to_pylist())
 
         out2 = tmp_path / "i.parquet"
         rec = subprocess.Popen(RECORD + KK + ["-o", str(out2)], cwd=ROOT,
@@ -302,8 +304,15 @@ def test_tiny_ring_under_load_gives_lost_rows(tmp_path: Path) -> None:
     r = open_recording(out)
     lost = r.table(["lost"]).to_pylist()
     assert lost and all(x["lost"] > 0 and x["cpu"] in (0, 1) for x in lost)
-    total_kernel = sum(c["lost"] for c in r.metadata["counts"].values())
-    assert total_kernel >= sum(x["lost"] for x in lost if x["event"])  # final losses: no record
+    # a LOST record reports its ring's losses, whatever event id it carries: no event on the row,
+    # the records counted per ring in the metadata; per event only PERF_FORMAT_LOST
+    assert all(x["event"] is None for x in lost)
+    by_ring = r.metadata["lost_by_ring"]
+    assert sum(x["lost_records"] for x in by_ring) == len(lost)
+    assert sum(x["lost"] for x in by_ring) == sum(x["lost"] for x in lost)
+    assert {x["cpu"] for x in by_ring} == {x["cpu"] for x in lost}
+    assert all("lost_records" not in c for c in r.metadata["counts"].values())
+    assert sum(c["lost"] for c in r.metadata["counts"].values()) > 0
 
 
 # ---------------------------------------------------------------------- filters, errors
@@ -376,3 +385,161 @@ def test_not_root_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     res = CliRunner().invoke(app, ["record", *KK, "-o", str(tmp_path / "x.parquet")])
     assert res.exit_code == 1 and "needs root" in res.output
     assert "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------------- start, crash, outputs
+
+LATE = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {  /* sleep until CLOCK_MONOTONIC argv[1] s, then kmalloc */
+    double until = atof(argv[1]);
+    struct timespec ts;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if (ts.tv_sec + ts.tv_nsec / 1e9 >= until) break;
+        usleep(10000);
+    }
+    int p[2];
+    for (int i = 0; i < 20; i++) if (pipe(p) == 0) { close(p[0]); close(p[1]); }
+    return 0;
+}
+"""
+
+
+def test_process_started_during_setup_has_its_comm(tmp_path: Path) -> None:
+    """Processes started while the recorder sets up (kallsyms, fork...) exec before the events
+    are on and only allocate later: their comm comes from the /proc snapshot, which must be
+    taken once the side-band is on (it was taken ~1 s before enabling)."""
+    src = tmp_path / "late.c"
+    src.write_text(LATE)
+    exe = tmp_path / "kmlolate"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    out = tmp_path / "late.parquet"
+    rec = subprocess.Popen(RECORD + KK + ["-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    kids = []
+    try:
+        wake = time.monotonic() + 6.0
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:  # one every 40 ms through the whole set-up
+            kids.append(subprocess.Popen([str(exe), f"{wake:.3f}"]))
+            time.sleep(0.04)
+        for k in kids:
+            assert k.wait(timeout=30) == 0
+        time.sleep(0.3)
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=60)
+        assert rec.returncode == 0, err
+    finally:
+        for p in kids + [rec]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    r = open_recording(out)
+    pids = {k.pid for k in kids}
+    sampled = {p for p in r.table(["sample"], ["pid"]).column("pid").to_pylist() if p in pids}
+    assert len(sampled) > len(pids) // 2, "the children allocated while recording"
+    comm = r.table(["comm"], ["pid", "comm"]).to_pylist()
+    named = {c["pid"] for c in comm if c["pid"] in pids and c["comm"] == "kmlolate"}
+    assert sorted(sampled - named) == [], "sampled children without a comm"
+    start = r.metadata["clock"]["start_ns"]
+    assert min(t for t in r.table(["sample"], ["time"]).column("time").to_pylist()) >= start
+
+
+def test_recorder_killed_during_setup_never_runs_the_command(tmp_path: Path) -> None:
+    """-- CMD is held until the events are on; a recorder that dies first must not let it run."""
+    out = tmp_path / "h.parquet"
+    flag = tmp_path / "ran"
+    rec = subprocess.Popen(RECORD + KK + ["-o", str(out), "--", "touch", str(flag)], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 60
+        kids: list[str] = []
+        while not kids:  # the held command is the recorder's first child (before the converter)
+            assert rec.poll() is None and time.monotonic() < end
+            kids = Path(f"/proc/{rec.pid}/task/{rec.pid}/children").read_text().split()
+            time.sleep(0.002)
+        assert not list(Path(str(out) + ".parts").glob("part-*.parquet")), "too late"
+        rec.kill()
+        rec.wait(timeout=10)
+        held = int(kids[0])
+        end = time.monotonic() + 10
+        while os.path.exists(f"/proc/{held}") and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+    time.sleep(0.3)
+    assert not flag.exists(), "the held command ran untraced after the recorder died"
+
+
+def _children_gone(pattern: Path, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while list(pattern.parent.glob(pattern.name)) and time.monotonic() < end:
+        time.sleep(0.1)
+
+
+def test_group_sigkill_leaves_every_segment_converted(tmp_path: Path) -> None:
+    """kill -9 -PGID: the converter (own session) still converts every spooled segment, and the
+    parts carry a stop time covering their records and say the recorder was killed."""
+    loads = [_loader(6) for _ in range(2)]
+    try:
+        out = tmp_path / "g.parquet"
+        rec = subprocess.Popen(RECORD + KK + ["-g", "-o", str(out)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+        parts = Path(str(out) + ".parts")
+        deadline = time.monotonic() + 30
+        while len(list(parts.glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # mid-segment: spooled bytes not handed over yet
+        os.killpg(rec.pid, signal.SIGKILL)
+        rec.wait(timeout=10)
+        _children_gone(parts / "spool-*.bin", 20)
+    finally:
+        for p in loads:
+            p.kill()
+            p.wait()
+    assert not list(parts.glob("spool-*.bin")), "a spooled segment was left unconverted"
+    r = open_recording(out)
+    assert r.partial and r.metadata["stopped"] == "recorder killed"
+    times = r.table(["sample"], ["time"]).column("time").to_pylist()
+    assert len(times) > 1000
+    assert r.metadata["clock"]["stop_ns"] >= max(times)  # --than must not see young as old
+    assert r.metadata["alloc"] == ["kmem:kmalloc//ptr=ptr/size=bytes_alloc/stack/"]  # -g: stack/
+    res = subprocess.run([sys.executable, "-m", "kmemleak_offline.cli", "analyze", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0 and "TOTAL alloc" in res.stdout, res.stderr
+
+
+def test_output_checks_before_recording(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    res = run_record(KK + ["--duration", "3s", "-o", str(tmp_path)])
+    one_line_error(res, 2, "is a directory")
+    assert time.monotonic() - t0 < 2.5, "refused only after recording"
+    assert sorted(tmp_path.iterdir()) == []
+    one_line_error(run_record(KK + ["--duration", "1s", "-o", str(tmp_path / "no" / "x.parquet")]),
+                   2, "does not exist")
+
+
+def test_existing_output_and_parts_are_kept_as_old(tmp_path: Path) -> None:
+    out = tmp_path / "o.parquet"
+    out.write_bytes(b"previous recording")
+    parts = Path(str(out) + ".parts")
+    parts.mkdir()
+    (parts / "part-00000.parquet").write_bytes(b"a crashed run's part")
+    Path(str(parts) + ".old").mkdir()  # an older .old is replaced
+    (Path(str(parts) + ".old") / "stale").write_bytes(b"")
+    res = run_record(KK + ["--duration", "1s", "-o", str(out)])
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet", "o.parquet.old",
+                                                          "o.parquet.parts.old"]
+    assert Path(str(out) + ".old").read_bytes() == b"previous recording"
+    assert [p.name for p in Path(str(parts) + ".old").iterdir()] == ["part-00000.parquet"]
+    lines = [x for x in res.stderr.splitlines() if ".old" in x]
+    assert len(lines) == 1 and "o.parquet.old" in lines[0] and "o.parquet.parts.old" in lines[0], res.stderr
+    assert open_recording(out).table(["ksym"], ["addr"]).num_rows > 1000

@@ -87,8 +87,10 @@ def test_split_samples_stacks_lost_and_sideband() -> None:
     stacks = {r["stack_id"]: r["callchain"] for r in rows if r["kind"] == "stack"}
     assert stacks == {ids[0]: chain_a, ids[2]: chain_b}  # each chain stored once
     lost = [r for r in rows if r["kind"] == "lost"]
+    # the ring's loss: the record's id (7, kmalloc) only names the next event to write
     assert [(r["lost"], r["seq"], r["time"], r["event"], r["cpu"]) for r in lost] == [
-        (42, 2, 1002, "kmem:kmalloc", 1)]
+        (42, 2, 1002, None, 1)]
+    assert sp.lost_by_ring == {3: [1, 1, 42]}
     comm = next(r for r in rows if r["kind"] == "comm")
     assert (comm["pid"], comm["tid"], comm["comm"], comm["exec"], comm["seq"]) == (30, 31, "worker", True, 4)
     fork = next(r for r in rows if r["kind"] == "fork")
@@ -97,6 +99,7 @@ def test_split_samples_stacks_lost_and_sideband() -> None:
     assert (mm["addr"], mm["len"], mm["pgoff"], mm["filename"], mm["build_id"]) == (
         0x400000, 0x1000, 0x2000, "/usr/bin/x", b"\xab" * 20)
     assert sp.samples == {"kmem:kmalloc": 4, "kmem:kfree": 1}
+    assert sp.max_time == 2000  # the latest record of any kind (clock.stop_ns is never older)
 
 
 def test_unknown_ids_are_dropped_and_cpu_mode_has_no_ring() -> None:

@@ -48,17 +48,23 @@ def test_u32_payload_gather_keeps_bytes() -> None:
     assert rows["raw"].to_pylist() == raws
 
 
-def _record_through_converter(tmp_path: Path, die: bool) -> tuple[Path, list[bytes]]:
-    """Spool two segments through a forked converter; stop cleanly or 'die' (close the pipe)."""
+def _record_through_converter(tmp_path: Path, die: bool | str) -> tuple[Path, list[bytes]]:
+    """Spool two segments through a forked converter; stop cleanly, or die: "killed" (the
+    control pipe just closes) or True (the recorder failed and abandons the recording)."""
     out = tmp_path / "s.parquet"
     w = RecordingWriter(out, _meta(), parts=True, row_group_rows=16)  # several row groups
     w.write({"kind": ["comm"], "time": [1], "pid": [5], "tid": [5], "comm": ["init-state"]})
     w.flush_part()
-    sp = SpooledRecording(w, Splitter(EVENTS), [0, 1], lambda: None)
+    orphaned = tmp_path / "orphaned"
+    sp = SpooledRecording(w, Splitter(EVENTS), [0, 1], lambda: None, orphaned.touch)
     raws = []
     for seg in range(2):
         data, r = _ring_bytes(0x10000 * (seg + 1), 40)
         raws += r
+        if seg == 0:  # rows and metadata of odd lengths before ring bytes: frames stay aligned
+            sp.write({"kind": ["comm"], "time": [1], "pid": [6], "tid": [6], "comm": ["snap"]})
+            sp.metadata["host"] = {"hostname": "x" * 3}
+            sp.write_metadata()
         # one ring's bytes in two drains (split on a record boundary), as the drain loop does
         cut = int(_boundaries(data)[20])
         os.write(sp.fd, FRAME.pack(1, DATA, cut) + data[:cut])
@@ -66,8 +72,13 @@ def _record_through_converter(tmp_path: Path, die: bool) -> tuple[Path, list[byt
         sp.metadata["counts"]["kmem:kmalloc"]["lost"] = 3 * (seg + 1)
         if seg == 0:
             sp.rotate()
-    if die:
+    if die == "killed":
+        os.close(sp._ctrl)
+        os.waitpid(sp.pid, 0)
+        assert orphaned.exists()  # the converter ran the recorder's clean-up (uprobes)
+    elif die:
         sp.abandon()
+        assert not orphaned.exists()  # a failing recorder cleans up itself
     else:
         sp.write({"kind": ["comm"], "time": [2], "pid": [9], "tid": [9], "comm": ["at-stop"]})
         sp.close()
@@ -85,14 +96,22 @@ def test_converter_clean_stop_leaves_one_file(tmp_path: Path) -> None:
     assert sorted(r["seq"] for r in s) == list(range(40)) + list(range(41, 81))
     assert {r["cpu"] for r in s} == {0} and len({r["stack_id"] for r in s}) == 1
     assert len(rec.table(["stack"]).to_pylist()) == 1
-    assert sorted(r["comm"] for r in rec.table(["comm"]).to_pylist()) == ["at-stop", "init-state"]
-    assert [(r["lost"], r["cpu"]) for r in rec.table(["lost"]).to_pylist()] == [(3, 1), (3, 1)]
-    c = rec.metadata["counts"]["kmem:kmalloc"]
-    assert (c["samples"], c["lost"], c["lost_records"]) == (80, 6, 6)
+    assert sorted(r["comm"] for r in rec.table(["comm"]).to_pylist()) == ["at-stop", "init-state",
+                                                                          "snap"]
+    # a LOST record is the ring's: no event (its id is whichever event wrote next)
+    assert [(r["lost"], r["cpu"], r["event"]) for r in rec.table(["lost"]).to_pylist()] == \
+        [(3, 1, None), (3, 1, None)]
+    meta = rec.metadata
+    c = meta["counts"]["kmem:kmalloc"]
+    assert (c["samples"], c["lost"]) == (80, 6) and "lost_records" not in c
+    assert meta["lost_by_ring"] == [{"ring": 1, "cpu": 1, "lost_records": 2, "lost": 6}]
+    assert meta["host"] == {"hostname": "xxx"} and "stopped" not in meta
+    assert meta["clock"]["stop_ns"] == 999  # the last record's time, though the recorder said 0
 
 
-def test_converter_saves_the_spool_when_the_recorder_dies(tmp_path: Path) -> None:
-    out, raws = _record_through_converter(tmp_path, die=True)
+@pytest.mark.parametrize("die", ["killed", True])
+def test_converter_saves_the_spool_when_the_recorder_dies(tmp_path: Path, die: bool | str) -> None:
+    out, raws = _record_through_converter(tmp_path, die=die)
     assert not out.exists() and not Path(str(out) + ".tmp").exists()
     parts = Path(str(out) + ".parts")
     assert not list(parts.glob("spool-*.bin"))  # every segment converted, even the unfinished one
@@ -100,6 +119,9 @@ def test_converter_saves_the_spool_when_the_recorder_dies(tmp_path: Path) -> Non
     assert rec.partial
     assert sorted(r["raw"] for r in rec.table(["sample"], ["raw"]).to_pylist()) == sorted(raws)
     assert rec.metadata["counts"]["kmem:kmalloc"]["samples"] == 80
+    # stale recorder metadata: the stop time still covers every record, and says why it stopped
+    assert rec.metadata["clock"]["stop_ns"] == 999
+    assert rec.metadata["stopped"] == ("recorder killed" if die == "killed" else "recorder failed")
 
 
 def test_converter_in_process_catch_up(tmp_path: Path) -> None:
