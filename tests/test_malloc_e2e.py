@@ -344,6 +344,9 @@ def test_sigkill_of_the_recorder_removes_its_probes(tmp_path) -> None:
                     os.kill(kid, signal.SIGKILL)
             except OSError:
                 pass
+    end = time.monotonic() + 30  # the probes go first; the converter then saves the spool
+    while open_recording(out).metadata.get("stopped") != "recorder killed" and time.monotonic() < end:
+        time.sleep(0.1)
     r = open_recording(out)
     assert r.partial and r.metadata["stopped"] == "recorder killed"
 
