@@ -97,6 +97,10 @@ def analyze(
         _fail(f"-i/--interval must be a positive number of milliseconds, not {interval}")
     a, stacks = _analysis(recording, alloc, free, than, comm=comm, verbose=verbose,
                           interval=interval, symfs=symfs)
+    if a.result.total_alloc == 0 and fmt == "text":  # perf-prof prints nothing then: say why
+        names = ", ".join(r.spec.full_name for r in a.roles if r.is_alloc)
+        sys.stderr.write(f"kmemleak-offline: note: no allocations to report ({names}: none "
+                         "recorded or all filtered out)\n")
     out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
     with _reader_may_leave():
         try:

@@ -698,3 +698,12 @@ def test_stop_time_older_than_the_last_sample_is_not_used_for_than(tmp_path, cap
     # the pipe alloc at 500 ms (200 ms old) is not
     code, out, err = run(capsys, "analyze", rec, "--than", "250ms")
     assert "Leak of 672 bytes in 3 objects" in out and "Leak of 1024 bytes" not in out
+
+
+def test_no_allocations_prints_nothing_like_perf_prof_and_says_why_on_stderr(tmp_path, capsys):
+    rec = build([Ev(5, 0, 100, 100, P(3), 64, "udp"), Ev(10, 0, 100, 100, P(1)),
+                 Ev(20, 0, 100, 100, P(2))], tmp_path / "f.parquet")
+    code, out, err = run(capsys, "analyze", rec, "--alloc", "kmem:kmalloc/bytes_alloc > 4096/")
+    assert code == 0 and out == ""  # perf-prof: no stats without allocations, no empty report
+    assert err == "kmemleak-offline: note: no allocations to report (kmem:kmalloc: none recorded " \
+                  "or all filtered out)\n"
