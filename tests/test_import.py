@@ -102,7 +102,7 @@ def test_event_counts_fields_and_times_match_perf_script(pipes_data: Path, pipes
     assert {k: v["samples"] for k, v in rec.metadata["counts"].items()} == dict(want)
     # timestamps: perf script prints sec.nsec of the same clock
     ptimes = sorted(int(m.group(1)) * 10**9 + int(m.group(2))
-                    for m in (re.search(r"\s(\d+)\.(\d{9}):", ln) for ln in lines))
+                    for m in (re.search(r"(?:^|\s)(\d+)\.(\d{9}):", ln) for ln in lines))
     assert sorted(t.column("time").to_pylist()) == ptimes
     # decoded ptr fields of each event equal what perf's own decoder prints
     ev = np.array(t.column("event").cast("string").to_pylist())
