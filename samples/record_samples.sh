@@ -13,6 +13,7 @@ trap 'rm -rf "$TMP"' EXIT
 gcc -O1 -fno-omit-frame-pointer -o "$TMP/pipes" "$HERE/tests/c/pipes.c"
 gcc -O1 -fno-omit-frame-pointer -pthread -o "$TMP/leaky" "$HERE/tests/c/leaky.c"
 cd "$HERE"
+rm -rf "$OUT/pipe-leak.parquet" "$OUT/malloc-leak.parquet"  # else record keeps them as *.old
 python -m kmemleak_offline.cli record --alloc kmem:kmalloc --free kmem:kfree -g --duration 1s \
     -o "$OUT/pipe-leak.parquet" -- "$TMP/pipes" 100 3
 python -m kmemleak_offline.cli record --malloc -g -o "$OUT/malloc-leak.parquet" -- "$TMP/leaky"
