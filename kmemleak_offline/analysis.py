@@ -295,12 +295,13 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     # lost windows are computed over every sample of the ring, before any filtering
     lost_t = loaded.side["lost"]
     l_cpu = _np(lost_t.column("cpu"), np.uint32)
-    l_ring = np.where(_np(lost_t.column("ring"), np.int64, -1) < 0, l_cpu,
-                      _np(lost_t.column("ring"), np.int64, -1)).astype(np.uint32)
+    l_ring = sm.ring_of(np.where(_np(lost_t.column("ring"), np.int64, -1) < 0, l_cpu,
+                                 _np(lost_t.column("ring"), np.int64, -1)))
     order = order_samples(sm.ring, sm.seq, sm.time)
     lost = lost_windows(order, sm.ring, sm.seq, l_ring, _np(lost_t.column("seq"), np.uint64),
                         _np(lost_t.column("lost"), np.uint64), _np(lost_t.column("time"), np.uint64),
                         int(meta["clock"].get("start_ns") or 0))
+    lost.cpu = l_cpu
 
     ksyms = KernelSymbols.from_table(loaded.side["ksym"])
     comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
@@ -406,7 +407,7 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     m = len(df)
     cpu = df["cpu"].to_numpy(np.uint32)
     ring = df["ring"].to_numpy(np.int64)
-    ring = np.where(ring < 0, cpu, ring).astype(np.uint32)
+    ring = sm.ring_of(np.where(ring < 0, cpu, ring))
     seq = df["seq"].to_numpy(np.uint64)
     o = order_samples(ring, seq, df["time"].to_numpy(np.uint64))
     role = np.array([names.index(e) if e in names else -1 for e in df["event"].astype(object)],

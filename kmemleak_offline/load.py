@@ -29,6 +29,9 @@ SIDE_COLUMNS = {
 SAMPLE_COLUMNS = ["time", "cpu", "ring", "seq", "pid", "tid", "event", "raw", "stack_id"]
 
 
+RING_ID_LIMIT = 1 << 16  # replay.ring_seq_key keeps the ring in 16 bits
+
+
 @dataclass
 class Samples:
     """Sample rows as columns; `event` as dictionary codes into `event_names`.
@@ -47,9 +50,19 @@ class Samples:
     event: np.ndarray  # int32 code into event_names, -1 = null
     event_names: list[str]
     raw: list[pa.Array] = field(default_factory=list)  # payload chunks, in row order
+    # rings are identified by small numbers (orderings key on (ring, seq) in 64 bits); a writer's
+    # large ring ids are renumbered: ring_ids[i] is the recording's id of ring i (None: as is)
+    ring_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.time)
+
+    def ring_of(self, ids: np.ndarray) -> np.ndarray:
+        """The ring numbers used here for ring ids as the recording writes them (e.g. lost rows)."""
+        ids = np.asarray(ids)
+        if self.ring_ids is None:
+            return ids.astype(np.uint32)
+        return np.searchsorted(self.ring_ids, ids.astype(np.uint64)).astype(np.uint32)
 
     @functools.cached_property
     def _chunks(self) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
@@ -146,4 +159,10 @@ def load(rec: Recording) -> Loaded:
     kinds = rest.column("kind")
     side = {kind: rest.select(kcols).filter(kind_mask(kinds, [kind]))
             for kind, kcols in SIDE_COLUMNS.items()}
+    if len(ring) and int(ring.max()) >= RING_ID_LIMIT:
+        lost = side["lost"]
+        l_ring = np.where(_np(lost.column("ring"), np.int64, -1) < 0, _np(lost.column("cpu"), np.int64),
+                          _np(lost.column("ring"), np.int64, -1)) if lost.num_rows else np.zeros(0, np.int64)
+        samples.ring_ids = np.unique(np.concatenate([ring.astype(np.uint64), l_ring.astype(np.uint64)]))
+        samples.ring = samples.ring_of(ring)
     return Loaded(samples=samples, side=side)

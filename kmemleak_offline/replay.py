@@ -26,6 +26,7 @@ class Lost:
     start: np.ndarray  # uint64 time of the last sample before it in its ring (or recording start)
     end: np.ndarray  # uint64 time of the first sample after it in its ring (U64_MAX if none)
     time: np.ndarray  # uint64 the LOST record's own time
+    cpu: np.ndarray | None = None  # the ring's CPU (None: the ring number is the CPU)
 
 
 @dataclass

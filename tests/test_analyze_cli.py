@@ -707,3 +707,27 @@ def test_no_allocations_prints_nothing_like_perf_prof_and_says_why_on_stderr(tmp
     assert code == 0 and out == ""  # perf-prof: no stats without allocations, no empty report
     assert err == "kmemleak-offline: note: no allocations to report (kmem:kmalloc: none recorded " \
                   "or all filtered out)\n"
+
+
+def test_large_ring_ids_analyse_like_small_ones(tmp_path, capsys):
+    """`ring` is any uint32 a writer chose (e.g. a thread id in per-task mode): ids past 16 bits
+    must order, pair with their lost rows and report exactly like ring numbers 0 and 1."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    small = build(EVENTS_C, tmp_path / "small.parquet", lost=LOST_C,
+                  comms=[(0, 100, 100, "python3", False)])
+    t = pq.read_table(small)
+    big = {0: 3_000_000_000, 1: 70_000}
+    cpu = t.column("cpu").to_pylist()
+    ring = [None if c is None else big[c] for c in cpu]
+    t = t.set_column(t.schema.get_field_index("ring"), "ring", pa.array(ring, pa.uint32()))
+    assert pc.max(t.column("ring")).as_py() == 3_000_000_000
+    large = tmp_path / "large.parquet"
+    pq.write_table(t, large)
+    for args in ([], ["--format", "json"], ["-v"], ["--than", "120ms"]):
+        a = run(capsys, "analyze", small, "--utc", *args)
+        b = run(capsys, "analyze", large, "--utc", *args)
+        assert a[0] == b[0] == 0
+        assert a[1].replace(str(small), "R") == b[1].replace(str(large), "R"), args
+        assert a[2] == b[2]
