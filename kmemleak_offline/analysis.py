@@ -82,12 +82,16 @@ class ReportView:
     num: int
     total_alloc: int
     total_free: int
-    lost_count: int
     positions: np.ndarray  # stream positions of the tree entries, (time, key) order
     selected: np.ndarray  # per entry: passes --than
     groups: list[Group]
     stream: Stream = field(repr=False, default=None)
     lost_detail: list[tuple[int, int]] = field(default_factory=list)  # (events, cpu) per window reclaimed here
+
+    @property
+    def lost_count(self) -> int:
+        """Events lost in the windows this (early) report reclaimed."""
+        return sum(count for count, _ in self.lost_detail)
 
     @functools.cached_property
     def entries(self) -> pd.DataFrame:
@@ -321,8 +325,7 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     used = stream.per_pos.get("stack_id", sm.stack_id)
     stacks = _stacks(loaded.side["stack"], used)
 
-    reports = [_report_view(r, stream, mode, per_task, opts, comms, lost.count, l_cpu)
-               for r in res.reports]
+    reports = [_report_view(r, stream, mode, per_task, opts, comms, lost) for r in res.reports]
     intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []
     counts = meta.get("counts") or {}
     lost_total = int(lost.count.sum()) if len(lost.count) else 0
@@ -479,7 +482,7 @@ def _stacks(t: pa.Table, ids: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOptions,
-                 comms: CommTimeline, lost_count: np.ndarray, lost_cpu: np.ndarray) -> ReportView:
+                 comms: CommTimeline, lost: Lost) -> ReportView:
     groups: list[Group] = []
     if mode == LEAKED_BYTES:
         pos = r.leaked[r.selected]
@@ -493,10 +496,10 @@ def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOpti
                             comms=comm_lists.get(g, []))
                       for g, b, o, p in _group_leaks(sid, size, pid)]
     return ReportView(reason=r.reason, time_ns=r.time_ns, position=r.position, num=len(r.leaked),
-                      total_alloc=r.total_alloc, total_free=r.total_free, lost_count=r.lost_count,
+                      total_alloc=r.total_alloc, total_free=r.total_free,
                       positions=r.leaked, selected=r.selected, groups=groups, stream=stream,
-                      lost_detail=[] if r.lost_idx is None else list(zip(
-                          lost_count[r.lost_idx].tolist(), lost_cpu[r.lost_idx].tolist())))
+                      lost_detail=list(zip(lost.count[r.lost_idx].tolist(),
+                                           lost.cpu_of_ring[r.lost_idx].tolist())))
 
 
 def _comm_lists(sid: np.ndarray, size: np.ndarray, pid: np.ndarray, time: np.ndarray,

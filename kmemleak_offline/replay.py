@@ -28,6 +28,10 @@ class Lost:
     time: np.ndarray  # uint64 the LOST record's own time
     cpu: np.ndarray | None = None  # the ring's CPU (None: the ring number is the CPU)
 
+    @property
+    def cpu_of_ring(self) -> np.ndarray:
+        return self.ring if self.cpu is None else self.cpu
+
 
 @dataclass
 class Report:
@@ -40,8 +44,8 @@ class Report:
     selected: np.ndarray  # bool per leaked entry: passes --than
     total_alloc: int
     total_free: int
-    lost_count: int = 0  # events lost in the windows that triggered it
-    lost_idx: np.ndarray | None = None  # those windows (indices into `lost`), in reclaim order
+    lost_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # windows that
+    # triggered it (indices into `lost`), in perf-prof's reclaim order; empty for the final report
 
 
 @dataclass
@@ -217,7 +221,7 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
 
     # lost windows: drop (start, end) exclusive from every ring; report at the first sample after start
     w = np.argsort(lost.start, kind="stable")
-    ws, we, wc = lost.start[w], lost.end[w], lost.count[w]
+    ws, we = lost.start[w], lost.end[w]
     first_after = np.searchsorted(t, ws, side="right")  # first stream pos with time > start
     last_in = np.searchsorted(t, we, side="left")  # first pos with time >= end
     kept = np.ones(n, bool)
@@ -232,12 +236,9 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
 
     # report points: each window with a sample after its start triggers one at that sample
     trig = first_after[first_after < n]
-    trig_counts = wc[first_after < n]
     report_pos, inv = np.unique(trig, return_inverse=True) if len(trig) else (np.zeros(0, np.int64), None)
-    lost_per_report = np.zeros(len(report_pos), dtype=np.uint64)
     windows_of: list[np.ndarray] = []  # per report: its windows, ascending start (perf-prof's queue)
     if len(trig):
-        np.add.at(lost_per_report, inv, trig_counts)
         by_report = np.argsort(inv, kind="stable")
         windows_of = np.split(w[first_after < n][by_report], np.cumsum(np.bincount(inv))[:-1])
 
@@ -275,8 +276,7 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
         tf = sum(seg_free[: i + 1])
         reports.append(Report(reason="final" if final else "lost", time_ns=ref, position=int(pos),
                               leaked=entries, selected=selected, total_alloc=ta, total_free=tf,
-                              lost_count=0 if final else int(lost_per_report[i]),
-                              lost_idx=None if final else windows_of[i]))
+                              **({} if final else {"lost_idx": windows_of[i]})))
     return ReplayResult(order=np.arange(n), time=t, kept=kept, reports=reports,
                         total_alloc=sum(seg_alloc), total_free=sum(seg_free), lost=lost, death=death)
 

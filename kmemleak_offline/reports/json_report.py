@@ -55,7 +55,7 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
         "stats": {"total_alloc": a.result.total_alloc, "total_free": a.result.total_free,
                   "lost_events": a.lost_total},
         "reports": reports,
-        "lost": [{"cpu": int((lost.ring if lost.cpu is None else lost.cpu)[i]), "count": int(lost.count[i]),
+        "lost": [{"cpu": int(lost.cpu_of_ring[i]), "count": int(lost.count[i]),
                   "start_ns": int(lost.start[i]),
                   "end_ns": None if int(lost.end[i]) == 0xFFFFFFFFFFFFFFFF else int(lost.end[i])}
                  for i in range(len(lost.count))],
