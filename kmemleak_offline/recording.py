@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -80,6 +81,13 @@ def new_metadata(producer: str) -> dict[str, Any]:
         "counts": {},
         "probes": [],
     }
+
+
+def const_column(value: str | None, n: int) -> pa.Array:
+    """A `kind`/`event`-typed column holding one value n times (no Python list of n strings)."""
+    if value is None:
+        return pa.nulls(n, _DICT)
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
 
 
 def to_table(columns: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> pa.Table:
@@ -357,7 +365,6 @@ def _read_kinds(path: Path, pf: pq.ParquetFile, kinds: list[str], columns: list[
     """Rows of the given kinds, reading only the row groups that hold some. Writers put samples and
     side-band rows in row groups of their own, so the `kind` statistics usually settle a group;
     the `kind` column is read only for groups they do not (mixed kinds, no statistics)."""
-    import numpy as np
 
     md = pf.metadata
     col = next((j for j in range(md.num_columns) if md.schema.column(j).path == "kind"), None)
@@ -394,7 +401,6 @@ def _read_kinds(path: Path, pf: pq.ParquetFile, kinds: list[str], columns: list[
 
 def kind_mask(col: pa.ChunkedArray, kinds: list[str]) -> pa.Array:
     """Rows whose `kind` is one of `kinds`, via dictionary indices (no per-row strings)."""
-    import numpy as np
 
     parts = []
     for chunk in col.chunks:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import tracefs
-from .recording import new_metadata, write_recording
+from .recording import const_column, new_metadata, write_recording
 
 PERF_CONTEXT_KERNEL = 0xFFFFFFFFFFFFFF80
 PERF_CONTEXT_USER = 0xFFFFFFFFFFFFFE00
@@ -222,13 +222,6 @@ def kernel_symbols(n_funcs: int, seed: int) -> tuple[np.ndarray, list[str]]:
 # ----------------------------------------------------------------------------- builder
 
 
-def _dict_const(value: str | None, n: int) -> pa.Array:
-    """A dictionary<int32, string> column holding one value n times (no Python list of n)."""
-    if value is None:
-        return pa.nulls(n, pa.dictionary(pa.int32(), pa.string()))
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
-
-
 def _opt_u32(v: Any, n: int, what: str) -> pa.Array:
     """uint32 column where negative values (or None) mean null."""
     if v is None:
@@ -326,7 +319,7 @@ class RecordingBuilder:
 
     def _add_side(self, kind: str, n: int, cols: dict[str, Any]) -> None:
         cols = {k: v for k, v in cols.items() if v is not None}
-        cols["kind"] = _dict_const(kind, n)
+        cols["kind"] = const_column(kind, n)
         self._side.append(cols)
 
     @staticmethod
@@ -417,8 +410,8 @@ class RecordingBuilder:
         segment_ns of sample time, ring after ring (ascending), each ring's rows in seq order -
         what `record` writes (its converter splits each ~1 s spool segment ring by ring)."""
         if segment_ns is None or not self._samples:
-            return [{"kind": _dict_const("sample", len(r["time"])),
-                     "event": _dict_const(r["event"], len(r["time"])),
+            return [{"kind": const_column("sample", len(r["time"])),
+                     "event": const_column(r["event"], len(r["time"])),
                      "time": r["time"], "cpu": r["cpu"], "ring": r["ring"], "seq": r["seq"],
                      "pid": r["pid"], "tid": r["tid"], "stack_id": r["stack_id"], "raw": r["raw"]}
                     for r in self._samples]
@@ -441,7 +434,7 @@ class RecordingBuilder:
             o = order[lo: lo + _CHUNK]
             m = len(o)
             po = pa.array(o)
-            out.append({"kind": _dict_const("sample", m),
+            out.append({"kind": const_column("sample", m),
                         "event": pa.DictionaryArray.from_arrays(pa.array(event[o]), pa.array(names)),
                         **{c: v[o] for c, v in cat.items()},
                         "ring": None if ring is None else pa.array(ring[o].astype(np.uint32), mask=ring[o] < 0),
@@ -452,7 +445,7 @@ class RecordingBuilder:
         out: list[dict[str, Any]] = self._sample_tables(segment_ns)
         for r in self._lost:
             n = len(r["time"])
-            out.append({"kind": _dict_const("lost", n), "event": _dict_const(r["event"], n),
+            out.append({"kind": const_column("lost", n), "event": const_column(r["event"], n),
                         "time": r["time"], "cpu": r["cpu"], "ring": r["ring"], "seq": r["seq"],
                         "lost": r["lost"]})
         if self._stacks:
@@ -460,7 +453,7 @@ class RecordingBuilder:
             lens = np.array([len(c) for c in chains], np.int64)
             offsets = np.r_[0, np.cumsum(lens)].astype(np.int32)
             words = np.array([w for c in chains for w in c], np.uint64)
-            out.append({"kind": _dict_const("stack", len(chains)),
+            out.append({"kind": const_column("stack", len(chains)),
                         "stack_id": np.array(list(self._stacks.values()), np.uint32),
                         "callchain": pa.ListArray.from_arrays(pa.array(offsets), pa.array(words))})
         out.extend(self._side)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from kmemleak_offline.recording import const_column
 from recorder import perf_event as pe
 
 _STR_DICT = pa.dictionary(pa.int32(), pa.string())
@@ -205,7 +206,7 @@ class Splitter:
         valid = np.zeros(n, dtype=bool)
         valid[cc_idx] = True
         rows = {
-            "kind": _dict_array(np.zeros(n), ["sample"]),
+            "kind": const_column("sample", n),
             "time": pa.array(time, pa.uint64()),
             "cpu": pa.array(cpu, pa.uint32()),
             "ring": pa.array(np.full(n, batch.ring, np.uint32)) if self.per_task else None,
@@ -247,7 +248,7 @@ class Splitter:
         loffs = np.zeros(len(new) + 1, dtype=np.int32)
         np.cumsum(lens, out=loffs[1:])
         return {
-            "kind": _dict_array(np.zeros(len(new)), ["stack"]),
+            "kind": const_column("stack", len(new)),
             "stack_id": pa.array(np.arange(first, first + len(new), dtype=np.uint32)),
             "callchain": pa.ListArray.from_arrays(
                 pa.array(loffs), pa.array(np.frombuffer(b"".join(new), dtype=np.uint64), pa.uint64())),

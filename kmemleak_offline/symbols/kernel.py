@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kmemleak_offline.recording import const_column
+
 
 class KernelSymbols:
     """Sorted kallsyms snapshot; resolve many addresses at once."""
@@ -76,6 +78,5 @@ def ksym_rows(text: bytes) -> dict[str, pa.Array]:
         addrs.append(int(parts[0], 16))
         names.append(parts[2].decode(errors="replace"))
         mods.append(parts[3].strip(b"[]").decode() if len(parts) > 3 else None)
-    kind = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(addrs), np.int32)), pa.array(["ksym"]))
-    return {"kind": kind, "addr": pa.array(addrs, pa.uint64()), "name": pa.array(names, pa.string()),
+    return {"kind": const_column("ksym", len(addrs)), "addr": pa.array(addrs, pa.uint64()), "name": pa.array(names, pa.string()),
             "module": pa.array(mods, pa.string())}
