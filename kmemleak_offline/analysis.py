@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from . import expr as exprmod
 from . import spec as specmod
-from .load import Samples, _np, load
+from .load import Samples, column_array, load
 from .malloc import MallocError, is_malloc_recording, malloc_events
 from .malloc import summary as malloc_summary
 from .recording import Recording
@@ -298,12 +298,12 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
 
     # lost windows are computed over every sample of the ring, before any filtering
     lost_t = loaded.side["lost"]
-    l_cpu = _np(lost_t.column("cpu"), np.uint32)
-    l_ring = sm.ring_of(np.where(_np(lost_t.column("ring"), np.int64, -1) < 0, l_cpu,
-                                 _np(lost_t.column("ring"), np.int64, -1)))
+    l_cpu = column_array(lost_t.column("cpu"), np.uint32)
+    l_ring = sm.ring_of(np.where(column_array(lost_t.column("ring"), np.int64, -1) < 0, l_cpu,
+                                 column_array(lost_t.column("ring"), np.int64, -1)))
     order = order_samples(sm.ring, sm.seq, sm.time)
-    lost = lost_windows(order, sm.ring, sm.seq, l_ring, _np(lost_t.column("seq"), np.uint64),
-                        _np(lost_t.column("lost"), np.uint64), _np(lost_t.column("time"), np.uint64),
+    lost = lost_windows(order, sm.ring, sm.seq, l_ring, column_array(lost_t.column("seq"), np.uint64),
+                        column_array(lost_t.column("lost"), np.uint64), column_array(lost_t.column("time"), np.uint64),
                         int(meta["clock"].get("start_ns") or 0))
     lost.cpu = l_cpu
 
@@ -472,7 +472,7 @@ def _stacks(t: pa.Table, ids: np.ndarray) -> dict[int, np.ndarray]:
     want = _used_ids(ids)
     if not len(want) or not t.num_rows:
         return {}
-    sid = _np(t.column("stack_id"), np.int64, -1)
+    sid = column_array(t.column("stack_id"), np.int64, -1)
     mask = np.isin(sid, want)
     chains = t.column("callchain").filter(pa.array(mask)).combine_chunks()
     sid = sid[mask]

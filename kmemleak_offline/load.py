@@ -109,7 +109,8 @@ class Loaded:
     side: dict[str, pa.Table]
 
 
-def _np(col: pa.ChunkedArray, dtype, fill: int = 0) -> np.ndarray:
+def column_array(col: pa.ChunkedArray | pa.Array, dtype, fill: int = 0) -> np.ndarray:
+    """An Arrow column as numpy `dtype`, nulls as `fill` (a negative fill works on unsigned columns)."""
     if col.null_count:
         col = col.cast(pa.int64()).fill_null(fill) if fill < 0 else col.fill_null(fill)
     return col.to_numpy().astype(dtype, copy=False)
@@ -140,18 +141,18 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 def load(rec: Recording) -> Loaded:
     """Sample columns, then the side-band rows (readers skip the row groups of the other)."""
     t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
-    cpu = _np(t.column("cpu"), np.uint32)
+    cpu = column_array(t.column("cpu"), np.uint32)
     ring_col = t.column("ring")
     if ring_col.null_count == len(ring_col):
         ring = cpu
     else:
-        r = _np(ring_col, np.int64, -1)
+        r = column_array(ring_col, np.int64, -1)
         ring = np.where(r < 0, cpu, r).astype(np.uint32)
     ev, names = _codes(t.column("event"))
     samples = Samples(
-        time=_np(t.column("time"), np.uint64), cpu=cpu, ring=ring, seq=_np(t.column("seq"), np.uint64),
-        pid=_np(t.column("pid"), np.int32), tid=_np(t.column("tid"), np.int32),
-        stack_id=_np(t.column("stack_id"), np.int64, -1), event=ev, event_names=names,
+        time=column_array(t.column("time"), np.uint64), cpu=cpu, ring=ring, seq=column_array(t.column("seq"), np.uint64),
+        pid=column_array(t.column("pid"), np.int32), tid=column_array(t.column("tid"), np.int32),
+        stack_id=column_array(t.column("stack_id"), np.int64, -1), event=ev, event_names=names,
         raw=list(t.column("raw").chunks),
     )
     cols = list(dict.fromkeys(["kind"] + [c for cs in SIDE_COLUMNS.values() for c in cs]))
@@ -161,8 +162,8 @@ def load(rec: Recording) -> Loaded:
             for kind, kcols in SIDE_COLUMNS.items()}
     if len(ring) and int(ring.max()) >= RING_ID_LIMIT:
         lost = side["lost"]
-        l_ring = np.where(_np(lost.column("ring"), np.int64, -1) < 0, _np(lost.column("cpu"), np.int64),
-                          _np(lost.column("ring"), np.int64, -1)) if lost.num_rows else np.zeros(0, np.int64)
+        l_ring = np.where(column_array(lost.column("ring"), np.int64, -1) < 0, column_array(lost.column("cpu"), np.int64),
+                          column_array(lost.column("ring"), np.int64, -1)) if lost.num_rows else np.zeros(0, np.int64)
         samples.ring_ids = np.unique(np.concatenate([ring.astype(np.uint64), l_ring.astype(np.uint64)]))
         samples.ring = samples.ring_of(ring)
     return Loaded(samples=samples, side=side)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from kmemleak_offline.load import column_array
 from kmemleak_offline.recording import to_table
 from kmemleak_offline.symbols.elf import SymbolTable, debug_candidates, load_symbols, read_build_id
 
@@ -42,14 +43,6 @@ def _segment_offsets(names: np.ndarray, pgoff: np.ndarray, has_pgoff: np.ndarray
             out[i] = int(name.split("offset=", 1)[1].rstrip("]"), 16)
     return out
 _CHUNK = 4096
-
-
-def _np(col: Any, dtype: Any, fill: int = 0) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray | pa.Array):
-        if col.null_count:
-            col = col.fill_null(fill)
-        return np.asarray(col.to_numpy(zero_copy_only=False)).astype(dtype)
-    return np.asarray(col).astype(dtype)
 
 
 def _pylist(col: Any) -> list:
@@ -98,11 +91,11 @@ class UserSymbolizer:
         files = _pylist(m.column("filename"))
         keep = np.array([isinstance(f, str) and f.startswith("/") for f in files], bool)
         idx = np.flatnonzero(keep)
-        self.m_pid = _np(m.column("pid"), np.int64)[idx]
-        self.m_start = _np(m.column("addr"), np.uint64)[idx]
-        self.m_end = self.m_start + _np(m.column("len"), np.uint64)[idx]
-        self.m_pgoff = _np(m.column("pgoff"), np.uint64)[idx]
-        self.m_time = _np(m.column("time"), np.uint64)[idx]
+        self.m_pid = column_array(m.column("pid"), np.int64)[idx]
+        self.m_start = column_array(m.column("addr"), np.uint64)[idx]
+        self.m_end = self.m_start + column_array(m.column("len"), np.uint64)[idx]
+        self.m_pgoff = column_array(m.column("pgoff"), np.uint64)[idx]
+        self.m_time = column_array(m.column("time"), np.uint64)[idx]
         bids = _pylist(m.column("build_id"))
         self.m_file = np.array([files[i] for i in idx], dtype=object)
         self.m_bid = np.array([bids[i] or None for i in idx], dtype=object)
@@ -127,11 +120,11 @@ class UserSymbolizer:
         ok = np.array([bid is None or b is None or b == bid for b in rbids], bool)
         if not ok.any():
             return None
-        addr = _np(t.column("addr"), np.uint64)
-        ln = _np(t.column("len"), np.uint64)
+        addr = column_array(t.column("addr"), np.uint64)
+        ln = column_array(t.column("len"), np.uint64)
         seg = ok & np.array([str(nm).startswith(SEGMENT_PREFIX) for nm in names], bool)
         sym = ok & ~seg
-        pg = _segment_offsets(names[seg], _np(t.column("pgoff"), np.uint64)[seg],
+        pg = _segment_offsets(names[seg], column_array(t.column("pgoff"), np.uint64)[seg],
                               t.column("pgoff").is_valid().to_numpy(zero_copy_only=False)[seg])
         segments = np.stack([addr[seg], ln[seg], pg, ln[seg]], axis=1)
         return SymbolTable.build(addr[sym], ln[sym], names[sym], segments)
