@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from . import expr as exprmod
 from . import spec as specmod
-from .load import Samples, column_array, load
+from .load import Samples, column_array, load, ring_ids
 from .malloc import MallocError, is_malloc_recording, malloc_events
 from .malloc import summary as malloc_summary
 from .recording import Recording
@@ -299,8 +299,7 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     # lost windows are computed over every sample of the ring, before any filtering
     lost_t = loaded.side["lost"]
     l_cpu = column_array(lost_t.column("cpu"), np.uint32)
-    l_ring = sm.ring_of(np.where(column_array(lost_t.column("ring"), np.int64, -1) < 0, l_cpu,
-                                 column_array(lost_t.column("ring"), np.int64, -1)))
+    l_ring = sm.ring_of(ring_ids(lost_t))
     order = order_samples(sm.ring, sm.seq, sm.time)
     lost = lost_windows(order, sm.ring, sm.seq, l_ring, column_array(lost_t.column("seq"), np.uint64),
                         column_array(lost_t.column("lost"), np.uint64), column_array(lost_t.column("time"), np.uint64),

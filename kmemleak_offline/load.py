@@ -138,19 +138,24 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     return out, names
 
 
+def ring_ids(table: pa.Table) -> np.ndarray:
+    """The ring of each row as the recording names it: `ring`, or the CPU where it is null."""
+    cpu = column_array(table.column("cpu"), np.int64)
+    ring = table.column("ring")
+    if ring.null_count == len(ring):
+        return cpu
+    r = column_array(ring, np.int64, -1)
+    return np.where(r < 0, cpu, r)
+
+
 def load(rec: Recording) -> Loaded:
     """Sample columns, then the side-band rows (readers skip the row groups of the other)."""
     t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
-    cpu = column_array(t.column("cpu"), np.uint32)
-    ring_col = t.column("ring")
-    if ring_col.null_count == len(ring_col):
-        ring = cpu
-    else:
-        r = column_array(ring_col, np.int64, -1)
-        ring = np.where(r < 0, cpu, r).astype(np.uint32)
+    ring = ring_ids(t)
     ev, names = _codes(t.column("event"))
     samples = Samples(
-        time=column_array(t.column("time"), np.uint64), cpu=cpu, ring=ring, seq=column_array(t.column("seq"), np.uint64),
+        time=column_array(t.column("time"), np.uint64), cpu=column_array(t.column("cpu"), np.uint32),
+        ring=ring.astype(np.uint32), seq=column_array(t.column("seq"), np.uint64),
         pid=column_array(t.column("pid"), np.int32), tid=column_array(t.column("tid"), np.int32),
         stack_id=column_array(t.column("stack_id"), np.int64, -1), event=ev, event_names=names,
         raw=list(t.column("raw").chunks),
@@ -161,9 +166,7 @@ def load(rec: Recording) -> Loaded:
     side = {kind: rest.select(kcols).filter(kind_mask(kinds, [kind]))
             for kind, kcols in SIDE_COLUMNS.items()}
     if len(ring) and int(ring.max()) >= RING_ID_LIMIT:
-        lost = side["lost"]
-        l_ring = np.where(column_array(lost.column("ring"), np.int64, -1) < 0, column_array(lost.column("cpu"), np.int64),
-                          column_array(lost.column("ring"), np.int64, -1)) if lost.num_rows else np.zeros(0, np.int64)
-        samples.ring_ids = np.unique(np.concatenate([ring.astype(np.uint64), l_ring.astype(np.uint64)]))
+        every = np.concatenate([ring, ring_ids(side["lost"])]).astype(np.uint64)
+        samples.ring_ids = np.unique(every)
         samples.ring = samples.ring_of(ring)
     return Loaded(samples=samples, side=side)
