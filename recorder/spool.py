@@ -56,13 +56,6 @@ def frame_spans(buf: bytes | mmap.mmap) -> Iterator[tuple[int, int, int, int]]:
         off += hsize + ((n + 7) & ~7)
 
 
-def frames(buf: bytes) -> Iterator[tuple[int, int, memoryview]]:
-    """(ring, kind, payload) of each complete frame."""
-    mv = memoryview(buf)
-    for ring, kind, start, n in frame_spans(buf):
-        yield ring, kind, mv[start: start + n]
-
-
 class Converter:
     """Child side: spool segments -> Splitter rows -> one Parquet part per segment; at a clean
     stop the writer stitches the parts' row groups into the single file (no re-encoding).

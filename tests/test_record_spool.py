@@ -17,7 +17,7 @@ from kmemleak_offline.recording import RecordingWriter, new_metadata, open_recor
 from recorder import perf_event as pe
 from recorder.records import RingBatch, Splitter, _boundaries
 from recorder.ring import FRAME, Ring
-from recorder.spool import DATA, Converter, SpooledRecording, frames, segment_path
+from recorder.spool import DATA, Converter, SpooledRecording, frame_spans, segment_path
 from tests.test_record_split import EVENTS, _lost, _sample
 
 CHAIN = [2**64 - 128, 0xFFFFFFFF81000010]
@@ -38,7 +38,7 @@ def _ring_bytes(first_ptr: int, n: int) -> tuple[bytes, list[bytes]]:
 
 def test_frames_drop_a_torn_last_frame() -> None:
     buf = FRAME.pack(1, DATA, 3) + b"abc" + FRAME.pack(0, DATA, 10) + b"xyz"
-    got = [(r, k, bytes(p)) for r, k, p in frames(buf)]
+    got = [(r, k, buf[s:s + n]) for r, k, s, n in frame_spans(buf)]
     assert got == [(1, DATA, b"abc")]
 
 
@@ -160,9 +160,10 @@ def test_drain_to_copies_a_wrapping_ring_exactly(tmp_path: Path) -> None:
         ring.close()
         os.close(fd)
         os.close(out)
-    fr = list(frames(spool.read_bytes()))
-    assert fr and all(r == 7 and k == DATA for r, k, _ in fr)
-    data = b"".join(bytes(p) for _, _, p in fr)
+    raw = spool.read_bytes()
+    fr = list(frame_spans(raw))
+    assert fr and all(r == 7 and k == DATA for r, k, _, _ in fr)
+    data = b"".join(raw[s:s + n] for _, _, s, n in fr)
     assert len(data) == ring.bytes_read > 4 * 4096  # wrapped several times
     h = memoryview(data).cast("H")
     off, kinds = 0, set()
