@@ -146,11 +146,8 @@ def _arrow_schema_kv(meta: Mapping[str, Any]) -> dict[bytes, bytes]:
     return {**kv, b"ARROW:schema": base64.b64encode(ipc)}
 
 
-def _write_grouped(w: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int) -> int:
-    """Sample rows in row groups of their own, then every other row: readers skip by row group.
-
-    Tables are chained, not combined: copying every payload again cost as much as encoding it.
-    """
+def _by_kind(tables: list[pa.Table]) -> tuple[list[pa.Table], list[pa.Table]]:
+    """(the sample rows, every other row) of some tables, empty pieces left out."""
     samples, side = [], []
     for t in tables:
         s, o = split_samples(t)
@@ -158,10 +155,13 @@ def _write_grouped(w: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: 
             samples.append(s)
         if o.num_rows:
             side.append(o)
-    for group in (samples, side):
-        if group:
-            w.write_table(pa.concat_tables(group), row_group_size=row_group_rows)
-    return sum(t.num_rows for t in tables)
+    return samples, side
+
+
+def _write_rows(w: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int) -> None:
+    """Tables are chained, not combined: copying every payload again cost as much as encoding it."""
+    if tables:
+        w.write_table(pa.concat_tables(tables), row_group_size=row_group_rows)
 
 
 class RecordingWriter:
@@ -186,7 +186,6 @@ class RecordingWriter:
         self._side: list[pa.Table] = []  # side-band rows, written after the samples
         self._writer: pq.ParquetWriter | None = None
         self._part_no = 0
-        self.rows_written = 0
         self.closed = False
         if parts:
             self.parts_dir = Path(str(self.path) + PARTS_SUFFIX)
@@ -217,13 +216,10 @@ class RecordingWriter:
 
     def _flush_single(self) -> None:
         """Samples go to row groups of their own; side-band rows wait for close()."""
-        for t in self._take_pending():
-            samples, side = split_samples(t)
-            if samples.num_rows:
-                self._open_single().write_table(samples, row_group_size=self.row_group_rows)
-            if side.num_rows:
-                self._side.append(side)
-            self.rows_written += t.num_rows
+        samples, side = _by_kind(self._take_pending())
+        if samples:
+            _write_rows(self._open_single(), samples, self.row_group_rows)
+        self._side.extend(side)
 
     def flush_part(self) -> Path | None:
         """Parts mode: write what is queued as one complete part file (atomically renamed)."""
@@ -233,7 +229,8 @@ class RecordingWriter:
         final = self.parts_dir / f"part-{self._part_no:05d}.parquet"
         tmp = self.parts_dir / f".part-{self._part_no:05d}.tmp"
         w = parquet_writer(tmp, SCHEMA, self.compression)
-        self.rows_written += _write_grouped(w, tables, self.row_group_rows)
+        for rows in _by_kind(tables):  # samples in row groups of their own: readers skip by group
+            _write_rows(w, rows, self.row_group_rows)
         w.add_key_value_metadata(_encode_meta(self.metadata))
         w.close()
         os.replace(tmp, final)
@@ -257,8 +254,7 @@ class RecordingWriter:
             return self.path
         self._flush_single()
         if self._side:
-            _write_grouped(self._open_single(), self._side, self.row_group_rows)
-            self.rows_written += sum(t.num_rows for t in self._side)
+            _write_rows(self._open_single(), self._side, self.row_group_rows)
             self._side.clear()
         w = self._open_single()
         w.add_key_value_metadata(_encode_meta(self.metadata))
