@@ -73,7 +73,7 @@ class Ordering:
     ring_time: np.ndarray  # clamped times in by_ring order
     stream: np.ndarray  # rows in (clamped time, ring, seq) order
     time: np.ndarray  # clamped times in stream order
-    bounds: np.ndarray | None = None  # by_ring index where each ring starts (+ n at the end)
+    bounds: np.ndarray  # by_ring index where ring r starts, for r = 0..max ring (+ n at the end)
 
     def clamped(self) -> np.ndarray:
         """Clamped time per input row."""
@@ -158,8 +158,8 @@ def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.
     m = len(order.by_ring)
     if n and m:
         # position of each loss in (ring, seq) order = samples of lower rings + samples of its ring
-        # with a lower seq. Few losses: count with masks; many: one sorted key array.
-        if n <= 64 and order.bounds is not None:  # binary search of each ring's seqs in place
+        # with a lower seq. Few losses: a binary search per loss; many: one sorted key array.
+        if n <= 64:  # binary search of each ring's seqs in place
             b = order.bounds
             nb = len(b) - 1
             lr = l_ring.astype(np.int64)
@@ -167,12 +167,6 @@ def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.
             ring_end = np.where(lr < nb, b[np.minimum(lr + 1, nb)], m)
             pos = np.array([_first_seq_at_least(order.by_ring, seq, lo, hi, q) for lo, hi, q in
                             zip(ring_first.tolist(), ring_end.tolist(), l_seq.tolist())], np.int64)
-        elif n <= 64:
-            ring_start = np.concatenate(([0], np.cumsum(np.bincount(ring, minlength=int(l_ring.max()) + 1))))
-            pos = np.array([ring_start[r] + np.count_nonzero((ring == r) & (seq < q))
-                            for r, q in zip(l_ring.tolist(), l_seq.tolist())], dtype=np.int64)
-            ring_end = ring_start[l_ring.astype(np.int64) + 1]
-            ring_first = ring_start[l_ring.astype(np.int64)]
         else:
             skey_s = ring_seq_key(ring[order.by_ring], seq[order.by_ring])  # ascending
             pos = np.searchsorted(skey_s, ring_seq_key(l_ring, l_seq), side="left")
