@@ -189,3 +189,15 @@ def test_live_allocs_packed_sort_and_hash_paths_agree(keys: str) -> None:
             assert np.array_equal(_live_allocs(k2, alloc), _live_allocs_naive(k2, alloc))
         alloc = rng.random(n) < 0.6
         assert np.array_equal(_live_allocs(k, alloc), _live_allocs_naive(k, alloc)), (keys, n)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_reference_with_many_losses(seed):
+    """More than 64 LOST records: lost_windows places them with one sorted key array instead of a
+    binary search per loss; both must give the reference's windows and reports."""
+    rng = np.random.default_rng(100 + seed)
+    samples, losts = random_case(rng, 400, nrings=3, nkeys=30, nlost=int(rng.integers(65, 120)),
+                                 tmax=2000)
+    assert len(losts) > 64
+    want = normalise(reference_replay(samples, losts, 0, 2500, 0))
+    assert run_vectorised(samples, losts, 0, 2500, 0) == want
