@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from . import expr as exprmod
 from . import spec as specmod
-from .load import Samples, column_array, load, ring_ids
+from .load import RING_ID_LIMIT, Samples, column_array, load, load_side, ring_ids
 from .malloc import MallocError, is_malloc_recording, malloc_events
 from .malloc import summary as malloc_summary
 from .recording import Recording
@@ -46,6 +46,12 @@ class AnalyzeOptions:
     verbose: int = 0
     interval_ms: int | None = None
     warn: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+    jobs: int | None = None  # worker processes (None: all cores)
+    tmpdir: str | None = None  # parent folder of spill files (None: TMPDIR)
+    progress: bool | None = None  # progress bar on stderr (None: when it is a terminal)
+    in_memory: bool = False  # the whole-recording path (always for -vv and --malloc recordings)
+    partitions: int | None = None  # key partitions (None: from the recording's size)
+    scan_ranges: int | None = None  # row-group runs read in parallel (None: from the size)
 
 
 @dataclass
@@ -173,6 +179,7 @@ class Analysis:
     lost_total: int
     warnings: list[str]
     expansions: list[tuple[str, str]] = field(default_factory=list)  # --alloc/--free lists, expanded
+    engine: str = "in-memory"  # or "streaming" (engine/): which path analysed it
 
     @property
     def start_ns(self) -> int:
@@ -289,16 +296,46 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     mode = LEAKED_BYTES if all(r.size is not None for r in roles if r.is_alloc) else EVENT_LIST
     options = meta.get("options") or {}
     per_task = bool(options.get("pids") or options.get("tids") or options.get("command"))
+    malloc = is_malloc_recording(meta) and not (opts.alloc or opts.free)
+    side = load_side(rec)
+    ksyms = KernelSymbols.from_table(side["ksym"])
+    comms = CommTimeline(side["comm"], side["fork"])
+    lost_t = side["lost"]
+    l_cpu = column_array(lost_t.column("cpu"), np.uint32)
+    common = dict(recording=rec, metadata=meta, roles=roles, per_task=per_task, ksyms=ksyms,
+                  comms=comms, side=side, warnings=warnings, expansions=expansions)
+    a = None
+    if not (malloc or opts.in_memory or opts.verbose >= 2):
+        a = _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu, common)
+    if a is None:
+        a = _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, side,
+                       l_cpu, common)
+    return a
 
-    loaded = load(rec)
+
+def _lost_total(lost: Lost, meta: dict) -> int:
+    counts = meta.get("counts") or {}
+    total = int(lost.count.sum()) if len(lost.count) else 0
+    return max(total, sum(int((c or {}).get("lost") or 0) for c in counts.values()))
+
+
+def _expr_env(ksyms: KernelSymbols, comms: CommTimeline, stop_ns: int) -> exprmod.ExprEnv:
+    return exprmod.ExprEnv(ksymbol=ksyms.names_only, comm_get=lambda pids: comms.comm(
+        pids, np.full(len(pids), stop_ns, np.uint64)).astype("S"))
+
+
+def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, side, l_cpu,
+               common) -> Analysis:
+    """The whole recording's samples in memory: -vv (every sample, in stream order), --malloc
+    recordings, and files whose rings are not in seq order."""
+    loaded = load(rec, side)
     sm = loaded.samples
     # role code of each event name (its first role, as in perf-prof); the last entry is for nulls
     role_lut = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
                         np.int32)
 
     # lost windows are computed over every sample of the ring, before any filtering
-    lost_t = loaded.side["lost"]
-    l_cpu = column_array(lost_t.column("cpu"), np.uint32)
+    lost_t = side["lost"]
     l_ring = sm.ring_of(ring_ids(lost_t))
     order = order_samples(sm.ring, sm.seq, sm.time)
     lost = lost_windows(order, sm.ring, sm.seq, l_ring, column_array(lost_t.column("seq"), np.uint64),
@@ -306,55 +343,180 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
                         int(meta["clock"].get("start_ns") or 0))
     lost.cpu = l_cpu
 
-    ksyms = KernelSymbols.from_table(loaded.side["ksym"])
-    comms = CommTimeline(loaded.side["comm"], loaded.side["fork"])
     # a killed recorder's metadata may predate its last samples: the final report is never
     # earlier than the last sample (else --than would see young allocations as old)
     stop_ns = max(int(meta["clock"].get("stop_ns") or 0), int(sm.time.max(initial=0)))
-    if is_malloc_recording(meta) and not (opts.alloc or opts.free):
+    if malloc:
         mode = LEAKED_BYTES
         stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn)
     else:
-        env = exprmod.ExprEnv(ksymbol=ksyms.names_only, comm_get=lambda pids: comms.comm(
-            pids, np.full(len(pids), stop_ns, np.uint64)).astype("S"))
         stream, res = _kernel_stream(sm, order, roles, names, role_lut, lost, stop_ns, opts, warn,
-                                     env)
+                                     _expr_env(ksyms, comms, stop_ns))
 
     # stack ids in use: per position when the stream has its own (malloc), else any sample's
     used = stream.per_pos.get("stack_id", sm.stack_id)
-    stacks = _stacks(loaded.side["stack"], used)
+    stacks = _stacks(side["stack"], used)
 
-    reports = [_report_view(r, stream, mode, per_task, opts, comms, lost) for r in res.reports]
+    reports = [_report_view(r, stream, mode, common["per_task"], opts, comms, lost)
+               for r in res.reports]
     intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []
-    counts = meta.get("counts") or {}
-    lost_total = int(lost.count.sum()) if len(lost.count) else 0
-    lost_total = max(lost_total, sum(int((c or {}).get("lost") or 0) for c in counts.values()))
-    return Analysis(recording=rec, metadata=meta, mode=mode, roles=roles, per_task=per_task,
-                    stream=stream, result=res, reports=reports, ksyms=ksyms, comms=comms,
-                    stacks=stacks, samples=sm, side=loaded.side, intervals=intervals,
-                    lost_total=lost_total, warnings=warnings, expansions=expansions)
+    return Analysis(mode=mode, stream=stream, result=res, reports=reports, stacks=stacks,
+                    samples=sm, intervals=intervals, lost_total=_lost_total(lost, meta), **common)
 
 
-def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
-                   role_lut: np.ndarray, lost: Lost, stop_ns: int, opts: AnalyzeOptions,
-                   warn: Callable[[str], None],
-                   env: exprmod.ExprEnv | None = None) -> tuple[Stream, ReplayResult]:
-    """Tracepoint recordings: evaluate ptr/size/filter per event type, then replay.
+class LazySamples:
+    """Stands for the Samples of the reported rows; reads them from the recording on first use
+    (only event lines and JSON events need payloads, cpu, seq or tid)."""
 
-    Payloads are decoded in file order (each chunk's rows of one event are read front to back);
-    the replay's columns are then gathered once into stream order, which is nearly file order
-    (rings interleaved within a segment), so those gathers stay cache-friendly.
+    def __init__(self, fetch: Callable[[], Samples]) -> None:
+        self._fetch = fetch
+        self._sm: Samples | None = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._sm is None:
+            self._sm = self._fetch()
+        return getattr(self._sm, name)
+
+
+def _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
+              common) -> Analysis | None:
+    """The streaming engine (engine/): memory follows the allocations outstanding, not the
+    recording's length. None when the file does not allow it (the caller reads it in memory)."""
+    from .engine import run as engine
+    from .engine.progress import Progress
+    from .engine.spill import SpillError
+
+    lost_t = side["lost"]
+    l_ring = ring_ids(lost_t)
+    if len(l_ring) and int(l_ring.max()) >= RING_ID_LIMIT:
+        return None
+    plan = engine.make_plan(rec, opts.jobs, opts.partitions, opts.scan_ranges)
+    meta_stop = int(meta["clock"].get("stop_ns") or 0)
+    stop_guess = max(meta_stop, plan.max_time or 0)
+    env = _expr_env(ksyms, comms, stop_guess)
+    names_lut: dict[tuple[str, ...], np.ndarray] = {}
+
+    def evaluate(sm: Samples) -> Evaluated:
+        key = tuple(sm.event_names)
+        lut = names_lut.get(key)
+        if lut is None:
+            lut = names_lut[key] = np.array(
+                [names.index(e) if e in names else -1 for e in sm.event_names] + [-1], np.int32)
+        return evaluate_roles(sm, roles, names, lut, env)
+
+    is_alloc_role = np.array([r.is_alloc for r in roles], bool)
+    start_meta = int(meta["clock"].get("start_ns") or 0)
+
+    def grid(first: int | None, last: int | None) -> np.ndarray | None:
+        start = int(meta["clock"].get("start_ns") or 0) or first
+        stop = meta_stop or last
+        if start is None or stop is None:
+            return None
+        step = int(opts.interval_ms) * 1_000_000
+        if step <= 0 or stop <= start:
+            return np.zeros(0, np.int64)
+        return np.minimum(np.arange(start + step, stop + step, step, dtype=np.int64), stop)
+
+    try:
+        with Progress(enabled=opts.progress) as progress:
+            m = engine.run(rec, plan, evaluate=evaluate, role_is_alloc=is_alloc_role,
+                           lost_ring=l_ring, lost_seq=column_array(lost_t.column("seq"), np.uint64),
+                           lost_count=column_array(lost_t.column("lost"), np.uint64),
+                           lost_time=column_array(lost_t.column("time"), np.uint64),
+                           start_ns=start_meta, interval=grid if opts.interval_ms else None,
+                           tmpdir=opts.tmpdir, progress=progress)
+    except SpillError as exc:
+        raise AnalysisError(str(exc)) from None
+    if m is None:
+        return None
+    if plan.max_time is None or plan.max_time != m.sample_max_time:
+        stop_guess = None  # expressions that read comm_get() saw another stop time: redo
+    if stop_guess is None and any(_uses_comm(r) for r in roles):
+        return None
+    warn_failures(m.fail_counts, warn)
+    stop_ns = max(meta_stop, m.sample_max_time)
+    lost = m.lost
+    lost.cpu = l_cpu
+    ent = m.entries
+    rows = (ent["rs"] & np.uint64((1 << 48) - 1)).astype(np.int64)
+    urows = np.unique(rows)
+    units = m.units
+    samples = LazySamples(lambda: engine.fetch_rows(units, urows))
+    n = len(rows)
+    stream = Stream(rows=np.searchsorted(urows, rows), samples=samples,  # type: ignore[arg-type]
+                    is_alloc_role=is_alloc_role,
+                    per_pos={"time": ent["time"], "kept": np.ones(n, bool),
+                             "role": ent["role"].astype(np.int32), "ptr": ent["key"],
+                             "size": ent["size"], "stack_id": ent["stack_id"],
+                             "pid": ent["pid"], "ring": (ent["rs"] >> np.uint64(48)).astype(np.uint32)},
+                    per_row={})
+    for r in m.reports:
+        if r.reason == "final":
+            r.time_ns = stop_ns
+        if opts.than_ns:
+            age = np.uint64(r.time_ns) - ent["time"][r.leaked]  # unsigned, as replay_ordered
+            r.selected = age > np.uint64(opts.than_ns)
+    res = ReplayResult(order=np.arange(n), time=ent["time"], kept=np.ones(n, bool),
+                       reports=m.reports, total_alloc=m.total_alloc, total_free=m.total_free,
+                       lost=lost)
+    stacks = _stacks(side["stack"], ent["stack_id"])
+    reports = [_report_view(r, stream, mode, common["per_task"], opts, comms, lost)
+               for r in res.reports]
+    intervals = []
+    prev_a = prev_f = 0
+    for b, objs, byts, ta, tf in m.interval_stats or []:
+        intervals.append(IntervalStat(time_ns=int(b), objects=int(objs), bytes=int(byts),
+                                      allocs=ta - prev_a, frees=tf - prev_f, total_alloc=ta,
+                                      total_free=tf))
+        prev_a, prev_f = ta, tf
+    return Analysis(mode=mode, stream=stream, result=res, reports=reports, stacks=stacks,
+                    samples=samples, intervals=intervals, lost_total=_lost_total(lost, meta),
+                    engine="streaming", **common)
+
+
+def _uses_comm(role: EventRole) -> bool:
+    return any(e is not None and "comm_get" in e.text for e in (role.ptr, role.size, role.filter))
+
+
+@dataclass
+class Evaluated:
+    """Per sample row: its role (-1: not replayed), key and size, and whether a filter kept it."""
+
+    role: np.ndarray  # int32 role code per row, -1 = not an alloc/free event
+    key: np.ndarray  # uint64
+    size: np.ndarray | None  # uint64, None when no role has a size
+    keep: np.ndarray | None  # bool per row, only when some role filters
+    fail_counts: dict[tuple[str, str], int]
+
+    def replayed(self) -> np.ndarray | None:
+        """Bool per row: replayed (an alloc/free event that passed its filter); None = all rows."""
+        if self.keep is not None:
+            return self.keep
+        if len(self.role) and self.role.min() < 0:
+            return self.role >= 0
+        return None
+
+
+def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_lut: np.ndarray,
+                   env: exprmod.ExprEnv | None = None) -> Evaluated:
+    """Evaluate ptr/size/filter of every alloc/free row, decoding only the fields they read.
+
+    Payloads are decoded in file order (each chunk's rows of one event are read front to back).
     `env` gives expressions the recording's kallsyms (`ksymbol()`) and comms (`comm_get()`)."""
     n = len(sm)
     role_r = role_lut[sm.event]  # per sample row; -1: not an alloc/free event (or a null event)
     key = np.zeros(n, np.uint64)
     size = np.zeros(n, np.uint64) if any(r.size is not None for r in roles) else None
-    keep = None  # per row, only when some role filters
+    keep = None
     fail_counts: dict[tuple[str, str], int] = {}
     for role in roles:
         if names.index(role.spec.full_name) != role.code:
             continue  # an event listed twice (or in both lists) belongs to its first role
         rows = np.flatnonzero(role_r == role.code)
+        if not len(rows):
+            continue
         cols = _decode_for(role, sm, rows)
         m = len(rows)
         if role.filter is not None:
@@ -370,18 +532,34 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
             sr = role.size.evaluate(cols, m, env)
             _count_fail(fail_counts, role.spec.full_name, "size", sr)
             size[rows] = exprmod.as_size(sr)
+    return Evaluated(role=role_r, key=key, size=size, keep=keep, fail_counts=fail_counts)
+
+
+def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str], None]) -> None:
     for (ev, what), cnt in fail_counts.items():
         warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
 
+
+def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
+                   role_lut: np.ndarray, lost: Lost, stop_ns: int, opts: AnalyzeOptions,
+                   warn: Callable[[str], None],
+                   env: exprmod.ExprEnv | None = None) -> tuple[Stream, ReplayResult]:
+    """Tracepoint recordings held in memory: evaluate ptr/size/filter per event type, then replay.
+
+    The replay's columns are gathered once into stream order, which is nearly file order (rings
+    interleaved within a segment), so those gathers stay cache-friendly."""
+    ev = evaluate_roles(sm, roles, names, role_lut, env)
+    warn_failures(ev.fail_counts, warn)
     st, t = order.stream, order.time
-    if keep is not None or (n and role_r.min() < 0):  # other events or filtered samples
-        keep_s = (role_r >= 0)[st] if keep is None else keep[st]
+    keep = ev.replayed()
+    if keep is not None:
+        keep_s = keep[st]
         if not keep_s.all():  # only the replayed positions
             st, t = st[keep_s], t[keep_s]
-    role_s = role_r[st]
-    key_s = key[st]
-    del key
-    size_s = size[st] if size is not None else np.zeros(len(st), np.uint64)
+    role_s = ev.role[st]
+    key_s = ev.key[st]
+    size_s = ev.size[st] if ev.size is not None else np.zeros(len(st), np.uint64)
+    del ev
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
     res = replay_ordered(time=t, is_alloc=is_alloc_role[role_s], key=key_s, lost=lost,
                          stop_ns=stop_ns, than_ns=opts.than_ns, want_death=bool(opts.interval_ms))

@@ -148,23 +148,34 @@ def ring_ids(table: pa.Table) -> np.ndarray:
     return np.where(r < 0, cpu, r)
 
 
-def load(rec: Recording) -> Loaded:
-    """Sample columns, then the side-band rows (readers skip the row groups of the other)."""
-    t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
-    ring = ring_ids(t)
+def samples_from_table(t: pa.Table) -> Samples:
+    """Sample columns of a table of sample rows (SAMPLE_COLUMNS), rings as the recording names them."""
     ev, names = _codes(t.column("event"))
-    samples = Samples(
+    return Samples(
         time=column_array(t.column("time"), np.uint64), cpu=column_array(t.column("cpu"), np.uint32),
-        ring=ring.astype(np.uint32), seq=column_array(t.column("seq"), np.uint64),
+        ring=ring_ids(t).astype(np.uint32), seq=column_array(t.column("seq"), np.uint64),
         pid=column_array(t.column("pid"), np.int32), tid=column_array(t.column("tid"), np.int32),
         stack_id=column_array(t.column("stack_id"), np.int64, -1), event=ev, event_names=names,
         raw=list(t.column("raw").chunks),
     )
+
+
+def load_side(rec: Recording) -> dict[str, pa.Table]:
+    """The side-band rows by kind (readers skip the sample row groups)."""
     cols = list(dict.fromkeys(["kind"] + [c for cs in SIDE_COLUMNS.values() for c in cs]))
     rest = rec.table(kinds=list(SIDE_COLUMNS), columns=cols)
     kinds = rest.column("kind")
-    side = {kind: rest.select(kcols).filter(kind_mask(kinds, [kind]))
+    return {kind: rest.select(kcols).filter(kind_mask(kinds, [kind]))
             for kind, kcols in SIDE_COLUMNS.items()}
+
+
+def load(rec: Recording, side: dict[str, pa.Table] | None = None) -> Loaded:
+    """Sample columns, then the side-band rows (readers skip the row groups of the other)."""
+    t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
+    samples = samples_from_table(t)
+    del t
+    side = load_side(rec) if side is None else side
+    ring = samples.ring
     if len(ring) and int(ring.max()) >= RING_ID_LIMIT:
         every = np.concatenate([ring, ring_ids(side["lost"])]).astype(np.uint64)
         samples.ring_ids = np.unique(every)

@@ -215,18 +215,9 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
 
     # lost windows: drop (start, end) exclusive from every ring; report at the first sample after start
     w = np.argsort(lost.start, kind="stable")
-    ws, we = lost.start[w], lost.end[w]
+    ws = lost.start[w]
     first_after = np.searchsorted(t, ws, side="right")  # first stream pos with time > start
-    last_in = np.searchsorted(t, we, side="left")  # first pos with time >= end
-    kept = np.ones(n, bool)
-    if 0 < len(ws) <= 256:  # a few windows: clear their stretches
-        for a, b in zip(first_after.tolist(), last_in.tolist()):
-            kept[a:b] = False
-    elif len(ws):
-        diff = np.zeros(n + 1, dtype=np.int32)
-        np.add.at(diff, first_after, 1)
-        np.add.at(diff, np.maximum(last_in, first_after), -1)
-        kept = np.cumsum(diff[:-1]) == 0
+    kept = dropped_mask(t, lost.start, lost.end)
 
     # report points: each window with a sample after its start triggers one at that sample
     trig = first_after[first_after < n]
@@ -251,8 +242,8 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
 
     ka = kept & alloc
     kf = kept & ~alloc
-    seg_alloc = [int(np.count_nonzero(ka[bounds[i]:bounds[i + 1]])) for i in range(len(bounds) - 1)]
-    seg_free = [int(np.count_nonzero(kf[bounds[i]:bounds[i + 1]])) for i in range(len(bounds) - 1)]
+    cum_alloc = np.concatenate(([0], np.cumsum(ka)))[bounds].tolist()  # kept allocs before each bound
+    cum_free = np.concatenate(([0], np.cumsum(kf)))[bounds].tolist()
     reports: list[Report] = []
     for i, pos in enumerate(bounds[1:]):
         final = i == len(report_pos)
@@ -266,13 +257,30 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
             selected = age > np.uint64(than_ns)
         else:
             selected = np.ones(len(entries), dtype=bool)
-        ta = sum(seg_alloc[: i + 1])
-        tf = sum(seg_free[: i + 1])
+        ta, tf = cum_alloc[i + 1], cum_free[i + 1]
         reports.append(Report(reason="final" if final else "lost", time_ns=ref, position=int(pos),
                               leaked=entries, selected=selected, total_alloc=ta, total_free=tf,
                               **({} if final else {"lost_idx": windows_of[i]})))
     return ReplayResult(order=np.arange(n), time=t, kept=kept, reports=reports,
-                        total_alloc=sum(seg_alloc), total_free=sum(seg_free), lost=lost, death=death)
+                        total_alloc=cum_alloc[-1], total_free=cum_free[-1], lost=lost, death=death)
+
+
+def dropped_mask(t: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Kept (True) per stream position: not inside any lost window (start, end), exclusive."""
+    n = len(t)
+    kept = np.ones(n, bool)
+    if not len(start) or not n:
+        return kept
+    a = np.searchsorted(t, start, side="right")  # first position with time > start
+    b = np.searchsorted(t, end, side="left")  # first position with time >= end
+    if len(a) <= 256:  # a few windows: clear their stretches
+        for lo, hi in zip(a.tolist(), b.tolist()):
+            kept[lo:hi] = False
+        return kept
+    diff = np.zeros(n + 1, dtype=np.int32)
+    np.add.at(diff, a, 1)
+    np.add.at(diff, np.maximum(b, a), -1)
+    return np.cumsum(diff[:-1]) == 0
 
 
 def _live_allocs(k: np.ndarray, alloc: np.ndarray) -> np.ndarray:

@@ -1,0 +1,344 @@
+"""Plan, run and merge a streaming analysis of one tracepoint recording.
+
+plan: the sample row groups, numbered; how many key partitions and scan ranges.
+scan: pass 1 per range (scan.py); then the rings' carry between ranges and the lost windows.
+replay: pass 2 per partition (partition.py); merge: reports from the per-partition results.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..load import SAMPLE_COLUMNS, samples_from_table
+from ..recording import Recording, _conform, _group_kind, kind_mask
+from ..replay import U64_MAX, Lost, Report
+from . import partition, scan
+from .pool import run_tasks
+from .progress import Progress
+from .spill import SpillDir
+
+PART_EVENTS = 2_000_000  # replayed events per partition to aim for (bounds a worker's memory)
+SMALL = 2_000_000  # sample rows below which everything stays in one process, in memory
+
+
+@dataclass
+class Plan:
+    units: list[scan.Unit]
+    samples: int
+    max_time: int | None  # of any sample, from row-group statistics (None: unknown)
+    part_bits: int
+    ranges: list[list[scan.Unit]]
+    jobs: int
+    spill: bool
+
+
+@dataclass
+class Merged:
+    """What the analysis needs from a streaming run."""
+
+    entries: dict[str, np.ndarray]  # all reports' leaked entries, concatenated (ENTRY_COLUMNS)
+    reports: list[Report]  # `leaked` index into `entries`
+    lost: Lost
+    total_alloc: int
+    total_free: int
+    first_time: int | None
+    last_time: int | None
+    interval_stats: list[tuple[int, int, int, int, int]] | None  # (bound, objs, bytes, allocs, frees)
+    fail_counts: dict
+    units: list[scan.Unit]
+    sample_max_time: int = 0  # largest (clamped = raw) time of any sample row
+
+
+def sample_units(rec: Recording) -> tuple[list[scan.Unit], int | None]:
+    """Every row group holding sample rows, in file order, with the index of its first one; and
+    the largest sample time the statistics know (None when some group has none)."""
+    units: list[scan.Unit] = []
+    row0 = 0
+    tmax: int | None = 0
+    for f in rec.files:
+        pf = pq.ParquetFile(f)
+        md = pf.metadata
+        col = next((j for j in range(md.num_columns) if md.schema.column(j).path == "kind"), None)
+        tcol = next((j for j in range(md.num_columns) if md.schema.column(j).path == "time"), None)
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            if rg.num_rows == 0:
+                continue
+            k = _group_kind(rg, col)
+            mask = None
+            if k is None:
+                m = kind_mask(pf.read_row_group(g, columns=["kind"]).column("kind"), ["sample"])
+                mask = m.to_numpy(zero_copy_only=False)
+                if not mask.any():
+                    continue
+                n = int(mask.sum())
+                if n == rg.num_rows:
+                    mask = None
+            elif k != "sample":
+                continue
+            else:
+                n = rg.num_rows
+            units.append(scan.Unit(file=str(f), group=g, row0=row0, n=n, mask=mask))
+            row0 += n
+            st = rg.column(tcol).statistics if tcol is not None else None
+            if tmax is not None and mask is None and st is not None and st.has_min_max:
+                tmax = max(tmax, int(st.max))
+            else:
+                tmax = None
+    return units, tmax
+
+
+def make_plan(rec: Recording, jobs: int | None, partitions: int | None = None,
+              ranges: int | None = None) -> Plan:
+    units, tmax = sample_units(rec)
+    total = sum(u.n for u in units)
+    jobs = max(1, jobs or len(os.sched_getaffinity(0)))
+    if partitions is None:
+        want = 1 if total <= SMALL else max(-(-total // PART_EVENTS), 2 * jobs)
+    else:
+        want = max(1, partitions)
+    bits = max(0, (want - 1).bit_length())
+    bits = min(bits, 12)
+    if ranges is None:
+        nr = 1 if total <= SMALL else min(len(units), max(4 * jobs, 8))  # progress steps too
+    else:
+        nr = max(1, min(ranges, len(units)))
+    return Plan(units=units, samples=total, max_time=tmax, part_bits=bits, ranges=_split(units, nr), jobs=jobs,
+                spill=bits > 0 or nr > 1)
+
+
+def _split(units: list[scan.Unit], k: int) -> list[list[scan.Unit]]:
+    """k runs of consecutive units with about equal rows."""
+    if k <= 1 or len(units) <= 1:
+        return [units]
+    cum = np.cumsum([u.n for u in units])
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, k) / k, side="left") + 1
+    edges = sorted(set([0, *np.minimum(cuts, len(units)).tolist(), len(units)]))
+    return [units[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def run(rec: Recording, plan: Plan, *, evaluate: Callable, role_is_alloc: np.ndarray,
+        lost_ring: np.ndarray, lost_seq: np.ndarray, lost_count: np.ndarray, lost_time: np.ndarray,
+        start_ns: int, interval: Callable[[int | None, int | None], np.ndarray] | None,
+        tmpdir: str | None, progress: Progress) -> Merged | None:
+    """The streaming analysis; None when the file's rings are not in seq order (the caller then
+    analyses in memory)."""
+    spill = SpillDir(tmpdir) if plan.spill else None
+    try:
+        return _run(plan, spill, evaluate, role_is_alloc, lost_ring, lost_seq, lost_count,
+                    lost_time, start_ns, interval, progress)
+    finally:
+        if spill is not None:
+            spill.remove()
+
+
+def _run(plan: Plan, spill: SpillDir | None, evaluate, role_is_alloc, lost_ring, lost_seq,
+         lost_count, lost_time, start_ns, interval, progress: Progress) -> Merged | None:
+    setup = scan.ScanSetup(evaluate=evaluate, role_is_alloc=role_is_alloc, part_bits=plan.part_bits,
+                           spill=spill, lost_ring=lost_ring.astype(np.uint32),
+                           lost_seq=lost_seq.astype(np.uint64))
+    progress.stage("reading", plan.samples)
+    ranges: list[scan.RangeResult | None] = [None] * len(plan.ranges)
+    tasks = [(setup, i, units) for i, units in enumerate(plan.ranges)]
+    for i, r in run_tasks(scan.scan_range, tasks, plan.jobs):
+        ranges[i] = r
+        progress.advance(r.samples)
+        if not r.ordered:
+            return None
+    rr: list[scan.RangeResult] = ranges  # type: ignore[assignment]
+    carry = _carry(rr)
+    if carry is None:
+        return None
+    lost = _lost_windows(rr, carry, lost_ring, lost_count, lost_time, start_ns)
+    starts = np.unique(lost.start)
+    fail: dict = {}
+    for r in rr:
+        for k, v in r.fail_counts.items():
+            fail[k] = fail.get(k, 0) + v
+
+    # pass 2: replay each partition
+    nparts = 1 << plan.part_bits
+    first_time = min((int(r.first_time.min()) for r in rr if len(r.first_time)), default=None)
+    rsetup = partition.ReplaySetup(spill=spill, role_is_alloc=role_is_alloc, carry=carry,
+                                   win_start=lost.start, win_end=lost.end, starts=starts)
+    mem = None
+    if spill is None:
+        mem = {p: [(r.index, c) for r in rr for c in r.parts.get(p, [])] for p in range(nparts)}
+        for r in rr:
+            r.parts = {}
+    # -i needs the replayed stream's first/last times for its grid when metadata lacks them
+    bounds = interval(None, None) if interval is not None else None
+    if interval is not None and bounds is None:
+        bounds = interval(*_replayed_span(rsetup, nparts, mem))
+    rsetup.interval_bounds = bounds
+    progress.stage("replaying", sum(r.events for r in rr))
+    results: list[partition.PartResult] = []
+    tasks2 = [(rsetup, p, mem.get(p) if mem is not None else None) for p in range(nparts)]
+    for _, res in run_tasks(partition.replay_part, tasks2, plan.jobs):
+        results.append(res)
+        progress.advance(int(res.events.sum()))
+    m = _merge(results, lost, starts, bounds)
+    m.fail_counts = fail
+    m.units = plan.units
+    m.sample_max_time = max((int(r.max_time.max()) for r in rr if len(r.max_time)), default=0)
+    if m.first_time is None:
+        m.first_time = first_time
+    return m
+
+
+def _replayed_span(rsetup, nparts, mem) -> tuple[int | None, int | None]:
+    lo, hi = None, None
+    for p in range(nparts):
+        c = partition.load_part(rsetup, p, mem.get(p) if mem is not None else None)
+        if len(c["time"]):
+            a, b = int(c["time"].min()), int(c["time"].max())
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+    return lo, hi
+
+
+def _carry(rr: list[scan.RangeResult]) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
+    """Per range: the clamped time each ring reached in earlier ranges (its floor here); None if a
+    ring's seqs go back across ranges."""
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    last_seq: dict[int, int] = {}
+    reached: dict[int, int] = {}
+    for r in rr:
+        rings, floor = [], []
+        for j, ring in enumerate(r.ring.tolist()):
+            if ring in last_seq and int(r.first_seq[j]) <= last_seq[ring]:
+                return None
+            if ring in reached and reached[ring] > int(r.first_time[j]):
+                rings.append(ring)
+                floor.append(reached[ring])
+            last_seq[ring] = int(r.last_seq[j])
+            reached[ring] = max(reached.get(ring, 0), int(r.max_time[j]))
+        if rings:
+            out[r.index] = (np.array(rings, np.int64), np.array(floor, np.uint64))
+    return out
+
+
+def _floor_of(carry, index: int, ring: int) -> int:
+    rings, floor = carry.get(index, (None, None))
+    if rings is None:
+        return 0
+    hit = np.flatnonzero(rings == ring)
+    return int(floor[hit[0]]) if len(hit) else 0
+
+
+def _lost_windows(rr, carry, lost_ring, lost_count, lost_time, start_ns) -> Lost:
+    n = len(lost_ring)
+    start = np.full(n, np.uint64(start_ns), np.uint64)
+    end = np.full(n, U64_MAX, np.uint64)
+    got_end = np.zeros(n, bool)
+    for r in rr:  # ranges in file order: the last one with an earlier sample gives the start
+        for i in np.flatnonzero(r.has_before).tolist():
+            start[i] = max(int(r.loss_before[i]), _floor_of(carry, r.index, int(lost_ring[i])))
+        for i in np.flatnonzero(r.has_after & ~got_end).tolist():
+            end[i] = max(int(r.loss_after[i]), _floor_of(carry, r.index, int(lost_ring[i])))
+            got_end[i] = True
+    return Lost(ring=lost_ring.astype(np.uint32), count=lost_count.astype(np.uint64), start=start,
+                end=end, time=lost_time.astype(np.uint64))
+
+
+def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
+           bounds: np.ndarray | None) -> Merged:
+    ne = len(starts) + 1
+    events = np.sum([r.events for r in results], axis=0) if results else np.zeros(ne, np.int64)
+    first = np.min([r.first_time for r in results], axis=0) if results \
+        else np.full(ne, U64_MAX, np.uint64)
+    allocs = np.sum([r.allocs for r in results], axis=0) if results else np.zeros(ne, np.int64)
+    frees = np.sum([r.frees for r in results], axis=0) if results else np.zeros(ne, np.int64)
+    cum_a = np.concatenate(([0], np.cumsum(allocs))).tolist()
+    cum_f = np.concatenate(([0], np.cumsum(frees))).tolist()
+
+    def live_of(e: int) -> dict[str, np.ndarray]:
+        parts = [r.live[e] for r in results if len(r.live[e]["time"])]
+        if not parts:
+            return {c: results[0].live[e][c] if results else np.zeros(0) for c in partition.ENTRY_COLUMNS}
+        cols = {c: np.concatenate([p[c] for p in parts]) for c in partition.ENTRY_COLUMNS}
+        o = np.lexsort((cols["key"], cols["time"]))  # perf-prof's tree order: (time, key)
+        return {c: v[o] for c, v in cols.items()}
+
+    # windows in perf-prof's reclaim order: ascending start (stable), grouped by boundary
+    w = np.argsort(lost.start, kind="stable")
+    boundary = np.searchsorted(starts, lost.start[w]) + 1  # window -> fine-epoch boundary j
+    pieces: list[dict[str, np.ndarray]] = []
+    reports: list[Report] = []
+    offset = 0
+    prev = -1  # last non-empty fine epoch
+    early: list[tuple[int, int, int]] = []  # (time, objects, bytes) reclaimed by early reports
+
+    def add(reason: str, t: int, epoch: int, upto: int, lost_idx: np.ndarray) -> None:
+        nonlocal offset
+        ent = live_of(epoch) if epoch >= 0 else {c: np.zeros(0, np.uint64) for c in partition.ENTRY_COLUMNS}
+        k = len(ent["time"])
+        pieces.append(ent)
+        reports.append(Report(reason=reason, time_ns=t, position=0,
+                              leaked=np.arange(offset, offset + k, dtype=np.int64),
+                              selected=np.ones(k, bool), total_alloc=int(cum_a[upto]),
+                              total_free=int(cum_f[upto]), lost_idx=lost_idx))
+        offset += k
+        if reason == "lost":
+            early.append((t, k, int(ent["size"].astype(np.int64).sum()) if k else 0))
+
+    for m in range(ne):
+        if events[m] == 0:
+            continue
+        if m >= 1:
+            lo = max(prev, 0)
+            sel = (boundary > lo) & (boundary <= m)
+            add("lost", int(first[m]), prev, m, w[sel])
+        prev = m
+    add("final", 0, prev, ne, np.zeros(0, np.int64))
+    entries = {c: np.concatenate([p[c] for p in pieces]).astype(_dtype(c), copy=False)
+               for c in partition.ENTRY_COLUMNS}
+    nonempty = np.flatnonzero(events)
+    last = max((r.last_time for r in results), default=0) if len(nonempty) else None
+    merged = Merged(entries=entries, reports=reports, lost=lost, total_alloc=int(cum_a[-1]),
+                    total_free=int(cum_f[-1]),
+                    first_time=int(first[nonempty[0]]) if len(nonempty) else None,
+                    last_time=last, interval_stats=None, fail_counts={}, units=[])
+    if bounds is not None:
+        merged.interval_stats = _intervals(results, bounds, early)
+    return merged
+
+
+def _dtype(c: str):
+    return {"pid": np.int32, "role": np.int8, "stack_id": np.int64}.get(c, np.uint64)
+
+
+def _intervals(results, bounds: np.ndarray, early) -> list[tuple[int, int, int, int, int]]:
+    tot = {k: np.sum([r.iv[k] for r in results], axis=0) if results else np.zeros(len(bounds), np.int64)
+           for k in ("allocs", "frees", "alloc_bytes", "died", "died_bytes")}
+    objs = tot["allocs"] - tot["died"]
+    byts = tot["alloc_bytes"] - tot["died_bytes"]
+    for t, k, b in early:  # entries reclaimed at an early report leave the tree there
+        after = bounds >= t
+        objs[after] -= k
+        byts[after] -= b
+    return list(zip(bounds.tolist(), objs.tolist(), byts.tolist(), tot["allocs"].tolist(),
+                    tot["frees"].tolist()))
+
+
+def fetch_rows(units: list[scan.Unit], rows: np.ndarray):
+    """Samples of the given sorted sample rows only (for event lines and JSON events)."""
+    import pyarrow as pa
+
+    row0 = np.array([u.row0 for u in units], np.int64)
+    which = np.searchsorted(row0, rows, side="right") - 1
+    tables = []
+    for ui in np.unique(which).tolist():
+        u = units[ui]
+        local = rows[which == ui] - u.row0
+        t = _conform(scan.read_unit(u, SAMPLE_COLUMNS), SAMPLE_COLUMNS)
+        tables.append(t.take(pa.array(local)))
+    if not tables:
+        from ..recording import to_table
+        return samples_from_table(_conform(to_table({"kind": []}), SAMPLE_COLUMNS))
+    return samples_from_table(pa.concat_tables(tables).combine_chunks())
