@@ -574,40 +574,33 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
                    lost: Lost, stop_ns: int, opts: AnalyzeOptions,
                    warn: Callable[[str], None]) -> tuple[Stream, ReplayResult]:
     """`record --malloc` recordings: pair uprobe entry/return per thread into alloc/free events
-    with sizes (malloc.py), then replay those."""
-    table = rec.table(kinds=["sample"], columns=["time", "cpu", "ring", "seq", "pid", "tid", "event",
-                                                 "raw", "stack_id"])
+    with sizes (malloc.py), then replay those.
+
+    Pairing reads the loaded sample columns and payloads (no second read of the recording). Each
+    event is one sample row (a return for allocations, an entry for frees), so cpu, ring, seq,
+    pid, tid come from that row; only what pairing computes is kept per position."""
+    from .malloc import malloc_rows
+
     try:
-        df, stats = malloc_events(table, meta)
+        ev = malloc_rows(sm, meta)
     except MallocError as exc:
         raise AnalysisError(str(exc)) from None
     if opts.verbose:
-        for note in malloc_summary(stats):
+        for note in malloc_summary(ev.stats):
             warn(note)
-    m = len(df)
-    cpu = df["cpu"].to_numpy(np.uint32)
-    ring = df["ring"].to_numpy(np.int64)
-    ring = sm.ring_of(np.where(ring < 0, cpu, ring))
-    seq = df["seq"].to_numpy(np.uint64)
-    o = order_samples(ring, seq, df["time"].to_numpy(np.uint64))
-    role = np.array([names.index(e) if e in names else -1 for e in df["event"].astype(object)],
-                    np.int32) if m else np.zeros(0, np.int32)
-    is_alloc = df["is_alloc"].to_numpy(bool)
-    key = df["ptr"].to_numpy(np.uint64)
-    res = replay_ordered(time=o.time, is_alloc=is_alloc[o.stream], key=key[o.stream], lost=lost,
-                         stop_ns=stop_ns, than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
-    # the sample row each event came from (for its payload): same (ring, seq) in the samples
-    skey = ring_seq_key(sm.ring, sm.seq)
-    so = np.argsort(skey)
-    found = np.clip(np.searchsorted(skey[so], ring_seq_key(ring, seq)), 0, max(len(so) - 1, 0))
-    rows = so[found] if len(so) else np.zeros(m, np.int64)
+    rows = ev.row  # ascending: each ring's events in seq order, as order_samples likes them
+    o = order_samples(sm.ring[rows], sm.seq[rows], sm.time[rows])
     p = o.stream
-    per_pos = {"time": res.time, "kept": res.kept, "cpu": cpu[p], "ring": ring[p], "seq": seq[p],
-               "pid": df["pid"].to_numpy(np.int64)[p], "tid": df["tid"].to_numpy(np.int64)[p],
-               "role": np.maximum(role[p], 0), "ptr": key[p],
-               "size": df["size"].to_numpy(np.uint64)[p],
-               "stack_id": df["stack_id"].to_numpy(np.int64)[p], "is_alloc": is_alloc[p]}
-    stream = Stream(rows=rows[p], samples=sm, is_alloc_role=np.array([r.is_alloc for r in roles]),
+    is_alloc, key = ev.is_alloc[p], ev.ptr[p]
+    res = replay_ordered(time=o.time, is_alloc=is_alloc, key=key, lost=lost,
+                         stop_ns=stop_ns, than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
+    prow = rows[p]
+    # role code per event-name code (its first role); the last entry is for null events
+    role_lut = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
+                        np.int32)
+    per_pos = {"time": res.time, "kept": res.kept, "role": np.maximum(role_lut[sm.event[prow]], 0),
+               "ptr": key, "size": ev.size[p], "stack_id": sm.stack_id[prow], "is_alloc": is_alloc}
+    stream = Stream(rows=prow, samples=sm, is_alloc_role=np.array([r.is_alloc for r in roles]),
                     per_pos=per_pos, per_row={})
     return stream, res
 

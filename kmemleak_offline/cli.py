@@ -86,6 +86,11 @@ def analyze(
     symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
     call_graph: Annotated[bool, typer.Option("-g", "--call-graph", help="accepted (stacks are used when recorded)")] = False,
     order: Annotated[bool, typer.Option("--order", help="accepted; ordering is always on")] = False,
+    jobs: Annotated[int | None, typer.Option("-j", "--jobs", metavar="N", help="worker processes (default: all cores)")] = None,
+    tmpdir: Annotated[Path | None, typer.Option("--tmpdir", metavar="DIR", help="spill files go here (default: TMPDIR)")] = None,
+    partitions: Annotated[int | None, typer.Option("--partitions", hidden=True)] = None,
+    scan_ranges: Annotated[int | None, typer.Option("--scan-ranges", hidden=True)] = None,
+    in_memory: Annotated[bool, typer.Option("--in-memory", hidden=True)] = False,
 ) -> None:
     """Match allocs with frees and print perf-prof's leak reports."""
     from .reports import flamegraph, json_report
@@ -95,8 +100,14 @@ def analyze(
         _fail(f"--format must be text or json, not {fmt!r}")
     if interval is not None and interval <= 0:
         _fail(f"-i/--interval must be a positive number of milliseconds, not {interval}")
+    if jobs is not None and jobs < 1:
+        _fail(f"-j/--jobs must be at least 1, not {jobs}")
+    if tmpdir is not None and not tmpdir.is_dir():
+        _fail(f"--tmpdir {tmpdir}: not a directory")
+    engine = {"jobs": jobs, "tmpdir": str(tmpdir) if tmpdir else None, "partitions": partitions,
+              "scan_ranges": scan_ranges, "in_memory": in_memory}
     a, stacks = _analysis(recording, alloc, free, than, comm=comm, verbose=verbose,
-                          interval=interval, symfs=symfs)
+                          interval=interval, symfs=symfs, engine=engine)
     if a.result.total_alloc == 0 and fmt == "text":  # perf-prof prints nothing then: say why
         names = ", ".join(r.spec.full_name for r in a.roles if r.is_alloc)
         sys.stderr.write(f"kmemleak-offline: note: no allocations to report ({names}: none "
@@ -118,7 +129,7 @@ def analyze(
 
 
 def _analysis(recording: Path, alloc, free, than, *, comm: bool = False, verbose: int = 0,
-              interval: int | None = None, symfs: Path | None = None):
+              interval: int | None = None, symfs: Path | None = None, engine: dict | None = None):
     """Open and analyse one recording; bad input -> one line, exit 2."""
     from .analysis import AnalysisError, AnalyzeOptions
     from .analysis import analyze as run
@@ -131,7 +142,7 @@ def _analysis(recording: Path, alloc, free, than, *, comm: bool = False, verbose
         _fail(f"--than: {exc}")
     rec = _load(recording)
     opts = AnalyzeOptions(alloc=_split_specs(alloc), free=_split_specs(free), than_ns=than_ns,
-                          comm=comm, verbose=verbose, interval_ms=interval)
+                          comm=comm, verbose=verbose, interval_ms=interval, **(engine or {}))
     try:
         a = run(rec, opts)
     except AnalysisError as exc:

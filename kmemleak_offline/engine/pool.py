@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from typing import Any
 
 _TASK: Callable[..., Any] | None = None  # set before the pool forks
+_SHARED: Any = None  # the task's first argument, inherited (never pickled)
 
 
 def _ignore_sigint() -> None:
@@ -23,17 +24,19 @@ def _ignore_sigint() -> None:
 
 def _call(args: tuple) -> Any:
     assert _TASK is not None
-    return _TASK(*args)
+    return _TASK(_SHARED, *args)
 
 
-def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int) -> Iterator[tuple[int, Any]]:
-    """Yield (task index, result) as tasks finish; inline when jobs <= 1 or one task."""
-    global _TASK
+def run_tasks(fn: Callable[..., Any], shared: Any, tasks: Sequence[tuple],
+              jobs: int) -> Iterator[tuple[int, Any]]:
+    """Yield (task index, fn(shared, *task)) as tasks finish; inline when jobs <= 1 or one task.
+    `shared` reaches the workers through fork; tasks and results are pickled."""
+    global _TASK, _SHARED
     if jobs <= 1 or len(tasks) <= 1:
         for i, t in enumerate(tasks):
-            yield i, fn(*t)
+            yield i, fn(shared, *t)
         return
-    _TASK = fn
+    _TASK, _SHARED = fn, shared
     ex = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("fork"),
                              initializer=_ignore_sigint)
     try:
@@ -57,4 +60,4 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int) -> Iter
     else:
         ex.shutdown(wait=True)
     finally:
-        _TASK = None
+        _TASK = _SHARED = None

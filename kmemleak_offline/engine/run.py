@@ -144,8 +144,8 @@ def _run(plan: Plan, spill: SpillDir | None, evaluate, role_is_alloc, lost_ring,
                            lost_seq=lost_seq.astype(np.uint64))
     progress.stage("reading", plan.samples)
     ranges: list[scan.RangeResult | None] = [None] * len(plan.ranges)
-    tasks = [(setup, i, units) for i, units in enumerate(plan.ranges)]
-    for i, r in run_tasks(scan.scan_range, tasks, plan.jobs):
+    tasks = [(i, units) for i, units in enumerate(plan.ranges)]
+    for i, r in run_tasks(scan.scan_range, setup, tasks, plan.jobs):
         ranges[i] = r
         progress.advance(r.samples)
         if not r.ordered:
@@ -178,8 +178,8 @@ def _run(plan: Plan, spill: SpillDir | None, evaluate, role_is_alloc, lost_ring,
     rsetup.interval_bounds = bounds
     progress.stage("replaying", sum(r.events for r in rr))
     results: list[partition.PartResult] = []
-    tasks2 = [(rsetup, p, mem.get(p) if mem is not None else None) for p in range(nparts)]
-    for _, res in run_tasks(partition.replay_part, tasks2, plan.jobs):
+    tasks2 = [(p, mem.get(p) if mem is not None else None) for p in range(nparts)]
+    for _, res in run_tasks(partition.replay_part, rsetup, tasks2, plan.jobs):
         results.append(res)
         progress.advance(int(res.events.sum()))
     m = _merge(results, lost, starts, bounds)
