@@ -364,20 +364,44 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
                     samples=sm, intervals=intervals, lost_total=_lost_total(lost, meta), **common)
 
 
-class LazySamples:
-    """Stands for the Samples of the reported rows; reads them from the recording on first use
-    (only event lines and JSON events need payloads, cpu, seq or tid)."""
+class _Remap:
+    """A column of the fetched rows, indexed by the recording's sample row numbers."""
 
-    def __init__(self, fetch: Callable[[], Samples]) -> None:
-        self._fetch = fetch
+    def __init__(self, values: np.ndarray, rows: np.ndarray) -> None:
+        self.values, self.rows = values, rows
+
+    def __getitem__(self, idx):
+        return self.values[np.searchsorted(self.rows, np.asarray(idx))]
+
+
+class LazySamples:
+    """Stands for the recording's samples where only reported rows are ever asked for: reads
+    those rows on first use (only event lines and JSON events need payloads, cpu, seq or tid).
+    Indexed, like Samples, by the recording's sample row numbers."""
+
+    def __init__(self, fetch: Callable[[np.ndarray], Samples], rows: np.ndarray) -> None:
+        self._fetch, self._want = fetch, rows
         self._sm: Samples | None = None
+        self._rows = np.zeros(0, np.int64)
+
+    def _samples(self) -> Samples:
+        if self._sm is None:
+            r = np.sort(self._want)
+            self._rows = r[np.r_[True, r[1:] != r[:-1]]] if len(r) else r
+            self._sm = self._fetch(self._rows)
+        return self._sm
+
+    def decode(self, fmt: EventFormat, rows: np.ndarray, fields=None) -> dict[str, np.ndarray]:
+        sm = self._samples()
+        return sm.decode(fmt, np.searchsorted(self._rows, rows), fields)
 
     def __getattr__(self, name: str):
-        if name.startswith("__"):
+        if name.startswith("_"):
             raise AttributeError(name)
-        if self._sm is None:
-            self._sm = self._fetch()
-        return getattr(self._sm, name)
+        v = getattr(self._samples(), name)
+        if isinstance(v, np.ndarray) and len(v) == len(self._rows):
+            return _Remap(v, self._rows)
+        return v
 
 
 def _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
@@ -441,11 +465,10 @@ def _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_c
     lost.cpu = l_cpu
     ent = m.entries
     rows = (ent["rs"] & np.uint64((1 << 48) - 1)).astype(np.int64)
-    urows = np.unique(rows)
     units = m.units
-    samples = LazySamples(lambda: engine.fetch_rows(units, urows))
+    samples = LazySamples(lambda want: engine.fetch_rows(units, want), rows)
     n = len(rows)
-    stream = Stream(rows=np.searchsorted(urows, rows), samples=samples,  # type: ignore[arg-type]
+    stream = Stream(rows=rows, samples=samples,  # type: ignore[arg-type]
                     is_alloc_role=is_alloc_role,
                     per_pos={"time": ent["time"], "kept": np.ones(n, bool),
                              "role": ent["role"].astype(np.int32), "ptr": ent["key"],

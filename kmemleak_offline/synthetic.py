@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import tracefs
-from .recording import const_column, new_metadata, write_recording
+from .recording import RecordingWriter, const_column, new_metadata, write_recording
 
 PERF_CONTEXT_KERNEL = 0xFFFFFFFFFFFFFF80
 PERF_CONTEXT_USER = 0xFFFFFFFFFFFFFE00
@@ -475,13 +475,23 @@ class RecordingBuilder:
         nonempty = [t for t in times if len(t)]
         lo = int(min(t.min() for t in nonempty)) if nonempty else 0
         hi = int(max(t.max() for t in nonempty)) if nonempty else 0
-        start = lo if start_ns is None else int(start_ns)
-        stop = hi if stop_ns is None else int(stop_ns)
         used = list(dict.fromkeys([r["event"] for r in self._samples]
                                   + [r["event"] for r in self._lost if r["event"]]))
-        meta = new_metadata(PRODUCER)
         ncpus = max((int(r["cpu"].max()) + 1 for r in self._samples + self._lost if len(r["cpu"])),
                     default=1)
+        if counts is None:
+            counts = {e: {"samples": sum(len(r["time"]) for r in self._samples if r["event"] == e),
+                          "lost": int(sum(int(r["lost"].sum()) for r in self._lost if r["event"] == e))}
+                      for e in used}
+        meta = self._metadata(alloc, free, used, ncpus, lo if start_ns is None else int(start_ns),
+                              hi if stop_ns is None else int(stop_ns), anchor, options, host, counts)
+        return write_recording(path, meta, self._tables(segment_ns))
+
+    def _metadata(self, alloc: list[str], free: list[str], used: list[str], ncpus: int, start: int,
+                  stop: int, anchor: Mapping[str, int] | None, options: Mapping[str, Any] | None,
+                  host: Mapping[str, Any] | None, counts: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+        """The recording metadata, as `record` writes it, for these events and counts."""
+        meta = new_metadata(PRODUCER)
         meta["host"] = {"hostname": "synthetic", "kernel_release": "6.18.0-synthetic",
                         "machine": "x86_64", "page_size": 4096, "ncpus": ncpus, **(host or {})}
         meta["clock"] = {"perf_clock": "monotonic", "start_ns": start, "stop_ns": stop,
@@ -493,9 +503,115 @@ class RecordingBuilder:
         meta["options"] = {"cpus": None, "pids": None, "tids": None, "mmap_pages": 128,
                            "call_graph": bool(self._stacks), "kernel_filters": {}, "command": None,
                            **(options or {})}
-        if counts is None:
-            counts = {e: {"samples": sum(len(r["time"]) for r in self._samples if r["event"] == e),
-                          "lost": int(sum(int(r["lost"].sum()) for r in self._lost if r["event"] == e))}
-                      for e in used}
         meta["counts"] = {k: dict(v) for k, v in counts.items()}
-        return write_recording(path, meta, self._tables(segment_ns))
+        return meta
+
+
+class RecordingStream(RecordingBuilder):
+    """A RecordingBuilder that writes sample rows segment by segment, for recordings too large to
+    hold in memory (benchmarks): memory is bounded by one segment plus the side band.
+
+    Add one segment's samples (and LOST records) with `add_samples`/`add_lost`, then call
+    `end_segment()`: its sample rows go out like `record` writes a ~1 s spool segment - ring by
+    ring (ascending), each ring in seq order - and seq numbers left unset continue per ring from
+    the previous segment, in (time, insertion) order with that segment's LOST records. Side-band
+    rows (stacks, LOST, comm, mmap, ksym, usym...) are kept and written at `close()` in row groups
+    of their own after the samples, with the metadata `RecordingBuilder.write` would derive
+    (counts, start/stop, ncpus), plus any extra top-level `metadata` keys (e.g. `probes`).
+    """
+
+    def __init__(self, path: str | os.PathLike, alloc: list[str], free: list[str],
+                 formats: Mapping[str, str] | None = None, *, start_ns: int | None = None,
+                 stop_ns: int | None = None, anchor: Mapping[str, int] | None = None,
+                 options: Mapping[str, Any] | None = None, host: Mapping[str, Any] | None = None,
+                 metadata: Mapping[str, Any] | None = None, row_group_rows: int = 1 << 20) -> None:
+        super().__init__(formats)
+        self.path = Path(path)
+        self._write_args = {"alloc": list(alloc), "free": list(free), "start_ns": start_ns,
+                            "stop_ns": stop_ns, "anchor": anchor, "options": options, "host": host}
+        self._extra = dict(metadata or {})
+        self._writer = RecordingWriter(self.path, new_metadata(PRODUCER), row_group_rows=row_group_rows)
+        self._next_seq: dict[int, int] = {}  # ring key (cpu, or ring + 2**32) -> next seq
+        self._lost_numbered = 0  # self._lost[:n] belong to segments already written
+        self._sample_counts: dict[str, int] = {}  # insertion order = first appearance
+        self._lo: int | None = None
+        self._hi: int | None = None
+        self._ncpus = 0
+        self.segments = 0
+        self.samples_written = 0
+
+    @staticmethod
+    def _ring_key(r: dict[str, Any]) -> np.ndarray:
+        cpu = r["cpu"].astype(np.int64)
+        return cpu if r["ring"] is None else r["ring"].astype(np.int64) + (1 << 32)
+
+    def _continue_seq(self, rows: list[dict[str, Any]], unset: list[bool]) -> None:
+        """Seq numbers of this segment's rows continue each ring's numbering."""
+        for r, was_unset in zip(rows, unset, strict=True):
+            if not len(r["time"]):
+                continue
+            key = self._ring_key(r)
+            uk, inv = np.unique(key, return_inverse=True)
+            if was_unset:
+                base = np.array([self._next_seq.get(int(k), 0) for k in uk], np.uint64)
+                r["seq"] = r["seq"] + base[inv]
+        for r in rows:  # the next segment starts after the highest seq of each ring
+            if not len(r["time"]):
+                continue
+            key = self._ring_key(r)
+            for k in np.unique(key).tolist():
+                top = int(r["seq"][key == k].max()) + 1
+                self._next_seq[k] = max(self._next_seq.get(k, 0), top)
+
+    def end_segment(self) -> int:
+        """Write the samples added since the last call as one segment; returns their number."""
+        rows = self._samples + self._lost[self._lost_numbered:]
+        unset = [r["seq"] is None for r in rows]
+        self._number_seq()  # from 0 per ring, for rows without seq (earlier segments have theirs)
+        self._continue_seq(rows, unset)
+        self._lost_numbered = len(self._lost)
+        n = sum(len(r["time"]) for r in self._samples)
+        if n:
+            for r in self._samples:
+                if len(r["time"]):
+                    self._sample_counts[r["event"]] = self._sample_counts.get(r["event"], 0) + len(r["time"])
+                    lo, hi = int(r["time"].min()), int(r["time"].max())
+                    self._lo = lo if self._lo is None else min(self._lo, lo)
+                    self._hi = hi if self._hi is None else max(self._hi, hi)
+                    self._ncpus = max(self._ncpus, int(r["cpu"].max()) + 1)
+            # one segment: every row in segment 0, so the order is ring, then seq
+            for t in self._sample_tables(segment_ns=int(np.iinfo(np.uint64).max)):
+                self._writer.write(t)
+            self.segments += 1
+            self.samples_written += n
+        self._samples = []
+        return n
+
+    def close(self) -> Path:
+        """Write what is pending, the side band and the metadata; returns the file."""
+        self.end_segment()
+        a = self._write_args
+        times = [(self._lo, self._hi)] if self._lo is not None else []
+        for r in self._lost:
+            if len(r["time"]):
+                times.append((int(r["time"].min()), int(r["time"].max())))
+        for side in self._side:
+            if "time" in side and len(side["time"]):
+                t = np.asarray(side["time"])
+                times.append((int(t.min()), int(t.max())))
+        lo = min((x for x, _ in times), default=0)
+        hi = max((y for _, y in times), default=0)
+        used = list(dict.fromkeys(list(self._sample_counts) + [r["event"] for r in self._lost if r["event"]]))
+        ncpus = max([self._ncpus] + [int(r["cpu"].max()) + 1 for r in self._lost if len(r["cpu"])]) or 1
+        counts = {e: {"samples": self._sample_counts.get(e, 0),
+                      "lost": int(sum(int(r["lost"].sum()) for r in self._lost if r["event"] == e))}
+                  for e in used}
+        meta = self._metadata(a["alloc"], a["free"], used, ncpus,
+                              lo if a["start_ns"] is None else int(a["start_ns"]),
+                              hi if a["stop_ns"] is None else int(a["stop_ns"]),
+                              a["anchor"], a["options"], a["host"], counts)
+        meta.update(self._extra)
+        self._writer.metadata = meta
+        for t in self._tables():  # no samples left: lost, stacks, then the other side-band rows
+            self._writer.write(t)
+        return self._writer.close()

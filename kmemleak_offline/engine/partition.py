@@ -82,11 +82,10 @@ def replay_part(setup: ReplaySetup, part: int,
     t = cols["time"][by]
     o = np.argsort(t, kind="stable") if len(bounds) > 2 else np.arange(n)
     order = by[o]
-    del by, ring
-    c = {k: v[order] for k, v in cols.items()}
-    del cols, order
-    t = c["time"]
-    alloc = setup.role_is_alloc[c["role"]]
+    t = t[o]
+    del by, ring, o
+    key = cols["key"][order]
+    alloc = setup.role_is_alloc[cols["role"][order]]
     kept = dropped_mask(t, setup.win_start, setup.win_end)
     eb = np.concatenate(([0], np.searchsorted(t, setup.starts, side="right"), [n])).astype(np.int64)
     events = np.diff(eb)
@@ -100,19 +99,21 @@ def replay_part(setup: ReplaySetup, part: int,
     for e in range(ne):
         lo, hi = int(eb[e]), int(eb[e + 1])
         if hi == lo:
-            live.append({k: v[:0] for k, v in c.items()})
+            live.append({k: v[:0] for k, v in cols.items()})
             continue
         if kept[lo:hi].all():
-            pos = lo + _live_allocs(c["key"][lo:hi], alloc[lo:hi])
+            pos = lo + _live_allocs(key[lo:hi], alloc[lo:hi])
         else:
             kpos = lo + np.flatnonzero(kept[lo:hi])
-            pos = kpos[_live_allocs(c["key"][kpos], alloc[kpos])]
-        live.append({k: v[pos] for k, v in c.items()})
+            pos = kpos[_live_allocs(key[kpos], alloc[kpos])]
+        src = order[pos]  # only the live entries' other columns are gathered
+        live.append({k: (t[pos] if k == "time" else v[src]) for k, v in cols.items()})
     res = PartResult(part=part, events=events, first_time=first,
                      last_time=int(t[-1]) if n else 0, allocs=np.diff(ca[eb]), frees=np.diff(cf[eb]),
                      live=live)
     if setup.interval_bounds is not None:
-        res.iv = _interval_parts(t, c["key"], c["size"], ka, kf, kept, eb, setup.interval_bounds)
+        res.iv = _interval_parts(t, key, cols["size"][order], ka, kf, kept, eb,
+                                 setup.interval_bounds)
     return res
 
 

@@ -262,7 +262,11 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
         if not parts:
             return {c: results[0].live[e][c] if results else np.zeros(0) for c in partition.ENTRY_COLUMNS}
         cols = {c: np.concatenate([p[c] for p in parts]) for c in partition.ENTRY_COLUMNS}
-        o = np.lexsort((cols["key"], cols["time"]))  # perf-prof's tree order: (time, key)
+        t = cols["time"]
+        o = np.argsort(t, kind="stable")  # each part is sorted by time: timsort merges the runs
+        ts = t[o]
+        if len(ts) > 1 and np.any(ts[1:] == ts[:-1]):  # perf-prof's tree order: (time, key)
+            o = np.lexsort((cols["key"], t))
         return {c: v[o] for c, v in cols.items()}
 
     # windows in perf-prof's reclaim order: ascending start (stable), grouped by boundary
@@ -296,8 +300,8 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
             add("lost", int(first[m]), prev, m, w[sel])
         prev = m
     add("final", 0, prev, ne, np.zeros(0, np.int64))
-    entries = {c: np.concatenate([p[c] for p in pieces]).astype(_dtype(c), copy=False)
-               for c in partition.ENTRY_COLUMNS}
+    entries = {c: (np.concatenate([p[c] for p in pieces]) if len(pieces) > 1 else pieces[0][c])
+               .astype(_dtype(c), copy=False) for c in partition.ENTRY_COLUMNS}
     nonempty = np.flatnonzero(events)
     last = max((r.last_time for r in results), default=0) if len(nonempty) else None
     merged = Merged(entries=entries, reports=reports, lost=lost, total_alloc=int(cum_a[-1]),

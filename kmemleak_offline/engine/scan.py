@@ -147,32 +147,31 @@ def _scan_unit(setup: ScanSetup, u: Unit, res: RangeResult, rings: _RingState,
     res.events += m
     if m == 0:
         return
-    key = ev.key[rows]
+    if setup.part_bits:  # rows of one partition together, (ring, seq) order kept within
+        part = partition_of(ev.key[rows], setup.part_bits)
+        o = np.argsort(part.astype(np.int16), kind="stable")  # a radix sort
+        rows, t = rows[o], t[o]
+        ends = np.cumsum(np.bincount(part, minlength=1 << setup.part_bits)).tolist()
+    else:
+        ends = [m]
     cols = {
         "time": t,
         "rs": (sm.ring[rows].astype(np.uint64) << np.uint64(48)) | (rows + u.row0).astype(np.uint64),
-        "key": key,
+        "key": ev.key[rows],
         "size": ev.size[rows] if ev.size is not None else np.zeros(m, np.uint64),
         "stack_id": sm.stack_id[rows],
         "pid": sm.pid[rows],
         "role": ev.role[rows].astype(np.int8),
     }
-    part = partition_of(key, setup.part_bits)
-    if setup.part_bits == 0:
-        groups = [(0, cols)]
-    else:
-        o = np.argsort(part.astype(np.int16), kind="stable")  # a radix sort: file order kept
-        cnt = np.bincount(part, minlength=1 << setup.part_bits)
-        ends = np.cumsum(cnt)
-        groups = []
-        for p in np.flatnonzero(cnt).tolist():
-            sel = o[ends[p] - cnt[p]:ends[p]]
-            groups.append((p, {c: v[sel] for c, v in cols.items()}))
-    for p, g in groups:
-        if writers is not None:
-            writers.write(p, g)
-        else:
-            res.parts.setdefault(p, []).append(g)
+    lo = 0
+    for p, hi in enumerate(ends):
+        if hi > lo:
+            g = {c: v[lo:hi] for c, v in cols.items()}  # views
+            if writers is not None:
+                writers.write(p, g)
+            else:
+                res.parts.setdefault(p, []).append(g)
+        lo = hi
 
 
 def _clamp_unit(ring: np.ndarray, seq: np.ndarray, time: np.ndarray, rings: _RingState,
