@@ -20,10 +20,10 @@ import pyarrow as pa
 from . import expr as exprmod
 from . import spec as specmod
 from .load import RING_ID_LIMIT, Samples, column_array, load, load_side, ring_ids
-from .malloc import MallocError, is_malloc_recording, malloc_events
+from .malloc import MallocError, is_malloc_recording
 from .malloc import summary as malloc_summary
 from .recording import Recording
-from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered, ring_seq_key
+from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered
 from .symbols.kernel import KernelSymbols
 from .timeline import CommTimeline
 from .tracefs import EventFormat, FormatError, parse_format
@@ -302,8 +302,9 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     comms = CommTimeline(side["comm"], side["fork"])
     lost_t = side["lost"]
     l_cpu = column_array(lost_t.column("cpu"), np.uint32)
-    common = dict(recording=rec, metadata=meta, roles=roles, per_task=per_task, ksyms=ksyms,
-                  comms=comms, side=side, warnings=warnings, expansions=expansions)
+    common = {"recording": rec, "metadata": meta, "roles": roles, "per_task": per_task,
+              "ksyms": ksyms, "comms": comms, "side": side, "warnings": warnings,
+              "expansions": expansions}
     a = None
     if not (malloc or opts.in_memory or opts.verbose >= 2):
         a = _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu, common)

@@ -66,6 +66,18 @@ def _load(path: Path):
         _fail(str(exc))
 
 
+def _terminate_cleanly() -> None:
+    """SIGTERM unwinds like Ctrl-C (spill files and worker processes are cleaned up on the way
+    out), then exits 143 as a killed process would."""
+    import signal
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # not the main thread (tests running the CLI in one)
+        signal.signal(signal.SIGTERM, on_term)
+
+
 def _split_specs(values: list[str] | None) -> list[str] | None:
     return list(values) if values else None
 
@@ -100,6 +112,7 @@ def analyze(
         _fail(f"--format must be text or json, not {fmt!r}")
     if interval is not None and interval <= 0:
         _fail(f"-i/--interval must be a positive number of milliseconds, not {interval}")
+    _terminate_cleanly()
     if jobs is not None and jobs < 1:
         _fail(f"-j/--jobs must be at least 1, not {jobs}")
     if tmpdir is not None and not tmpdir.is_dir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Self, TextIO
 
 SHOW_AFTER_S = 2.0
 
@@ -37,7 +37,8 @@ class Progress:
         if not self.enabled or self._bar is not None or time.monotonic() - self.t0 < SHOW_AFTER_S:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
 
         self._bar = Bar(TextColumn("{task.description:>10}"), BarColumn(),
                         TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
@@ -50,7 +51,7 @@ class Progress:
             self._bar.stop()
             self._bar = None
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

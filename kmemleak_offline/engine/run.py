@@ -7,6 +7,7 @@ replay: pass 2 per partition (partition.py); merge: reports from the per-partiti
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,8 +119,8 @@ def _split(units: list[scan.Unit], k: int) -> list[list[scan.Unit]]:
         return [units]
     cum = np.cumsum([u.n for u in units])
     cuts = np.searchsorted(cum, cum[-1] * np.arange(1, k) / k, side="left") + 1
-    edges = sorted(set([0, *np.minimum(cuts, len(units)).tolist(), len(units)]))
-    return [units[a:b] for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    edges = sorted({0, *np.minimum(cuts, len(units)).tolist(), len(units)})
+    return [units[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
 def run(rec: Recording, plan: Plan, *, evaluate: Callable, role_is_alloc: np.ndarray,

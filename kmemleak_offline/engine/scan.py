@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..load import SAMPLE_COLUMNS, RING_ID_LIMIT, samples_from_table
+from ..load import RING_ID_LIMIT, SAMPLE_COLUMNS, samples_from_table
 from ..replay import _ring_seq_order, ring_seq_key
 from .spill import PartitionWriters, SpillDir
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pyarrow as pa
@@ -66,7 +67,7 @@ class SpillDir:
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def __enter__(self) -> SpillDir:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
