@@ -495,6 +495,7 @@ class Session:
             try:
                 self._enable()
                 self._t0 = time.monotonic()
+                self._announce()
                 self.release_child()
                 self._main_loop()
             finally:
@@ -544,6 +545,17 @@ class Session:
             for fd in self.fds:
                 if fd not in side:
                     pe.enable(fd)
+
+    def _announce(self) -> None:
+        """Say the moment events are on: start-up takes a while, and a workload started before
+        this line is missed."""
+        cfg = self.cfg
+        names = len(self.events)
+        what = (f"-- {cfg.command[0]}" if cfg.command else
+                f"pids {','.join(map(str, self.traced_pids))}" if self.traced_pids else "all CPUs")
+        until = f"for {cfg.duration_s:g} s or " if cfg.duration_s else ""
+        print(f"kmemleak-offline: recording {names} events ({what}) into {cfg.output}; "
+              f"{until}Ctrl-C to stop", file=sys.stderr, flush=True)
 
     def _orphaned(self) -> None:
         """In the converter, once the recorder died without stopping: remove its uprobes."""

@@ -292,15 +292,30 @@ def test_sigint_sigusr1_and_sigkill_partial_recording(tmp_path: Path) -> None:
 
 
 def test_tiny_ring_under_load_gives_lost_rows(tmp_path: Path) -> None:
-    loads = [_loader(4) for _ in range(2)]
+    """Losses are made certain, not hoped for: once the recorder says it is recording, it is
+    stopped (SIGSTOP) for a second while the load runs, so its 1-page rings overflow."""
+    out = tmp_path / "l.parquet"
+    rec = subprocess.Popen(RECORD + KK + ["-g", "-m", "1", "--duration", "3s", "-o", str(out)],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    loads: list[subprocess.Popen] = []
     try:
-        out = tmp_path / "l.parquet"
-        res = run_record(KK + ["-g", "-m", "1", "--duration", "3s", "-o", str(out)])
-        assert res.returncode == 0, res.stderr
+        line = rec.stderr.readline()
+        assert "recording" in line and "Ctrl-C to stop" in line, line
+        loads = [_loader(4) for _ in range(2)]
+        time.sleep(0.2)
+        rec.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)
+        rec.send_signal(signal.SIGCONT)
+        err = rec.communicate(timeout=60)[1]
+        assert rec.returncode == 0, err
     finally:
+        rec.send_signal(signal.SIGCONT)
         for p in loads:
             p.kill()
             p.wait()
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
     r = open_recording(out)
     lost = r.table(["lost"]).to_pylist()
     assert lost and all(x["lost"] > 0 and x["cpu"] in (0, 1) for x in lost)
