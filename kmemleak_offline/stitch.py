@@ -26,9 +26,12 @@ MAGIC = b"PAR1"
 _TRUE, _FALSE, _I8, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(1, 13)
 
 # Parquet FileMetaData / RowGroup / ColumnChunk / ColumnMetaData field ids (parquet.thrift)
-_FMD_NUM_ROWS, _FMD_ROW_GROUPS, _FMD_KV = 3, 4, 5
+_FMD_SCHEMA, _FMD_NUM_ROWS, _FMD_ROW_GROUPS, _FMD_KV = 2, 3, 4, 5
 _RG_COLUMNS, _RG_FILE_OFFSET, _RG_ORDINAL = 1, 5, 7
-_CC_FILE_PATH, _CC_FILE_OFFSET, _CC_META, _CC_OFFSET_INDEX, _CC_COLUMN_INDEX = 1, 2, 3, 4, 6
+_CC_FILE_PATH, _CC_FILE_OFFSET, _CC_META = 1, 2, 3
+# page index pointers (offset index 4/5, column index 6/7): the indexes hold absolute page offsets
+# of their own part, so a stitched file leaves them out (readers then scan pages, as without)
+_CC_PAGE_INDEX = (4, 5, 6, 7)
 _CMD_OFFSETS = (9, 10, 11, 14)  # data, index, dictionary page offsets; bloom filter offset
 
 
@@ -222,6 +225,10 @@ def stitch(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
         raise StitchError("nothing to stitch")
     footers = [read_footer(p) for p in parts]
     meta0 = footers[0][0]
+    schema0 = _encoded(_field(meta0, _FMD_SCHEMA))
+    for path, (fmd, _) in zip(parts[1:], footers[1:]):
+        if _encoded(_field(fmd, _FMD_SCHEMA)) != schema0:
+            raise StitchError(f"{path}: its schema differs from {parts[0]}'s; parts must share one")
     row_groups: list[Any] = []
     num_rows = 0
     with open(out, "wb") as dst:
@@ -234,7 +241,8 @@ def stitch(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
                 for cc in _field(rg, _RG_COLUMNS)[2].items:
                     if _field(cc, _CC_FILE_PATH):
                         raise StitchError(f"{path}: column chunks in another file")
-                    _shift(cc, (_CC_FILE_OFFSET, _CC_OFFSET_INDEX, _CC_COLUMN_INDEX), delta)
+                    _shift(cc, (_CC_FILE_OFFSET,), delta)
+                    cc[:] = [f for f in cc if f[0] not in _CC_PAGE_INDEX]
                     _shift(_field(cc, _CC_META)[2], _CMD_OFFSETS, delta)
                 ordinal = _field(rg, _RG_ORDINAL)
                 if ordinal:
@@ -264,6 +272,15 @@ def stitch(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
         dst.write(w.out)
         dst.write(struct.pack("<I", len(w.out)) + MAGIC)
     return num_rows
+
+
+def _encoded(field: list | None) -> bytes:
+    """A footer field's Thrift encoding (to compare schemas)."""
+    if field is None:
+        return b""
+    w = _Writer()
+    w.struct([field])
+    return bytes(w.out)
 
 
 def _set_kv(fmd: TStruct, kv: Mapping[bytes, bytes]) -> None:

@@ -52,6 +52,12 @@ def test_stitched_file_holds_every_row_group_in_order(tmp_path):
     assert groups == [700, 300, 700, 700, 700, 400, 3, 1]
     assert meta.metadata[b"kmemleak_offline"] == b'{"format_version": 1}'
     assert b"ARROW:schema" in meta.metadata
+    # page indexes (part 1 wrote them) point at their own part's pages: left out, and reading
+    # with or without them gives the same rows
+    assert pq.ParquetFile(parts[1]).metadata.row_group(0).column(0).has_offset_index
+    assert all(not meta.row_group(i).column(j).has_offset_index
+               for i in range(meta.num_row_groups) for j in range(meta.num_columns))
+    assert pq.read_table(out, page_checksum_verification=True).equals(got)
     # each row group alone still decodes (offsets were shifted right)
     f = pq.ParquetFile(out)
     assert f.read_row_group(5).equals(tables[1][0].slice(2100).cast(got.schema))
@@ -84,3 +90,13 @@ def test_foreign_and_empty_inputs(tmp_path):
         stitch([bad], tmp_path / "o.parquet")
     with pytest.raises(StitchError, match="nothing"):
         stitch([], tmp_path / "o.parquet")
+
+
+def test_parts_with_different_schemas_are_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    a = _write(tmp_path / "a.parquet", [_table(rng, 10)])
+    t = _table(rng, 10)
+    b = tmp_path / "b.parquet"
+    pq.write_table(t.drop_columns(["raw"]), b)
+    with pytest.raises(StitchError, match="schema differs"):
+        stitch([a, b], tmp_path / "out.parquet")
