@@ -189,8 +189,9 @@ class RecordingWriter:
         self.closed = False
         if parts:
             self.parts_dir = Path(str(self.path) + PARTS_SUFFIX)
-            if self.parts_dir.exists():
-                shutil.rmtree(self.parts_dir)
+            if self.parts_dir.exists():  # never delete what a killed run left: say so
+                raise RecordingError(f"{self.parts_dir} exists (a killed recording?): analyse it, "
+                                     "or move it away first")
             self.parts_dir.mkdir(parents=True)
 
     def write(self, rows: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:

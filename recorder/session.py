@@ -95,6 +95,7 @@ class Session:
         self.child_status: int | None = None
         self.writer: RecordingWriter | None = None
         self._usr1 = False
+        self._unread_warned: set[str] = set()
         self._hup: set[int] = set()
         self._go: int | None = None
         self.uprobes: UprobeSet | None = None
@@ -384,17 +385,25 @@ class Session:
         """Kernel counts (PERF_FORMAT_LOST) into the metadata; the converter adds exact samples."""
         meta = self.writer.metadata
         for name, fds in self.event_fds.items():
-            count = lost = 0
+            count = lost = unread = 0
             for fd in fds:
                 try:
                     c, lo = pe.read_count_lost(fd)
                 except OSError:
+                    unread += 1
                     continue
                 count += c
                 lost += lo
             old = meta["counts"].get(name, {})
             meta["counts"][name] = {"samples": old.get("samples", 0), "lost": lost,
                                     "kernel_count": count}
+            if unread:  # those counts are missing from lost and kernel_count: say so
+                meta["counts"][name]["unread_counters"] = unread
+                if name not in self._unread_warned:
+                    self._unread_warned.add(name)
+                    print(f"kmemleak-offline: warning: {name}: {unread} of {len(fds)} kernel "
+                          "counters could not be read; its lost and kernel counts are low",
+                          file=sys.stderr, flush=True)
         meta["clock"]["stop_ns"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
     # ----------------------------------------------------------------- loop
@@ -417,8 +426,7 @@ class Session:
         if self._go is not None:
             os.close(self._go)
 
-    @staticmethod
-    def _realtime(on: bool) -> None:
+    def _realtime(self, on: bool) -> None:
         """SCHED_FIFO for this thread while draining: on a small box saturated by the workload a
         normal-priority reader wakes too late and the ring overflows. Best effort."""
         if os.environ.get("KMEMLEAK_RECORD_FIFO", "1") == "0":
@@ -428,8 +436,11 @@ class Session:
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(DRAIN_FIFO_PRIORITY))
             else:
                 os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except OSError:
-            pass
+        except OSError as exc:
+            if on:  # not fatal, but the user should know why rings may overflow under load
+                print(f"kmemleak-offline: note: the drain loop stays at normal priority (SCHED_FIFO: "
+                      f"{exc.strerror}); under heavy load rings may overflow", file=sys.stderr,
+                      flush=True)
 
     def _on_signal(self, signum: int, _frame) -> None:
         if signum == signal.SIGUSR1:

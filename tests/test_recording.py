@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
-from kmemleak_offline.recording import RecordingWriter, new_metadata, open_recording
+from kmemleak_offline.recording import RecordingError, RecordingWriter, new_metadata, open_recording
 
 
 def test_metadata_set_at_close_wins_over_metadata_known_at_open(tmp_path):
@@ -94,3 +95,14 @@ def test_a_newer_parts_folder_wins_over_an_older_file_of_the_same_name(tmp_path)
     for f in (tmp_path / "r.parquet.parts").glob("*.parquet"):
         os.utime(f, (1_000_000, 1_000_000))
     assert not open_recording(out).partial
+
+
+def test_parts_writer_never_deletes_an_existing_parts_folder(tmp_path):
+    """A killed run's parts are data: a new writer refuses to start over them."""
+    out = tmp_path / "r.parquet"
+    w = RecordingWriter(out, new_metadata("first"), parts=True)
+    w.write({"kind": ["sample"], "time": [1]})
+    w.flush_part()  # ...and killed
+    with pytest.raises(RecordingError, match="exists"):
+        RecordingWriter(out, new_metadata("second"), parts=True)
+    assert open_recording(out).metadata["producer"] == "first"
