@@ -27,6 +27,18 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"kmemleak-offline {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="print the version and exit")] = False) -> None:
+    """Record allocation/free events on a target; find leaks offline (perf-prof kmemleak, offline)."""
+
+
 class UserError(Exception):
     """Bad input: one line on stderr, exit 2."""
 

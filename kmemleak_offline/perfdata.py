@@ -23,13 +23,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kmemleak_offline import __version__
 from kmemleak_offline.symbols.kernel import ksym_rows
 
 from . import spec as specmod
 from . import tracefs
 from .recording import RecordingWriter, new_metadata
 
-PRODUCER = "kmemleak-offline 0.1.0 import"
+PRODUCER = f"kmemleak-offline {__version__} import"
 
 MAGIC = b"PERFILE2"
 HEADER_SIZE = 104

@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from kmemleak_offline import __version__
+
 from . import tracefs
 from .recording import RecordingWriter, const_column, new_metadata, write_recording
 
 PERF_CONTEXT_KERNEL = 0xFFFFFFFFFFFFFF80
 PERF_CONTEXT_USER = 0xFFFFFFFFFFFFFE00
 KERNEL_TEXT_START = 0xFFFFFFFF81000000
-PRODUCER = "kmemleak-offline 0.1.0 synthetic"
+PRODUCER = f"kmemleak-offline {__version__} synthetic"
 DEFAULT_REALTIME_NS = 1_735_689_600_000_000_000  # 2025-01-01T00:00:00Z: deterministic wall clock
 _CHUNK = 1 << 20  # rows per encoded chunk: bounds the temporary byte matrices
 

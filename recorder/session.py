@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kmemleak_offline import __version__
 from kmemleak_offline.recording import RecordingWriter, new_metadata
 from recorder import perf_event as pe
 from recorder import procfs
@@ -40,7 +41,7 @@ from recorder.records import EventInfo, Splitter
 from recorder.ring import PAGE_SIZE, Ring
 from recorder.spool import SpooledRecording
 
-PRODUCER = "kmemleak-offline 0.1.0 record"
+PRODUCER = f"kmemleak-offline {__version__} record"
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmemleak_offline import perfdata, tracefs
+from kmemleak_offline import __version__, perfdata, tracefs
 from kmemleak_offline.cli import main
 from kmemleak_offline.recording import open_recording
 from tests.test_record_e2e import groups
@@ -134,7 +134,7 @@ def test_stacks_deduplicated_and_kernel_first(pipes_rec: Path) -> None:
 def test_metadata_host_clock_and_kernel_symbols(pipes_rec: Path) -> None:
     rec = open_recording(pipes_rec)
     m = rec.metadata
-    assert m["producer"] == "kmemleak-offline 0.1.0 import"
+    assert m["producer"] == f"kmemleak-offline {__version__} import"
     assert m["host"]["kernel_release"] == platform.release()
     assert m["host"]["hostname"] == platform.node()
     assert m["host"]["ncpus"] == os.cpu_count()

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from kmemleak_offline import synthetic, tracefs
+from kmemleak_offline import __version__, synthetic, tracefs
 from kmemleak_offline.recording import open_recording
 from kmemleak_offline.synthetic import (
     KERNEL_TEXT_START,
@@ -207,7 +207,7 @@ def test_builder_writes_a_recording_with_expected_rows_and_metadata(tmp_path: Pa
 
     rec = open_recording(path)
     m = rec.metadata
-    assert m["producer"] == "kmemleak-offline 0.1.0 synthetic" and m["format_version"] == 1
+    assert m["producer"] == f"kmemleak-offline {__version__} synthetic" and m["format_version"] == 1
     assert m["alloc"] == ["kmem:kmalloc//ptr=ptr/size=bytes_alloc/stack/"]
     assert m["free"] == ["kmem:kmem_cache_free//ptr=ptr/"]
     assert set(m["events"]) == {"kmem:kmalloc", "kmem:kmem_cache_free"}
