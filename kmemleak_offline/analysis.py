@@ -273,8 +273,28 @@ def _small_pages():
         _set_madvise_hugepage(before)
 
 
+def _keep_freed_memory() -> None:
+    """glibc: keep freed blocks (up to 256 MB at the heap top, blocks up to 32 MB off mmap) for
+    reuse. The analysis frees and reallocates the same few-MB arrays per row group and partition;
+    returning them to the kernel each time cost as much system time as the work itself (page
+    faults are dear on VMs): 3.7 s -> 1.7 s of system time at 10M events. Peak memory is
+    unchanged (only memory that was in use is kept). No-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+
+
 def analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     """Run the whole analysis of one recording."""
+    _keep_freed_memory()
     with _small_pages():
         return _analyze(rec, opts)
 

@@ -70,6 +70,12 @@ def load_part(setup: ReplaySetup, part: int,
     return {c: np.concatenate([p[c] for _, p in pieces]) for c in spill.COLUMNS}
 
 
+def replay_task(_shared: object, setup: ReplaySetup, part: int,
+                mem: list[tuple[int, dict[str, np.ndarray]]] | None = None) -> PartResult:
+    """`replay_part` as a worker task (the workers' shared set-up is the scan's)."""
+    return replay_part(setup, part, mem)
+
+
 def replay_part(setup: ReplaySetup, part: int,
                 mem: list[tuple[int, dict[str, np.ndarray]]] | None = None) -> PartResult:
     cols = load_part(setup, part, mem)

@@ -1,8 +1,8 @@
 """Run tasks in forked worker processes (or inline for one job), with clean Ctrl-C.
 
-Workers are forked so that they inherit the analysis set-up (compiled expressions, symbol
-tables) without pickling it; they ignore SIGINT and are terminated by the parent, which owns the
-cleanup (spill files) and the one-line error.
+Workers are forked once per analysis, so that they inherit the set-up (compiled expressions,
+symbol tables) without pickling it, and serve both passes with warm heaps; they ignore SIGINT and
+are terminated by the parent, which owns the cleanup (spill files) and the one-line error.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import multiprocessing
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any
+from typing import Any, Self
 
-_TASK: Callable[..., Any] | None = None  # set before the pool forks
-_SHARED: Any = None  # the task's first argument, inherited (never pickled)
+_SHARED: Any = None  # inherited by the workers at fork (never pickled)
 
 
 def _ignore_sigint() -> None:
@@ -22,42 +21,61 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _call(args: tuple) -> Any:
-    assert _TASK is not None
-    return _TASK(_SHARED, *args)
+def _call(fn: Callable[..., Any], args: tuple) -> Any:
+    return fn(_SHARED, *args)
 
 
-def run_tasks(fn: Callable[..., Any], shared: Any, tasks: Sequence[tuple],
-              jobs: int) -> Iterator[tuple[int, Any]]:
-    """Yield (task index, fn(shared, *task)) as tasks finish; inline when jobs <= 1 or one task.
-    `shared` reaches the workers through fork; tasks and results are pickled."""
-    global _TASK, _SHARED
-    if jobs <= 1 or len(tasks) <= 1:
-        for i, t in enumerate(tasks):
-            yield i, fn(shared, *t)
-        return
-    _TASK, _SHARED = fn, shared
-    ex = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("fork"),
-                             initializer=_ignore_sigint)
-    try:
+class Workers:
+    """`jobs` forked processes sharing `shared`; `run(fn, tasks)` yields (index, fn(shared, *task))
+    as tasks finish (fn must be a module-level function: it is pickled by reference)."""
+
+    def __init__(self, jobs: int, shared: Any) -> None:
+        self.jobs, self.shared = jobs, shared
+        self._ex: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        global _SHARED
+        if self._ex is None:
+            _SHARED = self.shared
+            try:
+                self._ex = ProcessPoolExecutor(self.jobs, initializer=_ignore_sigint,
+                                               mp_context=multiprocessing.get_context("fork"))
+                self._ex.submit(int).result()  # fork now, while _SHARED is set
+            finally:
+                _SHARED = None
+        return self._ex
+
+    def run(self, fn: Callable[..., Any], tasks: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+        if self.jobs <= 1 or len(tasks) <= 1:
+            for i, t in enumerate(tasks):
+                yield i, fn(self.shared, *t)
+            return
+        ex = self._executor()
         pending: dict[Future, int] = {}
         todo = list(enumerate(tasks))
         todo.reverse()
-        # keep at most 2 tasks per worker queued: results are collected (and freed) as they come
+        # at most 2 tasks per worker queued: results are collected (and freed) as they come
         while todo or pending:
-            while todo and len(pending) < 2 * jobs:
+            while todo and len(pending) < 2 * self.jobs:
                 i, t = todo.pop()
-                pending[ex.submit(_call, t)] = i
+                pending[ex.submit(_call, fn, t)] = i
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
-                i = pending.pop(f)
-                yield i, f.result()
-    except BaseException:
-        for p in list((getattr(ex, "_processes", None) or {}).values()):
-            p.terminate()
-        ex.shutdown(wait=False, cancel_futures=True)
-        raise
-    else:
-        ex.shutdown(wait=True)
-    finally:
-        _TASK = _SHARED = None
+                yield pending.pop(f), f.result()
+
+    def close(self, kill: bool = False) -> None:
+        ex, self._ex = self._ex, None
+        if ex is None:
+            return
+        if kill:
+            for p in list((getattr(ex, "_processes", None) or {}).values()):
+                p.terminate()
+            ex.shutdown(wait=False, cancel_futures=True)
+        else:
+            ex.shutdown(wait=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(kill=exc_type is not None)

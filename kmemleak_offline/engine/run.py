@@ -19,7 +19,7 @@ from ..load import SAMPLE_COLUMNS, samples_from_table
 from ..recording import Recording, _conform, _group_kind, kind_mask
 from ..replay import U64_MAX, Lost, Report
 from . import partition, scan
-from .pool import run_tasks
+from .pool import Workers
 from .progress import Progress
 from .spill import SpillDir
 
@@ -144,9 +144,16 @@ def _run(plan: Plan, spill: SpillDir | None, evaluate, role_is_alloc, lost_ring,
                            spill=spill, lost_ring=lost_ring.astype(np.uint32),
                            lost_seq=lost_seq.astype(np.uint64))
     progress.stage("reading", plan.samples)
+    with Workers(plan.jobs, setup) as workers:
+        return _passes(plan, spill, setup, workers, lost_ring, lost_count, lost_time, start_ns,
+                       interval, progress, role_is_alloc)
+
+
+def _passes(plan, spill, setup, workers, lost_ring, lost_count, lost_time, start_ns, interval,
+            progress, role_is_alloc) -> Merged | None:
     ranges: list[scan.RangeResult | None] = [None] * len(plan.ranges)
     tasks = [(i, units) for i, units in enumerate(plan.ranges)]
-    for i, r in run_tasks(scan.scan_range, setup, tasks, plan.jobs):
+    for i, r in workers.run(scan.scan_range, tasks):
         ranges[i] = r
         progress.advance(r.samples)
         if not r.ordered:
@@ -179,8 +186,8 @@ def _run(plan: Plan, spill: SpillDir | None, evaluate, role_is_alloc, lost_ring,
     rsetup.interval_bounds = bounds
     progress.stage("replaying", sum(r.events for r in rr))
     results: list[partition.PartResult] = []
-    tasks2 = [(p, mem.get(p) if mem is not None else None) for p in range(nparts)]
-    for _, res in run_tasks(partition.replay_part, rsetup, tasks2, plan.jobs):
+    tasks2 = [(rsetup, p, mem.get(p) if mem is not None else None) for p in range(nparts)]
+    for _, res in workers.run(partition.replay_task, tasks2):
         results.append(res)
         progress.advance(int(res.events.sum()))
     m = _merge(results, lost, starts, bounds)
