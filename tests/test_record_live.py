@@ -32,7 +32,10 @@ MARKER = 2**64 - 4096
 PIPES = textwrap.dedent("""
     import os, sys, time, threading
     n, mode, pre, post = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-    time.sleep(pre)
+    if pre < 0:   # wait for the test's go (a line on stdin): it sends it once recording is on
+        sys.stdin.readline()
+    else:
+        time.sleep(pre)
     def work():
         ps = [os.pipe() for _ in range(n)]
         if mode == "close":
@@ -57,6 +60,25 @@ def workload(tmp_path: Path) -> Path:
 def run_record(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(RECORD + args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           check=False)
+
+
+def record_then_go(args: list[str], workloads: list[subprocess.Popen],
+                   timeout: float = 60) -> subprocess.CompletedProcess:
+    """Start the recorder, wait for its 'recording' line (events are on), then tell the waiting
+    workloads to go: the workload never races the recorder's start-up, however loaded the box."""
+    rec = subprocess.Popen(RECORD + args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        first = rec.stderr.readline()  # the 'recording' line (or an error: go all the same)
+        for w in workloads:
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        out, err = rec.communicate(timeout=timeout)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+    return subprocess.CompletedProcess(rec.args, rec.returncode, out, first + err)
 
 
 def samples(path: Path) -> tuple[dict, list[dict]]:
@@ -158,15 +180,17 @@ def test_command_pipes_kept_open_leak_and_closed_do_not(tmp_path: Path, workload
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
 
 
 def test_pid_mode_follows_new_threads(tmp_path: Path, workload: Path) -> None:
     n = 40
-    proc = _start([str(workload), str(n), "keep", "1.5", "3", "thread"])
+    proc = _start([str(workload), str(n), "keep", "-1", "3", "thread"])
     try:
         out = tmp_path / "p.parquet"
-        res = run_record(KK + ["-g", "-p", str(proc.pid), "--duration", "3s", "-o", str(out)])
+        res = record_then_go(KK + ["-g", "-p", str(proc.pid), "--duration", "3s", "-o", str(out)],
+                             [proc])
         assert res.returncode == 0, res.stderr
         worker = int(proc.stdout.readline())
     finally:
@@ -186,11 +210,12 @@ def test_pid_mode_follows_new_threads(tmp_path: Path, workload: Path) -> None:
 
 def test_tid_mode_records_only_that_thread(tmp_path: Path, workload: Path) -> None:
     # two processes making pipes; attach to one thread only
-    a = _start([str(workload), "30", "keep", "1.5", "2"])
-    b = _start([str(workload), "30", "keep", "1.5", "2"])
+    a = _start([str(workload), "30", "keep", "-1", "2"])
+    b = _start([str(workload), "30", "keep", "-1", "2"])
     try:
         out = tmp_path / "t.parquet"
-        res = run_record(KK + ["-g", "-t", str(a.pid), "--duration", "3s", "-o", str(out)])
+        res = record_then_go(KK + ["-g", "-t", str(a.pid), "--duration", "3s", "-o", str(out)],
+                             [a, b])
         assert res.returncode == 0, res.stderr
     finally:
         for p in (a, b):
@@ -208,12 +233,12 @@ def test_cpu_mode_records_only_listed_cpus(tmp_path: Path, workload: Path) -> No
     if len(os.sched_getaffinity(0)) < 2:
         pytest.fail("needs 2 CPUs")
     on0 = subprocess.Popen(["taskset", "-c", "0", sys.executable, str(workload), "50", "keep",
-                            "3", "3"], stdout=subprocess.PIPE, text=True)
+                            "-1", "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     on1 = subprocess.Popen(["taskset", "-c", "1", sys.executable, str(workload), "50", "keep",
-                            "3", "3"], stdout=subprocess.PIPE, text=True)
+                            "-1", "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         out = tmp_path / "c.parquet"
-        res = run_record(KK + ["-g", "-C", "0", "--duration", "5s", "-o", str(out)])
+        res = record_then_go(KK + ["-g", "-C", "0", "--duration", "3s", "-o", str(out)], [on0, on1])
         assert res.returncode == 0, res.stderr
     finally:
         for p in (on0, on1):
