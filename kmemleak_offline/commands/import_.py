@@ -1,6 +1,6 @@
 """`kmemleak-offline import`: a `perf record` perf.data -> a recording, for postmortem analysis.
 
-A thin Typer wrapper over perfdata.import_perf_data; bad input is one stderr line and exit 2.
+A thin Typer wrapper over perfdata.import_perf_data; bad input is a CommandError (exit 2).
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from typing import Annotated
 
 import typer
 
+from .common import fail
+
 
 def import_(
     ctx: typer.Context,
-    perf_data: Annotated[Path, typer.Argument(help="perf.data written by perf record (tracepoints/uprobes)")],
+    perf_data: Annotated[Path, typer.Argument(metavar="PERF_DATA", help="perf.data written by perf record (tracepoints/uprobes)")],
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                 help="recording to write (default: PERF_DATA with .parquet)")] = None,
     alloc: Annotated[list[str] | None, typer.Option("--alloc", metavar="EVENT[,EVENT...]", help="alloc events "
@@ -22,12 +24,12 @@ def import_(
     free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="free events")] = None,
 ) -> None:
     """Convert a perf.data (tracepoints and uprobes) into a recording."""
-    from .perfdata import PerfDataError, import_perf_data  # pandas: only when importing
-    from .recording import RecordingError
+    from ..perfdata import PerfDataError, import_perf_data  # pandas: only when importing
+    from ..recording import RecordingError
 
     out = output if output is not None else perf_data.with_suffix(".parquet")
     if out.resolve() == perf_data.resolve():
-        _fail(f"{out}: the output would overwrite the perf.data; give -o")
+        fail(f"{out}: the output would overwrite the perf.data; give -o")
 
     def notice(msg: str) -> None:
         sys.stderr.write(f"kmemleak-offline import: {msg}\n")
@@ -36,15 +38,10 @@ def import_(
         res = import_perf_data(perf_data, out, list(alloc) if alloc else None,
                                list(free) if free else None, notice=notice)
     except (PerfDataError, RecordingError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"{out}: cannot write the recording ({exc.strerror or exc})")
+        fail(f"{out}: cannot write the recording ({exc.strerror or exc})")
     total = sum(res.samples.values())
     per = ", ".join(f"{k} {v}" for k, v in sorted(res.samples.items()))
     sys.stderr.write(f"kmemleak-offline import: wrote {res.output}: {total} samples ({per}), "
                      f"{res.stacks} distinct call chains\n")
-
-
-def _fail(msg: str) -> None:
-    sys.stderr.write(f"kmemleak-offline: {msg}\n")
-    raise typer.Exit(2)

@@ -1,0 +1,118 @@
+"""`kmemleak-offline analyze`: one recording -> perf-prof's leak report (text, JSON, folded)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import fail, load, reader_may_leave, split_specs
+
+
+def _terminate_cleanly() -> None:
+    """SIGTERM unwinds like Ctrl-C (spill files and worker processes are cleaned up on the way
+    out), then exits 143 as a killed process would."""
+    import signal
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # not the main thread (tests running the CLI in one)
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def analyze(
+    recording: Annotated[Path, typer.Argument(metavar="RECORDING", help="recording file (.parquet) or parts folder")],
+    alloc: Annotated[list[str] | None, typer.Option("--alloc", metavar="EVENT[,EVENT...]", help="re-interpret: alloc events")] = None,
+    free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="re-interpret: free events")] = None,
+    than: Annotated[str | None, typer.Option("--than", metavar="T", help="only leaks older than T: N[s|ms|us|ns] (bare = ns)")] = None,
+    comm: Annotated[bool, typer.Option("--comm", help="per-stack comms line (leaked-bytes mode)")] = False,
+    flame_graph: Annotated[str | None, typer.Option("--flame-graph", metavar="FILE", help="write folded stacks to FILE(.folded)")] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v: event list too; -vv: every sample")] = 0,
+    interval: Annotated[int | None, typer.Option("-i", "--interval", metavar="MS", help="stats every MS of trace time")] = None,
+    fmt: Annotated[str, typer.Option("--format", metavar="text|json", help="report format")] = "text",
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE", help="write the report here")] = None,
+    utc: Annotated[bool, typer.Option("--utc", help="timestamps in UTC instead of local time")] = False,
+    symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
+    call_graph: Annotated[bool, typer.Option("-g", "--call-graph", help="accepted (stacks are used when recorded)")] = False,
+    order: Annotated[bool, typer.Option("--order", help="accepted; ordering is always on")] = False,
+    jobs: Annotated[int | None, typer.Option("-j", "--jobs", metavar="N", help="worker processes (default: all cores)")] = None,
+    tmpdir: Annotated[Path | None, typer.Option("--tmpdir", metavar="DIR", help="spill files go here (default: TMPDIR)")] = None,
+    partitions: Annotated[int | None, typer.Option("--partitions", hidden=True)] = None,
+    scan_ranges: Annotated[int | None, typer.Option("--scan-ranges", hidden=True)] = None,
+    in_memory: Annotated[bool, typer.Option("--in-memory", hidden=True)] = False,
+) -> None:
+    """Match allocs with frees and print perf-prof's leak reports."""
+    from ..reports import flamegraph, json_report
+    from ..reports.text import TextReport
+
+    if fmt not in ("text", "json"):
+        fail(f"--format must be text or json, not {fmt!r}")
+    if interval is not None and interval <= 0:
+        fail(f"-i/--interval must be a positive number of milliseconds, not {interval}")
+    _terminate_cleanly()
+    if jobs is not None and jobs < 1:
+        fail(f"-j/--jobs must be at least 1, not {jobs}")
+    if tmpdir is not None and not tmpdir.is_dir():
+        fail(f"--tmpdir {tmpdir}: not a directory")
+    engine = {"jobs": jobs, "tmpdir": str(tmpdir) if tmpdir else None, "partitions": partitions,
+              "scan_ranges": scan_ranges, "in_memory": in_memory}
+    a, stacks = run_analysis(recording, alloc, free, than, comm=comm, verbose=verbose,
+                          interval=interval, symfs=symfs, engine=engine)
+    if a.result.total_alloc == 0 and fmt == "text":  # perf-prof prints nothing then: say why
+        names = ", ".join(r.spec.full_name for r in a.roles if r.is_alloc)
+        sys.stderr.write(f"kmemleak-offline: note: no allocations to report ({names}: none "
+                         "recorded or all filtered out)\n")
+    out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
+    with reader_may_leave():
+        try:
+            if fmt == "json":
+                json_report.write(a, stacks, str(recording), out, verbose=verbose, comm=comm)
+            else:
+                TextReport(a, stacks, out, sys.stderr, verbose=verbose, utc=utc).write()
+            if flame_graph is not None:
+                path = flamegraph.write_folded(a, stacks, flame_graph)
+                if path is not None and fmt == "text":
+                    out.write(flamegraph.hint(path))
+        finally:
+            if output:
+                out.close()
+
+
+def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verbose: int = 0,
+              interval: int | None = None, symfs: Path | None = None, engine: dict | None = None):
+    """Open and analyse one recording; bad input -> one line, exit 2."""
+    from ..analysis import AnalysisError, AnalyzeOptions
+    from ..analysis import analyze as run
+    from ..reports.frames import StackResolver
+    from ..spec import SpecError, parse_duration
+
+    try:
+        than_ns = parse_duration(than) if than is not None else 0
+    except SpecError as exc:
+        fail(f"--than: {exc}")
+    rec = load(recording)
+    opts = AnalyzeOptions(alloc=split_specs(alloc), free=split_specs(free), than_ns=than_ns,
+                          comm=comm, verbose=verbose, interval_ms=interval, **(engine or {}))
+    try:
+        a = run(rec, opts)
+    except AnalysisError as exc:
+        fail(str(exc))
+    return a, StackResolver(a.stacks, a.ksyms, user_resolver(rec, symfs))
+
+
+def user_resolver(rec, symfs: Path | None):
+    """User-space symbolisation, built on first use (only stacks with user frames need it)."""
+    from ..symbols.user import from_recording
+
+    state: dict = {}
+
+    def resolve(pids, addrs, times, is_return):
+        if "sym" not in state:
+            state["sym"] = from_recording(rec, symfs=str(symfs) if symfs else None)
+        return state["sym"].resolve(pids, addrs, times, is_return)
+
+    return resolve

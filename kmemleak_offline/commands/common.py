@@ -1,0 +1,59 @@
+"""What every subcommand shares: the one error class, opening a recording, a closed stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+
+
+class CommandError(Exception):
+    """Bad input or a failed step: its message (one line, or an expression's caret block) goes to
+    stderr and the process exits with `code` (2: bad input). Raised anywhere under a command,
+    printed once by `cli.main`."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(msg: str, code: int = 2) -> None:
+    raise CommandError(msg, code)
+
+
+def silence_stdout() -> None:
+    """Send whatever is still buffered for a closed stdout to /dev/null (Python's recipe)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[None]:
+    """`... | head`: the reader closing stdout ends the command quietly with status 0 (left to
+    Click, it would exit 1)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        raise typer.Exit(0) from None
+
+
+def load(path: Path):
+    """Open a recording file or parts folder; bad input is a CommandError."""
+    from ..recording import RecordingError, open_recording
+
+    try:
+        return open_recording(path)
+    except RecordingError as exc:
+        fail(str(exc))
+
+
+def split_specs(values: list[str] | None) -> list[str] | None:
+    return list(values) if values else None
