@@ -22,6 +22,7 @@ from . import spec as specmod
 from .load import RING_ID_LIMIT, Samples, column_array, load, load_side, ring_ids
 from .malloc import MallocError, is_malloc_recording
 from .malloc import summary as malloc_summary
+from .metadata import Metadata
 from .recording import Recording
 from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered
 from .symbols.kernel import KernelSymbols
@@ -183,11 +184,11 @@ class Analysis:
 
     @property
     def start_ns(self) -> int:
-        return int(self.metadata["clock"].get("start_ns") or 0)
+        return self.recording.meta.clock.start_ns
 
     @property
     def stop_ns(self) -> int:
-        return int(self.metadata["clock"].get("stop_ns") or 0)
+        return self.recording.meta.clock.stop_ns
 
 
 def _formats(meta: dict) -> dict[str, EventFormat]:
@@ -314,8 +315,7 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     roles = build_roles(meta, alloc, free, formats, warn, opts.verbose, expansions)
     names = [r.spec.full_name for r in roles]
     mode = LEAKED_BYTES if all(r.size is not None for r in roles if r.is_alloc) else EVENT_LIST
-    options = meta.get("options") or {}
-    per_task = bool(options.get("pids") or options.get("tids") or options.get("command"))
+    per_task = rec.meta.options.per_task
     malloc = is_malloc_recording(meta) and not (opts.alloc or opts.free)
     side = load_side(rec)
     ksyms = KernelSymbols.from_table(side["ksym"])
@@ -334,10 +334,9 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     return a
 
 
-def _lost_total(lost: Lost, meta: dict) -> int:
-    counts = meta.get("counts") or {}
+def _lost_total(lost: Lost, meta: Metadata) -> int:
     total = int(lost.count.sum()) if len(lost.count) else 0
-    return max(total, sum(int((c or {}).get("lost") or 0) for c in counts.values()))
+    return max(total, meta.lost_counted)
 
 
 def _expr_env(ksyms: KernelSymbols, comms: CommTimeline, stop_ns: int) -> exprmod.ExprEnv:
@@ -361,12 +360,12 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
     order = order_samples(sm.ring, sm.seq, sm.time)
     lost = lost_windows(order, sm.ring, sm.seq, l_ring, column_array(lost_t.column("seq"), np.uint64),
                         column_array(lost_t.column("lost"), np.uint64), column_array(lost_t.column("time"), np.uint64),
-                        int(meta["clock"].get("start_ns") or 0))
+                        rec.meta.clock.start_ns)
     lost.cpu = l_cpu
 
     # a killed recorder's metadata may predate its last samples: the final report is never
     # earlier than the last sample (else --than would see young allocations as old)
-    stop_ns = max(int(meta["clock"].get("stop_ns") or 0), int(sm.time.max(initial=0)))
+    stop_ns = max(rec.meta.clock.stop_ns, int(sm.time.max(initial=0)))
     if malloc:
         mode = LEAKED_BYTES
         stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn)
@@ -380,9 +379,9 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
 
     reports = [_report_view(r, stream, mode, common["per_task"], opts, comms, lost)
                for r in res.reports]
-    intervals = _intervals(stream, res, opts.interval_ms, meta) if opts.interval_ms else []
+    intervals = _intervals(stream, res, opts.interval_ms, rec.meta) if opts.interval_ms else []
     return Analysis(mode=mode, stream=stream, result=res, reports=reports, stacks=stacks,
-                    samples=sm, intervals=intervals, lost_total=_lost_total(lost, meta), **common)
+                    samples=sm, intervals=intervals, lost_total=_lost_total(lost, rec.meta), **common)
 
 
 class _Remap:
@@ -438,7 +437,7 @@ def _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_c
     if len(l_ring) and int(l_ring.max()) >= RING_ID_LIMIT:
         return None
     plan = engine.make_plan(rec, opts.jobs, opts.partitions, opts.scan_ranges)
-    meta_stop = int(meta["clock"].get("stop_ns") or 0)
+    meta_stop = rec.meta.clock.stop_ns
     stop_guess = max(meta_stop, plan.max_time or 0)
     env = _expr_env(ksyms, comms, stop_guess)
     names_lut: dict[tuple[str, ...], np.ndarray] = {}
@@ -452,10 +451,10 @@ def _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_c
         return evaluate_roles(sm, roles, names, lut, env)
 
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
-    start_meta = int(meta["clock"].get("start_ns") or 0)
+    start_meta = rec.meta.clock.start_ns
 
     def grid(first: int | None, last: int | None) -> np.ndarray | None:
-        start = int(meta["clock"].get("start_ns") or 0) or first
+        start = start_meta or first
         stop = meta_stop or last
         if start is None or stop is None:
             return None
@@ -516,7 +515,7 @@ def _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_c
                                       total_free=tf))
         prev_a, prev_f = ta, tf
     return Analysis(mode=mode, stream=stream, result=res, reports=reports, stacks=stacks,
-                    samples=samples, intervals=intervals, lost_total=_lost_total(lost, meta),
+                    samples=samples, intervals=intervals, lost_total=_lost_total(lost, rec.meta),
                     engine="streaming", **common)
 
 
@@ -765,11 +764,12 @@ def sort_groups(groups: list[Group], stacks: dict[int, np.ndarray]) -> list[Grou
     return sorted(groups, key=lambda g: (-g.bytes, g.pid, -g.objects, chain(g)))
 
 
-def _intervals(stream: Stream, res: ReplayResult, interval_ms: int, meta: dict) -> list[IntervalStat]:
+def _intervals(stream: Stream, res: ReplayResult, interval_ms: int,
+               meta: Metadata) -> list[IntervalStat]:
     """Outstanding objects/bytes at each interval boundary of trace time (`-i`)."""
     n = len(stream)
-    start = int(meta["clock"].get("start_ns") or (int(res.time[0]) if n else 0))
-    stop = int(meta["clock"].get("stop_ns") or (int(res.time[-1]) if n else start))
+    start = meta.clock.start_ns or (int(res.time[0]) if n else 0)
+    stop = meta.clock.stop_ns or (int(res.time[-1]) if n else start)
     step = int(interval_ms) * 1_000_000
     if step <= 0 or stop <= start:
         return []

@@ -8,6 +8,7 @@ Parquet file, or, while recording (or after a crash), a folder of complete part 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kmemleak_offline.metadata import Metadata, MetadataError
 from kmemleak_offline.stitch import stitch_files
 
 FORMAT_VERSION = 1
@@ -291,6 +293,11 @@ class Recording:
     partial: bool = False  # a parts folder (recorder still running, or killed)
     _num_rows: int | None = field(default=None, repr=False)
 
+    @functools.cached_property
+    def meta(self) -> Metadata:
+        """The metadata, typed (checked when the recording was opened)."""
+        return Metadata.parse(self.metadata)
+
     @property
     def num_rows(self) -> int:
         if self._num_rows is None:
@@ -474,6 +481,10 @@ def validate_metadata(meta: Any, where: Path | str) -> dict[str, Any]:
         if not isinstance(meta[key], dict):
             raise RecordingError(f"{where}: recording metadata key {key!r} is not an object")
     meta["clock"].setdefault("anchor", {"perf_ns": 0, "realtime_ns": 0})
+    try:
+        Metadata.parse(meta)
+    except MetadataError as exc:
+        raise RecordingError(f"{where}: recording metadata: {exc}") from None
     return meta
 
 

@@ -149,7 +149,7 @@ def test_unknown_option(rec, capsys):
 
 
 def test_missing_argument(capsys):
-    assert_one_line_error(*run(capsys, "analyze"), "recording")
+    assert_one_line_error(*run(capsys, "analyze"), "RECORDING")
 
 
 def test_bad_expression_shows_caret_and_fields(rec, capsys):
@@ -209,3 +209,28 @@ def test_parts_folder_analyses_like_the_file(rec, tmp_path, capsys):
         assert out == want
     code, out, _ = run(capsys, "info", target)
     assert code == 0 and "PARTIAL" in out
+
+
+# ----------------------------------------------------------------------------- metadata values
+
+def _set(path: str, value):
+    def edit(meta):
+        keys = path.split(".")
+        d = meta
+        for k in keys[:-1]:
+            d = d.setdefault(k, {})
+        d[keys[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("clock.start_ns", -1e18), ("clock.stop_ns", float("nan")), ("clock.stop_ns", "a"),
+    ("clock.anchor.perf_ns", [1]), ("counts", [1, 2]), ("alloc", 5), ("free", [1]),
+    ("host.ncpus", 1e308), ("options.pids", "12"), ("events", {"kmem:kmalloc": {"format": 7}}),
+    ("options.kernel_filters", {"kmem:kmalloc": 3}), ("producer", {"x": 1}), ("stopped", 0),
+])
+@pytest.mark.parametrize("cmd", ["analyze", "info"])
+def test_metadata_values_of_the_wrong_type_or_range(rec, tmp_path, capsys, key, value, cmd):
+    """Each is one line naming the key, exit 2 (they were internal errors, or silently used)."""
+    bad = with_metadata(rec, tmp_path / "m.parquet", _set(key, value))
+    assert_one_line_error(*run(capsys, cmd, bad), "recording metadata", key.split(".")[0])
