@@ -51,7 +51,7 @@ def summary(rec: Recording) -> str:
         line = (f"  {name:<32} samples {ev_counts.get(name, 0):>10}   kernel count "
                 f"{c.get('kernel_count', '-')}  lost {c.get('lost', '-')}")
         kc, lost = c.get("kernel_count"), c.get("lost")
-        if isinstance(kc, int) and isinstance(lost, int):  # the facts note: count - samples - lost
+        if isinstance(kc, int) and isinstance(lost, int):  # docs/format.md (counts): count - samples - lost
             line += f"  unaccounted {kc - ev_counts.get(name, 0) - lost}"
         lines.append(line)
     lines.append(f"lost:        {lost_sum} events in {by_kind.get('lost', 0)} LOST records")

@@ -863,7 +863,7 @@ _IRQS_OFF, _NEED_RESCHED_LAZY, _NEED_RESCHED, _HARDIRQ, _SOFTIRQ = 0x01, 0x02, 0
 
 def lat_flags(fmt: tracefs.EventFormat, common_flags: int, preempt_count: int,
               extra: Mapping[str, int] | None = None) -> str:
-    """perf-prof's LAT column (reference §6.2): irq, resched, irq context, preempt nibbles.
+    """perf-prof's LAT column (docs/behaviour.md, the event line): irq, resched, irq context, preempt nibbles.
 
     Migrate-disable and lock-depth digits appear only when the format has those common fields;
     their values come from `extra` (by field name, with or without `common_`), '.' if absent/<0.

@@ -1,4 +1,4 @@
-"""Recording format v1 (shared/spec/trace-format.md): schema, streaming writer, reader.
+"""Recording format v1 (docs/format.md): schema, streaming writer, reader.
 
 The one module that knows the on-disk layout. `record` and `import` write through
 `RecordingWriter`; `analyze`, `info` and `diff` read through `open_recording`. A recording is one

@@ -1,4 +1,4 @@
-"""Alloc/free matching (behaviour §3), vectorised: ordering, lost windows, replace-on-double-alloc.
+"""Alloc/free matching (docs/behaviour.md), vectorised: ordering, lost windows, replace-on-double-alloc.
 
 perf-prof replays events one by one through a tree. The same result follows from columns:
 an alloc is still in the tree at a report iff no later kept sample of the same epoch has its key

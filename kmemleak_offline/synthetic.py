@@ -1,4 +1,4 @@
-"""Synthetic recordings (trace-format v1) for tests, benchmarks and the bundled sample.
+"""Synthetic recordings (docs/format.md, v1) for tests, benchmarks and the bundled sample.
 
 Builds what the recorder would write - raw tracepoint payloads laid out at the kernel's field
 offsets, stack rows, side-band rows, a kallsyms snapshot - from numpy columns, so a 10M-event

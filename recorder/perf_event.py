@@ -1,7 +1,7 @@
 """ctypes bindings for perf_event_open: the attr struct, the syscall, ioctls and constants.
 
 Pure Python (no compiled code). Offsets follow <linux/perf_event.h> PERF_ATTR_SIZE_VER8 (136 bytes),
-which 6.x kernels accept; see shared/notes/perf-events-facts.md for the measured details.
+which 6.x kernels accept; docs/format.md says what the recording keeps of each record.
 """
 
 from __future__ import annotations

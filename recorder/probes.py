@@ -3,7 +3,7 @@
 Why tracefs `uprobe_events` and not the uprobe PMU: tracefs probes fetch the arguments (size, ptr...)
 into the raw payload, so samples decode like any tracepoint with the recording's `format` text.
 
-Cost matters (facts note §4): a probe on an instruction the kernel must single-step out of line
+Cost matters (docs/allocators.md, Cost): a probe on an instruction the kernel must single-step out of line
 costs ~14x one on an emulated instruction (push/jmp/call). A function that has a return probe has
 a breakpoint at +0 anyway (the uretprobe must see the return address on top of the stack), so its
 entry probe shares that breakpoint at +0. Entry-only functions (free) get their probe moved to the

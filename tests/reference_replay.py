@@ -1,4 +1,4 @@
-"""A literal, per-event transcription of perf-prof's kmemleak replay (reference §5), for tests only.
+"""A literal, per-event transcription of perf-prof's kmemleak replay (docs/behaviour.md), for tests only.
 
 Deliberately naive: a dict for the tree, a list for the lost queue, one Python step per event,
 so it can serve as an independent oracle for the vectorised replay.

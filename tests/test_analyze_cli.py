@@ -1,7 +1,7 @@
 """Acceptance tests of `kmemleak-offline analyze`/`info` through the CLI (issue 2).
 
 Every recording here is built with RecordingBuilder from a short list of events; the expected
-leaks come from `model_replay` below (a plain per-event dict replay of behaviour §3, written
+leaks come from `model_replay` below (a plain per-event dict replay of docs/behaviour.md's matching rules, written
 independently of the vectorised analyser) or are worked out by hand in the test.
 The exact text output is pinned by golden files in tests/golden (see test_reports_golden.py).
 """
@@ -84,7 +84,7 @@ def model_replay(events: list[Ev]) -> list[Ev]:
 
 
 def model_groups(leaked: list[Ev], comm_of_pid) -> list[tuple[int, int, str | None, list]]:
-    """(bytes, objects, stack, comms) per call chain, sorted like behaviour §4 (CPU mode: pid 0)."""
+    """(bytes, objects, stack, comms) per call chain, sorted like docs/behaviour.md says (CPU mode: pid 0)."""
     acc: dict[str | None, list[Ev]] = {}
     for e in leaked:
         acc.setdefault(e.stack, []).append(e)
@@ -671,8 +671,8 @@ def test_verbose_prints_each_list_wildcard_expanded(rec_a, capsys):
 
 
 def test_info_shows_kernel_counts_unaccounted_and_how_it_stopped(tmp_path, capsys):
-    """`kernel count` is the kernel's PERF_FORMAT_LOST count, not the samples again; the facts
-    note's `count - samples - lost` residue is shown; a killed recorder's marker is printed."""
+    """`kernel count` is the kernel's PERF_FORMAT_LOST count, not the samples again; the
+    `count - samples - lost` residue (docs/format.md) is shown; a killed recorder's marker is printed."""
     rec = build(EVENTS_C, tmp_path / "k.parquet")
     meta = open_recording(rec).metadata
     meta["counts"] = {"kmem:kmalloc": {"samples": 6, "kernel_count": 9, "lost": 2},

@@ -1,4 +1,4 @@
-"""Bad input (behaviour §1): one line on stderr (an expression error may add its caret block),
+"""Bad input (docs/behaviour.md, exit status): one line on stderr (an expression error may add its caret block),
 exit status 2, nothing on stdout, never a traceback; and a recorder's parts folder analyses fine."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The vectorised replay against a literal per-event transcription of perf-prof (randomised),
-plus hand-worked cases for each rule of behaviour §3."""
+plus hand-worked cases for each rule of docs/behaviour.md (Matching, Lost events)."""
 
 from __future__ import annotations
 

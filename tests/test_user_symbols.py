@@ -101,7 +101,7 @@ def test_embedded_usym_rows_work_without_the_binary(exe, tmp_path):
     assert set(rows.column("kind").to_pylist()) == {"usym"}
     segs = [n for n in rows.column("name").to_pylist() if n.startswith("[PT_LOAD")]
     assert segs and all(re.fullmatch(r"\[PT_LOAD offset=0x[0-9a-f]+\]", n) for n in segs)
-    assert rows.column("pgoff").null_count == len(rows)  # trace-format: pgoff is for mmap rows
+    assert rows.column("pgoff").null_count == len(rows)  # docs/format.md: pgoff is for mmap rows
     mm = mmap_table(str(copy), BASE)
     addrs = [runtime_addr(str(copy), BASE, syms[f]) + 1 for f in FUNCS]
     copy.unlink()
