@@ -1,7 +1,7 @@
 """`diff`: what leaks grew, appeared or went away between two analyses (regression comparison).
 
 Either side is a recording (analysed here) or a JSON report written by `analyze --format json`
-(shared/spec/report-json.md), told apart by content: a file whose first non-blank byte is `{` (or
+(docs/json-report.md), told apart by content: a file whose first non-blank byte is `{` (or
 `[`) is read as JSON, and must then be such a report.
 
 Groups are matched by their call chain as (symbol, offset, dso) per frame, never by raw addresses
@@ -17,6 +17,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from .analysis import EVENT_LIST, LEAKED_BYTES, Analysis
 from .reports.frames import KERNEL_DSO, Frame, StackResolver
@@ -106,15 +109,24 @@ def leak_table(a: Analysis, stacks: StackResolver) -> dict[ChainKey, Side]:
 
 def recording_table(name: str, a: Analysis, stacks: StackResolver) -> Table:
     t = Table(name, a.result.total_alloc, a.result.total_free)
+    chains: dict[tuple[int, int], tuple[ChainKey, tuple[str, ...]]] = {}  # per (stack, pid)
     for r in a.reports:
         if a.mode == LEAKED_BYTES:
             items = [(g.stack_id, g.pid, g.bytes, g.objects) for g in r.groups]
-        else:
+        else:  # one item per distinct (stack, pid), in order of first appearance, with its count
             ents = r.entries[r.entries["selected"]]
-            items = [(int(s), int(p), 0, 1) for s, p in zip(ents["stack_id"], ents["pid"])]
+            sids, pids = ents["stack_id"].to_numpy(), ents["pid"].to_numpy()
+            key = pd.DataFrame({"sid": sids, "pid": pids})
+            grp = key.groupby(["sid", "pid"], sort=False).ngroup().to_numpy()
+            first = np.flatnonzero(~key.duplicated().to_numpy())  # ascending: first appearance
+            items = list(zip(sids[first].tolist(), pids[first].tolist(), [0] * len(first),
+                             np.bincount(grp)[grp[first]].tolist(), strict=True))
         for sid, pid, b, n in items:
-            key, lines = _chain(stacks.frames(sid, pid, r.time_ns)) if sid >= 0 else ((), NO_CHAIN)
-            t.add(key, lines, b, n)
+            ck = chains.get((sid, pid))
+            if ck is None:  # frames of a (stack, pid) resolve once (the first time asked)
+                ck = chains[(sid, pid)] = (_chain(stacks.frames(sid, pid, r.time_ns)) if sid >= 0
+                                           else ((), NO_CHAIN))
+            t.add(ck[0], ck[1], b, n)
     return t
 
 

@@ -9,13 +9,15 @@ realloc(p, 0) calls free) are the allocator's own business and are dropped, so n
 twice. The field names are the contract with recorder/probes.py (size, nmemb, oldptr, memptr,
 ptr, ret, sp, wN). No replay logic here: the output feeds the replay as alloc/free rows.
 
-Functions and events are small integer codes (FUNCS, and the recording's event-name table), so no
-step does a Python operation per row; payloads are decoded where they were loaded (no copies).
+Functions and events are small integer codes (FUNCS, and the recording's event-name table). The
+analysis reads malloc_rows(): sample rows with ptr/size, no Python operation per row, payloads
+decoded where they were loaded (no copies), only the fields and rows pairing needs. pair_calls()
+and malloc_events() give the same events as a DataFrame with function and event names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,30 +131,42 @@ def _thread_order(tid: np.ndarray, time: np.ndarray, seq: np.ndarray) -> np.ndar
             (tid.astype(np.int64) - i0).astype(np.uint64)
         hi <<= np.uint64(tbits)
         key |= hi
-        del hi
+    else:
+        hi = np.empty_like(key)
     o = np.argsort(key, kind="stable")
-    ks = key[o]
+    ks = np.take(key, o, out=hi)
     if np.any(ks[1:] == ks[:-1]):  # same thread, same time: seq decides
         return np.lexsort((seq, key))
     return o
 
 
-def _at(a: Mapping[str, np.ndarray | None], name: str, idx: np.ndarray) -> np.ndarray:
-    v = a.get(name)
-    return np.zeros(len(idx), np.uint64) if v is None else v[idx].astype(np.uint64, copy=False)
+# probe arguments: a column per name (None: no row has it), or a function (name, rows) -> the
+# values at those rows (None: no row has it), so callers can decode only the rows pairing reads
+Args = Mapping[str, np.ndarray | None] | Callable[[str, np.ndarray], np.ndarray | None]
+# caller stack words of the posix_memalign return probe: an (n, W) matrix, or rows -> (len, W)
+Words = np.ndarray | Callable[[np.ndarray], np.ndarray] | None
+
+
+def _at(args: Args, name: str, idx: np.ndarray) -> np.ndarray:
+    if callable(args):
+        v = args(name, idx)
+    else:
+        v = args.get(name)
+        v = v[idx] if v is not None else None
+    return np.zeros(len(idx), np.uint64) if v is None else v.astype(np.uint64, copy=False)
 
 
 def pair_codes(tid: np.ndarray, time: np.ndarray, seq: np.ndarray, func: np.ndarray,
-               is_return: np.ndarray, args: Mapping[str, np.ndarray | None],
-               words: np.ndarray | None = None, word_rows: np.ndarray | None = None) -> Paired:
+               is_return: np.ndarray, args: Args, words: Words = None) -> Paired:
     """Pair entry/return rows into alloc/free events (the columnar core of pair_calls).
 
-    `func`: code into FUNCS per row; `args`: the probe arguments (ARG_COLUMNS, uint64, None when
-    no row has them). `words` (k, W): caller stack words fetched by the posix_memalign return
-    probe, for the rows `word_rows` (ascending), or for every row when word_rows is None.
+    `tid` (int32), `time`, `seq` (uint64), `func` (code into FUNCS) and `is_return` per row;
+    `args`: the probe arguments (ARG_COLUMNS; see Args); `words`: the caller stack words fetched
+    by the posix_memalign return probe (+8*k(%sp)), read only at posix_memalign returns.
     """
     n = len(tid)
-    func = np.asarray(func)
+    tid, time, seq = np.asarray(tid), np.asarray(time, np.uint64), np.asarray(seq, np.uint64)
+    func, is_return = np.asarray(func), np.asarray(is_return, bool)
     order = _thread_order(tid, time, seq)
     o_tid, o_ret, o_func = tid[order], is_return[order], func[order]
     is_free = _F_FREE[o_func] & ~o_ret
@@ -199,50 +213,48 @@ def pair_codes(tid: np.ndarray, time: np.ndarray, seq: np.ndarray, func: np.ndar
     stats = {"nested": int((~outer).sum() + (is_free & inside).sum()),
              "unpaired": int(len(call_rows) - 2 * len(pe))}
     del call_rows
-    pe, pr = pe[outer], pr[outer]
-    E, R = order[pe], order[pr]  # input row indices
+    E, R = order[pe[outer]], order[pr[outer]]  # input row indices
+    fr = order[is_free & ~inside]  # free() calls of the program
+    del order, o_tid, o_ret, o_func, level, is_free, inside, pe, pr, outer
     f = func[E]
-    size, nmemb, oldptr = _at(args, "size", E), _at(args, "nmemb", E), _at(args, "oldptr", E)
-    rptr = _at(args, "ptr", R)
-    nbytes = np.where(_F_TIMES_NMEMB[f], nmemb * size, size)  # wraps like C
+    nbytes = _at(args, "size", E)
+    q = np.flatnonzero(_F_TIMES_NMEMB[f])
+    if len(q):
+        nbytes[q] *= _at(args, "nmemb", E[q])  # wraps like C
+    ptr = _at(args, "ptr", R)
 
     # posix_memalign: success = ret 0; the pointer is the caller-stack word at memptr (if fetched).
-    pm = _F_MEMALIGN_OUT[f]
-    pm_ptr = np.zeros(len(E), np.uint64)
-    pm_known = np.zeros(len(E), bool)
-    ret = np.zeros(len(E), np.uint64)
-    if pm.any():
-        ret = _at(args, "ret", R)
-        if words is not None and len(words):
-            q = np.flatnonzero(pm)  # only these rows read words
-            Rq = R[q]
-            w_all = np.asarray(words, dtype=np.uint64)
-            if word_rows is None:
-                w = w_all[Rq]
-            else:  # rows without words read zeros, as rows of a dense matrix would
-                j = np.clip(np.searchsorted(word_rows, Rq), 0, len(word_rows) - 1)
-                w = np.where((word_rows[j] == Rq)[:, None], w_all[j], np.uint64(0))
-            slot = _at(args, "memptr", E[q]).astype(np.int64) - _at(args, "sp", Rq).astype(np.int64)
+    q = np.flatnonzero(_F_MEMALIGN_OUT[f])
+    unknown = 0
+    if len(q):
+        Eq, Rq = E[q], R[q]
+        ok_q = _at(args, "ret", Rq).astype(np.int64).astype(np.int32) == 0
+        known = np.zeros(len(q), bool)
+        got = np.zeros(len(q), np.uint64)
+        if words is not None and (callable(words) or len(words)):
+            w = words(Rq) if callable(words) else np.asarray(words, dtype=np.uint64)[Rq]
+            slot = _at(args, "memptr", Eq).astype(np.int64) - _at(args, "sp", Rq).astype(np.int64)
             kk = slot // 8
             known = (slot % 8 == 0) & (kk >= 0) & (kk < w.shape[1])
-            pm_known[q] = known
-            pm_ptr[q] = np.where(known, w[np.arange(len(q)), np.clip(kk, 0, w.shape[1] - 1)], 0)
-    pm_ok = pm & (ret.astype(np.int64).astype(np.int32) == 0)
-    stats["memptr_unknown"] = int((pm_ok & ~pm_known).sum())
-    ptr = np.where(pm, np.where(pm_ok & pm_known, pm_ptr, 0), rptr)
+            got = w[np.arange(len(q)), np.clip(kk, 0, w.shape[1] - 1)]
+        ptr[q] = np.where(ok_q & known, got, 0)
+        unknown = int((ok_q & ~known).sum())
+    stats["memptr_unknown"] = unknown
     alloc_ok = ptr != 0
-    stats["null"] = int((~alloc_ok & ~(pm_ok & ~pm_known)).sum())  # failed, or realloc(p, 0)
+    stats["null"] = int(len(ptr) - np.count_nonzero(alloc_ok)) - unknown  # failed, or realloc(p, 0)
     # realloc: old block freed on success, or when size 0 returned NULL (glibc frees it then).
-    re_free = _F_REALLOC[f] & (oldptr != 0) & (alloc_ok | (nbytes == 0))
+    q = np.flatnonzero(_F_REALLOC[f])
+    oldptr = _at(args, "oldptr", E[q])
+    q_ok = (oldptr != 0) & (alloc_ok[q] | (nbytes[q] == 0))
+    re_src, re_ptr = E[q[q_ok]], oldptr[q_ok]
 
-    fr = order[is_free & ~inside]
     fptr = _at(args, "ptr", fr)
     keep = fptr != 0
     fr, fptr = fr[keep], fptr[keep]
-    n_re, n_al = int(re_free.sum()), int(alloc_ok.sum())
+    n_re, n_al = len(re_src), int(np.count_nonzero(alloc_ok))
     # Old block of realloc: freed at the entry (before the new block is inserted, even in place).
-    return Paired(src=np.concatenate([E[re_free], R[alloc_ok], fr]).astype(np.int64, copy=False),
-                  ptr=np.concatenate([oldptr[re_free], ptr[alloc_ok], fptr]),
+    return Paired(src=np.concatenate([re_src, R[alloc_ok], fr]).astype(np.int64, copy=False),
+                  ptr=np.concatenate([re_ptr, ptr[alloc_ok], fptr]),
                   size=np.concatenate([np.zeros(n_re, np.uint64), nbytes[alloc_ok],
                                        np.zeros(len(fr), np.uint64)]),
                   is_alloc=np.concatenate([np.zeros(n_re, bool), np.ones(n_al, bool),
@@ -320,7 +332,9 @@ def is_malloc_recording(metadata: Mapping[str, Any]) -> bool:
 
 
 def _pair_samples(sm: Samples, metadata: Mapping[str, Any]) -> tuple[Paired, np.ndarray | None]:
-    """Pair the allocator-probe rows of `sm`; (events, the sample rows pairing saw (None: all))."""
+    """Pair the allocator-probe rows of `sm`; (events, the sample rows pairing saw (None: all)).
+
+    Only the rows pairing asks for are decoded, straight from the loaded payloads."""
     roles = probe_roles(metadata)
     events = metadata.get("events") or {}
     names = list(sm.event_names)
@@ -332,48 +346,78 @@ def _pair_samples(sm: Samples, metadata: Mapping[str, Any]) -> tuple[Paired, np.
         if ev in roles:
             f_lut[i] = FUNC_CODE[roles[ev][0]]
             r_lut[i] = roles[ev][1]
-    ev_code = np.where(sm.event < 0, nn, sm.event)
+    ev_code = sm.event
+    if len(ev_code) and ev_code.min() < 0:
+        ev_code = np.where(ev_code < 0, nn, ev_code)
     counts = np.bincount(ev_code, minlength=nn + 1)
     fc = f_lut[ev_code]
     sel = None
-    if (counts[f_lut < 0] > 0).any():  # rows of other events: pair only the probe rows
+    if counts[f_lut < 0].any():  # rows of other events: pair only the probe rows
         sel = np.flatnonzero(fc >= 0)
         ev_code, fc = ev_code[sel], fc[sel]
-    n = len(fc)
-    args: dict[str, np.ndarray | None] = dict.fromkeys(ARG_COLUMNS)
-    word_parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for code in np.flatnonzero(counts[:nn] * (f_lut[:nn] >= 0)).tolist():
+    fmts: dict[int, tuple[tracefs.EventFormat, set[str]]] = {}
+    for code in np.flatnonzero((counts[:nn] > 0) & (f_lut[:nn] >= 0)).tolist():
         ev = names[code]
         if ev not in events or "format" not in events[ev]:
             raise MallocError(f"recording has samples of {ev} but no format text for it")
         fmt = tracefs.parse_format(events[ev]["format"], ev.split(":", 1)[0])
-        have = {f.name for f in fmt.fields}
-        wn = sorted((int(k[1:]), k) for k in have if k[:1] == "w" and k[1:].isdigit())
-        want = [c for c in ARG_COLUMNS if c in have]
-        if not want and not wn:
-            continue
-        pos = np.flatnonzero(ev_code == code)  # rows of this event (in pairing coordinates)
-        srows = pos if sel is None else sel[pos]
-        dec = sm.decode(fmt, srows, fields=want + [k for _, k in wn])
-        for c in want:
-            if args[c] is None:
-                args[c] = np.zeros(n, np.uint64)
-            args[c][pos] = dec[c].astype(np.uint64, copy=False)
-        if wn:
-            word_parts.append((pos, np.stack([dec[k] for _, k in wn], axis=1).astype(np.uint64)))
-    words = word_rows = None
-    if word_parts:  # only the rows that have words (posix_memalign returns), sparse
-        word_rows = np.concatenate([p for p, _ in word_parts])
-        words = np.zeros((len(word_rows), max(w.shape[1] for _, w in word_parts)), np.uint64)
-        at = 0
-        for p, w in word_parts:
-            words[at:at + len(p), : w.shape[1]] = w
-            at += len(p)
-        o = np.argsort(word_rows, kind="stable")
-        word_rows, words = word_rows[o], words[o]
+        fmts[code] = (fmt, {f.name for f in fmt.fields})
+
+    # rows of each event (ascending, so payloads are read front to back) and each row's index
+    # among them: a field is decoded once per event, for all its rows, when pairing first asks
+    n = len(fc)
+    in_event = np.zeros(n, np.int32)
+    rows_of: dict[int, np.ndarray] = {}
+    for code in fmts:
+        pos = np.flatnonzero(ev_code == code)
+        in_event[pos] = np.arange(len(pos), dtype=np.int32)
+        rows_of[code] = pos if sel is None else sel[pos]
+
+    def column(code: int, name: str) -> np.ndarray:
+        """One field of all rows of one event."""
+        return sm.decode(fmts[code][0], rows_of[code], fields=[name])[name]
+
+    # per field: the values of every event that has it, end to end after a 0, and per event code
+    # where its values start there (0: the event has no such field, its rows read the 0)
+    flat: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def arg(name: str, idx: np.ndarray) -> np.ndarray | None:
+        """Field `name` at pairing rows idx (0 for rows of events without it; None: no event has it)."""
+        if name not in flat:
+            codes = [c for c, (_, have) in fmts.items() if name in have]
+            if not codes:
+                flat[name] = None
+            else:
+                parts = [np.zeros(1, np.uint64)] + [column(c, name).astype(np.uint64, copy=False)
+                                                    for c in codes]
+                start = np.zeros(nn + 1, np.int64)
+                start[codes] = np.cumsum([len(v) for v in parts])[:-1]
+                flat[name] = (np.concatenate(parts), start)
+        if flat[name] is None:
+            return None
+        values, start = flat[name]
+        at = start[ev_code[idx]]
+        at = np.where(at > 0, at + in_event[idx], 0)
+        return values[at]
+
+    def word_names(have: set[str]) -> list[str]:
+        return [k for _, k in sorted((int(k[1:]), k) for k in have if k[:1] == "w" and k[1:].isdigit())]
+
+    nw = max((len(word_names(have)) for _, have in fmts.values()), default=0)
+
+    def words(idx: np.ndarray) -> np.ndarray:
+        """Caller stack words at pairing rows idx: (len(idx), nw), zeros where an event has fewer."""
+        out = np.zeros((len(idx), nw), np.uint64)
+        ec = ev_code[idx]
+        for c, (_, have) in fmts.items():
+            j = np.flatnonzero(ec == c)
+            for w, name in enumerate(word_names(have) if len(j) else []):
+                out[j, w] = column(c, name)[in_event[idx[j]]]  # a few rows: decoded as needed
+        return out
+
     pick = (lambda a: a) if sel is None else (lambda a: a[sel])
-    p = pair_codes(pick(sm.tid), pick(sm.time), pick(sm.seq), fc, r_lut[ev_code], args, words,
-                   word_rows)
+    p = pair_codes(pick(sm.tid), pick(sm.time), pick(sm.seq), fc, r_lut[ev_code], arg,
+                   words if nw else None)
     return p, sel
 
 
@@ -383,8 +427,8 @@ def malloc_rows(sm: Samples, metadata: Mapping[str, Any]) -> MallocRows:
     Every other column of an event is its sample row's."""
     p, sel = _pair_samples(sm, metadata)
     n = len(sm) if sel is None else len(sel)
-    where = np.full(n, -1, np.int64)  # each row yields at most one event
-    where[p.src] = np.arange(len(p.src))
+    where = np.full(n, -1, np.int32 if n < (1 << 31) else np.int64)  # a row yields <= 1 event
+    where[p.src] = np.arange(len(p.src), dtype=where.dtype)
     rows = np.flatnonzero(where >= 0)
     k = where[rows]
     return MallocRows(row=rows if sel is None else sel[rows], ptr=p.ptr[k], size=p.size[k],

@@ -45,14 +45,22 @@ class EventLines:
             preempt = cols.get("common_preempt_count", np.zeros(len(sel), np.uint8))
             extra_names = [f for f in ("common_migrate_disable", "common_preempt_lazy_count",
                                        "common_lock_depth") if f in cols]
-            names = comms.comm(np.asarray(cpid), sub["time"].to_numpy())
-            times = sub["time"].to_numpy().astype(np.uint64)
-            cpus = sub["cpu"].to_numpy()
-            for j in range(len(sel)):
-                us = (int(times[j]) + 500) // 1000
-                lat = lat_flags(role.fmt, int(flags[j]), int(preempt[j]),
-                                {f: int(cols[f][j]) for f in extra_names})
-                out[sel[j]] = (f"{names[j]:>16} {int(cpid[j]) & 0xFFFFFFFF:6d} {lat} [{int(cpus[j]):03d}] "
-                               f"{us // 1_000_000}.{us % 1_000_000:06d}: {role.fmt.full_name}: {info[j]}")
+            names = comms.comm(np.asarray(cpid), sub["time"].to_numpy()).tolist()
+            # LAT per distinct (flags, preempt count, extra fields): a handful per event type
+            lat_keys = zip(np.asarray(flags).tolist(), np.asarray(preempt).tolist(),
+                           *(np.asarray(cols[f]).tolist() for f in extra_names), strict=True)
+            lats: dict[tuple, str] = {}
+            pids = (np.asarray(cpid).astype(np.int64) & 0xFFFFFFFF).tolist()
+            head = role.fmt.full_name
+            for j, name, pid, key, cpu, t, text in zip(
+                    sel.tolist(), names, pids, lat_keys, sub["cpu"].to_numpy().tolist(),
+                    sub["time"].to_numpy().astype(np.uint64).tolist(), info, strict=True):
+                lat = lats.get(key)
+                if lat is None:
+                    lat = lats[key] = lat_flags(role.fmt, key[0], key[1],
+                                                dict(zip(extra_names, key[2:], strict=True)))
+                us = (t + 500) // 1000
+                out[j] = (f"{name:>16} {pid:6d} {lat} [{cpu:03d}] "
+                          f"{us // 1_000_000}.{us % 1_000_000:06d}: {head}: {text}")
         return list(out)
 

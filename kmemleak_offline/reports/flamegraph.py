@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..analysis import LEAKED_BYTES, Analysis
 from .frames import StackResolver
@@ -24,20 +25,32 @@ def folded(a: Analysis, stacks: StackResolver) -> Counter[str]:
     acc: Counter[str] = Counter()
     for r in a.reports:
         if a.mode == LEAKED_BYTES:
-            for g in r.groups:
-                if g.stack_id < 0:
-                    continue
-                root = (a.comms.comm(np.array([g.pid]), np.array([r.time_ns]))[0]
-                        if a.per_task else None)
+            gs = [g for g in r.groups if g.stack_id >= 0]
+            roots = (a.comms.comm(np.array([g.pid for g in gs], np.int64),
+                                  np.full(len(gs), r.time_ns, np.int64)).tolist()
+                     if a.per_task else [None] * len(gs))
+            for g, root in zip(gs, roots, strict=True):
                 acc[_path(stacks, g.stack_id, g.pid, r.time_ns, root)] += g.bytes
             continue
         ents = r.entries[r.entries["selected"] & (r.entries["stack_id"] >= 0)]
         if not len(ents):
             continue
-        roots = (a.comms.comm(ents["tid"].to_numpy(), ents["time"].to_numpy())
-                 if a.per_task else [None] * len(ents))
-        for sid, pid, t, root in zip(ents["stack_id"], ents["pid"], ents["time"], roots):
-            acc[_path(stacks, int(sid), int(pid), int(t), root)] += 1
+        # one step per distinct (stack, pid, root), in order of first appearance: the frames of a
+        # (stack, pid) are resolved once, at the time first asked, so the first entry's time
+        # stands for its group
+        sid, pid, t = (ents[c].to_numpy() for c in ("stack_id", "pid", "time"))
+        key = pd.DataFrame({"sid": sid, "pid": pid})
+        roots = None
+        if a.per_task:
+            roots = a.comms.comm(ents["tid"].to_numpy(), t)
+            key["root"] = pd.factorize(roots)[0]
+        grp = key.groupby(list(key.columns), sort=False).ngroup().to_numpy()
+        first = np.flatnonzero(~key.duplicated().to_numpy())  # ascending: first appearance
+        counts = np.bincount(grp)[grp[first]].tolist()
+        for s, p, tt, root, n in zip(sid[first].tolist(), pid[first].tolist(), t[first].tolist(),
+                                     roots[first].tolist() if roots is not None else [None] * len(first),
+                                     counts, strict=True):
+            acc[_path(stacks, s, p, tt, root)] += n
     return acc
 
 

@@ -1,7 +1,8 @@
-"""`--format json` (shared/spec/report-json.md): the same content as the text report."""
+"""`--format json` (docs/json-report.md): the same content as the text report."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, TextIO
 
@@ -18,6 +19,8 @@ def _frames(stacks: StackResolver, sid: int, pid: int, t: int) -> list[dict[str,
 def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 0,
           comm: bool = False) -> dict[str, Any]:
     lines = EventLines(a)
+    event_name = [role.fmt.full_name for role in a.roles]
+    has_size = [role.size is not None for role in a.roles]
     reports = []
     for r in a.reports:
         if r.reason == "lost" and r.num == 0:
@@ -35,14 +38,22 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
             ents = r.entries if verbose else r.entries[r.entries["selected"]]
             text = lines.render(ents)
             names = a.comms.comm(ents["tid"].to_numpy(), ents["time"].to_numpy())
-            for i, (_, e) in enumerate(ents.iterrows()):
+            # one list per column (Python ints/bools), then one dict per event
+            col = {c: ents[c].tolist() for c in ("time", "cpu", "pid", "tid", "role", "ptr", "size",
+                                                 "selected", "stack_id")}
+            stack_of: dict[tuple[int, int], list[dict[str, Any]]] = {}
+            for i, (t, role, sid, pid) in enumerate(zip(col["time"], col["role"], col["stack_id"],
+                                                        col["pid"], strict=True)):
+                st = stack_of.get((sid, pid))
+                if st is None:  # frames depend on (stack, pid): the first time seen resolves them
+                    st = stack_of[(sid, pid)] = _frames(stacks, sid, pid, t)
                 events.append({
-                    "time_ns": int(e["time"]), "cpu": int(e["cpu"]), "pid": int(e["pid"]),
-                    "tid": int(e["tid"]), "comm": names[i],
-                    "event": a.roles[int(e["role"])].fmt.full_name, "ptr": int(e["ptr"]),
-                    "size": int(e["size"]) if a.roles[int(e["role"])].size is not None else None,
-                    "selected": bool(e["selected"]), "line": text[i],
-                    "stack": _frames(stacks, int(e["stack_id"]), int(e["pid"]), int(e["time"])),
+                    "time_ns": t, "cpu": col["cpu"][i], "pid": pid,
+                    "tid": col["tid"][i], "comm": names[i],
+                    "event": event_name[role], "ptr": col["ptr"][i],
+                    "size": col["size"][i] if has_size[role] else None,
+                    "selected": col["selected"][i], "line": text[i],
+                    "stack": st,
                 })
         reports.append({"reason": r.reason, "time_ns": r.time_ns, "num": r.num,
                         "total_alloc": r.total_alloc, "total_free": r.total_free,
@@ -65,5 +76,8 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
 
 
 def write(a: Analysis, stacks: StackResolver, recording: str, out: TextIO, **kw) -> None:
-    json.dump(build(a, stacks, recording, **kw), out, indent=1)
+    """json.dump(..., indent=1), its pieces written a few thousand at a time (one write call per
+    piece cost more than the encoding)."""
+    pieces = json.JSONEncoder(indent=1).iterencode(build(a, stacks, recording, **kw))
+    out.writelines(iter(lambda: "".join(itertools.islice(pieces, 8192)), ""))
     out.write("\n")

@@ -1,4 +1,4 @@
-"""perf-prof's text report, byte for byte (reference §6), from an Analysis."""
+"""perf-prof's text report, byte for byte (docs/behaviour.md), from an Analysis."""
 
 from __future__ import annotations
 
@@ -67,11 +67,13 @@ class TextReport:
             return
         rows = self.a.stream.frame(slice(start, end))
         lines = self.events.render(rows)
-        for line, (_, r) in zip(lines, rows.iterrows()):
-            self.out.write(line + "\n")
-            if r["stack_id"] >= 0:
-                for s in self.stacks.lines(int(r["stack_id"]), int(r["pid"]), int(r["time"])):
-                    self.out.write(s + "\n")
+        w = self.out.write
+        for line, sid, pid, t in zip(lines, rows["stack_id"].tolist(), rows["pid"].tolist(),
+                                     rows["time"].tolist(), strict=True):
+            w(line + "\n")
+            if sid >= 0:
+                for s in self.stacks.lines(sid, pid, t):
+                    w(s + "\n")
 
     def report(self, r: ReportView) -> None:
         a, w = self.a, self.out.write
@@ -85,13 +87,11 @@ class TextReport:
             show = np.ones(len(ents), bool) if self.verbose else ents["selected"].to_numpy()
             shown = ents[show]
             lines = self.events.render(shown)
-            sids = shown["stack_id"].to_numpy()
-            pids = shown["pid"].to_numpy()
-            times = shown["time"].to_numpy()
-            for i, line in enumerate(lines):
+            for line, sid, pid, t in zip(lines, shown["stack_id"].tolist(), shown["pid"].tolist(),
+                                         shown["time"].tolist(), strict=True):
                 w(line + "\n")
-                if sids[i] >= 0:
-                    for s in self.stacks.lines(int(sids[i]), int(pids[i]), int(times[i])):
+                if sid >= 0:
+                    for s in self.stacks.lines(sid, pid, t):
                         w(s + "\n")
         if a.mode == LEAKED_BYTES:
             w("LEAKED BYTES REPORT:\n")

@@ -7,13 +7,14 @@ without the binaries), `--symfs DIR`, debug files by build-id (/usr/lib/debug/.b
 then the file itself if its build-id matches the recorded one (or none was recorded).
 
 `usym` rows named `[PT_LOAD offset=0x...]` carry the file's segments (addr = p_vaddr,
-len = p_filesz, the name holds p_offset: trace-format keeps `pgoff` for mmap rows), needed to turn
+len = p_filesz, the name holds p_offset: docs/format.md keeps `pgoff` for mmap rows), needed to turn
 file offsets into symbol addresses without the file. Recordings of an earlier writer named them
 `[PT_LOAD]` with p_offset in `pgoff`; both are read.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from kmemleak_offline.load import column_array
@@ -176,6 +176,17 @@ class UserSymbolizer:
         return self._tables[key]
 
     # ---- resolution -----------------------------------------------------------------------------
+    @functools.cached_property
+    def _by_pid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The mmap rows grouped by pid, sorted once: (pids, rows, start, end, time, rank), where
+        rank orders rows by (time, row) (the later mapping of two wins)."""
+        n = len(self.m_time)
+        rank = np.empty(n, np.int64)
+        rank[np.lexsort((np.arange(n), self.m_time))] = np.arange(n)
+        rows = np.argsort(self.m_pid, kind="stable")
+        return (self.m_pid[rows], rows, self.m_start[rows], self.m_end[rows], self.m_time[rows],
+                rank[rows])
+
     def find_mappings(self, pid: np.ndarray, addr: np.ndarray, time: np.ndarray) -> np.ndarray:
         """Index into the mmap rows of each address's mapping, -1 if none.
 
@@ -186,19 +197,32 @@ class UserSymbolizer:
         addr = np.asarray(addr, np.uint64)
         time = np.asarray(time, np.uint64)
         out = np.full(len(addr), -1, np.int64)
-        rank = np.empty(len(self.m_time), np.int64)
-        rank[np.lexsort((np.arange(len(self.m_time)), self.m_time))] = np.arange(len(self.m_time))
-        for p in np.unique(pid):  # loop over processes, vectorised within
-            q = np.flatnonzero(pid == p)
-            m = np.flatnonzero(self.m_pid == p)
-            if len(m) == 0:
+        if not len(addr):
+            return out
+        pids, rows, start, end, mtime, rank = self._by_pid
+        if (pid == pid[0]).all():  # the usual call: one chain, one process
+            upid, by, bounds = pid[:1], np.arange(len(pid)), [0, len(pid)]
+        else:
+            upid, inv = np.unique(pid, return_inverse=True)
+            inv = inv.reshape(-1)
+            by = np.argsort(inv, kind="stable")  # queries grouped by process
+            bounds = np.searchsorted(inv[by], np.arange(len(upid) + 1)).tolist()
+        lo = np.searchsorted(pids, upid, side="left").tolist()
+        hi = np.searchsorted(pids, upid, side="right").tolist()
+        for i in range(len(upid)):  # loop over processes, vectorised within
+            a_, b_ = lo[i], hi[i]
+            if a_ == b_:
                 continue
-            for c in range(0, len(q), _CHUNK):
-                qq = q[c:c + _CHUNK]
+            q = by[bounds[i]:bounds[i + 1]]
+            m = rows[a_:b_]
+            m_start, m_end = start[a_:b_][None, :], end[a_:b_][None, :]
+            m_time, r = mtime[a_:b_][None, :], rank[a_:b_][None, :]
+            step = max(64, min(_CHUNK, (1 << 22) // len(m)))  # bounds the (queries, mappings) matrices
+            for c in range(0, len(q), step):
+                qq = q[c:c + step]
                 a, t = addr[qq][:, None], time[qq][:, None]
-                cover = (self.m_start[m][None, :] <= a) & (a < self.m_end[m][None, :])
-                r = rank[m][None, :]
-                before = np.where(cover & (self.m_time[m][None, :] <= t), r, -1)
+                cover = (m_start <= a) & (a < m_end)
+                before = np.where(cover & (m_time <= t), r, -1)
                 best = before.argmax(axis=1)
                 got = before.max(axis=1) >= 0
                 late = np.where(cover, -r, -np.iinfo(np.int64).max)
@@ -240,10 +264,10 @@ class UserSymbolizer:
             names[rows[ok]] = t.names[si[ok]]
             offs[rows[ok]] = vaddr[ok] - sstart[ok]
         if self.demangle and n:
-            ser = pd.Series(names, dtype=object)
-            dm = demangle([x for x in ser.dropna().unique()])
+            found = names.tolist()
+            dm = demangle(dict.fromkeys(x for x in found if x is not None))
             if any(k != v for k, v in dm.items()):
-                names = ser.map(lambda x: dm.get(x, x) if x is not None else None).to_numpy(dtype=object)
+                names = np.array([dm.get(x, x) if x is not None else None for x in found], dtype=object)
         return names, offs, dsos
 
 
