@@ -83,3 +83,23 @@ def test_flame_graph_golden(tmp_path, capsys, name, kind, args):
     check(f"{name}.folded", (tmp_path / "fg.folded").read_text())
     tail = f"  flamegraph.pl {tmp_path / 'fg.folded'} > {tmp_path / 'fg.svg'}\n\n"
     assert out.endswith(tail)
+
+
+@pytest.mark.parametrize("kind", ["a", "b", "c"])
+def test_folded_format_is_the_flame_graph_file(tmp_path, capsys, kind):
+    """`--format folded` (the reporter registry) writes what --flame-graph writes to its file."""
+    rec = recording(kind, tmp_path)
+    code, out, err = run(capsys, "analyze", rec, "--format", "folded")
+    assert code == 0, err
+    code, _, err = run(capsys, "analyze", rec, "--flame-graph", tmp_path / "fg")
+    assert code == 0, err
+    assert out == (tmp_path / "fg.folded").read_text() != ""
+
+
+def test_every_registered_format_renders(tmp_path, capsys):
+    from kmemleak_offline.reports import FORMATS
+
+    rec = recording("a", tmp_path)
+    for name in FORMATS:
+        code, out, err = run(capsys, "analyze", rec, "--format", name)
+        assert code == 0 and out, (name, err)

@@ -33,7 +33,7 @@ def analyze(
     flame_graph: Annotated[str | None, typer.Option("--flame-graph", metavar="FILE", help="write folded stacks to FILE(.folded)")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v: event list too; -vv: every sample")] = 0,
     interval: Annotated[int | None, typer.Option("-i", "--interval", metavar="MS", help="stats every MS of trace time")] = None,
-    fmt: Annotated[str, typer.Option("--format", metavar="text|json", help="report format")] = "text",
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text (perf-prof's), json or folded")] = "text",
     output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE", help="write the report here")] = None,
     utc: Annotated[bool, typer.Option("--utc", help="timestamps in UTC instead of local time")] = False,
     symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
@@ -46,11 +46,10 @@ def analyze(
     in_memory: Annotated[bool, typer.Option("--in-memory", hidden=True)] = False,
 ) -> None:
     """Match allocs with frees and print perf-prof's leak reports."""
-    from ..reports import flamegraph, json_report
-    from ..reports.text import TextReport
+    from ..reports import FORMATS, ReportOptions, flamegraph, reporter
 
-    if fmt not in ("text", "json"):
-        fail(f"--format must be text or json, not {fmt!r}")
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if interval is not None and interval <= 0:
         fail(f"-i/--interval must be a positive number of milliseconds, not {interval}")
     _terminate_cleanly()
@@ -69,10 +68,8 @@ def analyze(
     out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
     with reader_may_leave():
         try:
-            if fmt == "json":
-                json_report.write(a, stacks, str(recording), out, verbose=verbose, comm=comm)
-            else:
-                TextReport(a, stacks, out, sys.stderr, verbose=verbose, utc=utc).write()
+            reporter(fmt)(a, stacks, out, ReportOptions(recording=str(recording), verbose=verbose,
+                                                        comm=comm, utc=utc))
             if flame_graph is not None:
                 path = flamegraph.write_folded(a, stacks, flame_graph)
                 if path is not None and fmt == "text":

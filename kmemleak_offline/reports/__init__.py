@@ -1,1 +1,34 @@
-"""Renderers of an Analysis: text (perf-prof's format), json, flame graph. None recomputes it."""
+"""Reporters: one module per output format, each found here by its `--format` name.
+
+A reporter module defines `render(a, stacks, out, opts)`: it writes one Analysis (and the stack
+resolver that names its frames) to `out`, as `opts` asks. None recomputes the analysis. A new
+format is a new module plus its line in FORMATS; `analyze --format` lists what is here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+FORMATS = {  # --format name -> module in this package
+    "text": "text",
+    "json": "json_report",
+    "folded": "flamegraph",
+}
+
+
+@dataclass
+class ReportOptions:
+    recording: str  # as given on the command line
+    verbose: int = 0
+    comm: bool = False
+    utc: bool = False
+    err: TextIO = field(default_factory=lambda: sys.stderr)  # perf-prof's stderr lines (lost)
+
+
+def reporter(name: str) -> Callable:
+    """The `render` function of format `name` (KeyError if there is none)."""
+    return importlib.import_module(f"{__name__}.{FORMATS[name]}").render

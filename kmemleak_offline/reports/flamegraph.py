@@ -62,12 +62,22 @@ def _path(stacks: StackResolver, sid: int, pid: int, t: int, root: str | None) -
     return ";".join(names)
 
 
+def _lines(acc: Counter[str]) -> list[str]:
+    return [f"{line} {weight}\n" for line, weight in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def render(a: Analysis, stacks: StackResolver, out, opts) -> None:
+    """The reporter entry point (reports.FORMATS): folded stacks, heaviest first."""
+    out.writelines(_lines(folded(a, stacks)))
+
+
 def write_folded(a: Analysis, stacks: StackResolver, target: str) -> Path | None:
-    """Write the folded file; returns its path when non-empty (then the hint is printed)."""
+    """Write the folded file (--flame-graph, as perf-prof); returns its path when non-empty (then
+    the hint is printed)."""
     path = folded_path(target)
     acc = folded(a, stacks)
     with open(path, "w") as f:
-        f.writelines(f"{line} {weight}\n" for line, weight in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0])))
+        f.writelines(_lines(acc))
     return path if acc else None
 
 

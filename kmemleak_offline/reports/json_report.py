@@ -75,6 +75,11 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
     }
 
 
+def render(a: Analysis, stacks: StackResolver, out: TextIO, opts) -> None:
+    """The reporter entry point (reports.FORMATS)."""
+    write(a, stacks, opts.recording, out, verbose=opts.verbose, comm=opts.comm)
+
+
 def write(a: Analysis, stacks: StackResolver, recording: str, out: TextIO, **kw) -> None:
     """json.dump(..., indent=1), its pieces written a few thousand at a time (one write call per
     piece cost more than the encoding)."""

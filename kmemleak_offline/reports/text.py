@@ -13,6 +13,11 @@ from .frames import StackResolver
 NO_CHAIN = "    (no call chain recorded; use -g or stack)"
 
 
+def render(a: Analysis, stacks: StackResolver, out: TextIO, opts) -> None:
+    """The reporter entry point (reports.FORMATS): perf-prof's report."""
+    TextReport(a, stacks, out, opts.err, verbose=opts.verbose, utc=opts.utc).write()
+
+
 class TextReport:
     """Writes stdout text (and perf-prof's stderr lost lines) for one analysis."""
 
