@@ -88,14 +88,15 @@ def compile_leaky(folder: Path, fp: bool) -> Path:
 
 
 def wait_recording_started(out: Path, rec: subprocess.Popen, timeout: float = 60) -> None:
-    """The first part file is written right before the events are enabled."""
-    parts = Path(str(out) + ".parts")
-    end = time.monotonic() + timeout
-    while not list(parts.glob("part-*.parquet")):
-        assert rec.poll() is None, rec.communicate()[1]
-        assert time.monotonic() < end, "recorder did not start"
-        time.sleep(0.05)
-    time.sleep(0.3)
+    """Until the recorder says its events are on (its 'recording ... Ctrl-C to stop' line on
+    stderr): then every probe hit is recorded, however long start-up took."""
+    seen = []
+    while True:
+        line = rec.stderr.readline()
+        seen.append(line)
+        assert line, f"recorder ended before recording: {''.join(seen)}{rec.communicate()[1]}"
+        if "Ctrl-C to stop" in line:
+            return
 
 
 def record_attached(exe: Path, out: Path, extra: list[str] = ()) -> None:

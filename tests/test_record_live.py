@@ -303,9 +303,11 @@ def test_sigint_sigusr1_and_sigkill_partial_recording(tmp_path: Path) -> None:
         assert r.metadata["clock"]["stop_ns"] >= max(r.table(["sample"], ["time"]).column("time").to_pylist())
 
         out2 = tmp_path / "i.parquet"
+        loads += [_loader(4) for _ in range(2)]  # the first ones may be done by now
         rec = subprocess.Popen(RECORD + KK + ["-o", str(out2)], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        assert "recording" in rec.stderr.readline()  # events are on (start-up varies with load)
+        time.sleep(0.5)
         rec.send_signal(signal.SIGINT)
         assert rec.wait(timeout=20) == 0
         assert out2.is_file() and not Path(str(out2) + ".parts").exists()
