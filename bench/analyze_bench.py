@@ -396,9 +396,9 @@ def replay_comparison(path: Path, repeat: int = 1) -> dict[str, Any]:
     Each is timed `repeat` times; the best is reported. Uses the analyser's internals (imported
     here, so a change to them only disables this comparison).
     """
-    from kmemleak_offline import tracefs
+    from kmemleak_offline.format import tracefs
+    from kmemleak_offline.format.recording import open_recording
     from kmemleak_offline.load import load
-    from kmemleak_offline.recording import open_recording
     from kmemleak_offline.replay import Lost, order_samples, replay_ordered
 
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from _common import fmt_spread, machine_lines, spread  # noqa: E402
 
-from kmemleak_offline.recording import open_recording  # noqa: E402
+from kmemleak_offline.format.recording import open_recording  # noqa: E402
 
 PER_ITER = re.compile(r"([0-9.]+) ns/iter")
 

@@ -46,7 +46,7 @@ OURS_CONV=$(awk '/converter process/ {print $(NF-2)}' "$TMP/ours.err")
 wait $LP
 read -r OURS_EV OURS_LOST < <(python - "$TMP/ours.parquet" <<'PY'
 import sys
-from kmemleak_offline.recording import open_recording
+from kmemleak_offline.format.recording import open_recording
 c = open_recording(sys.argv[1]).metadata["counts"]
 print(sum(v["samples"] for v in c.values()), sum(v["lost"] for v in c.values()))
 PY

@@ -17,17 +17,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import expr as exprmod
-from . import spec as specmod
+from .format import expr as exprmod
+from .format import spec as specmod
+from .format.metadata import Metadata
+from .format.recording import Recording
+from .format.tracefs import EventFormat, FormatError, parse_format
 from .load import RING_ID_LIMIT, Samples, column_array, load, load_side, ring_ids
 from .malloc import MallocError, is_malloc_recording
 from .malloc import summary as malloc_summary
-from .metadata import Metadata
-from .recording import Recording
 from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered
 from .symbols.kernel import KernelSymbols
 from .timeline import CommTimeline
-from .tracefs import EventFormat, FormatError, parse_format
 
 LEAKED_BYTES = "leaked-bytes"
 EVENT_LIST = "event-list"

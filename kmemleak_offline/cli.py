@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # last resort: never a traceback for users
         if os.environ.get("KMEMLEAK_OFFLINE_DEBUG"):
             raise
-        recording = sys.modules.get(f"{__package__}.recording")  # loaded if it could have raised
+        recording = sys.modules.get(f"{__package__}.format.recording")  # loaded if it could have raised
         if recording is not None and isinstance(exc, recording.RecordingError):
             sys.stderr.write(f"kmemleak-offline: {exc}\n")  # corrupt data found mid-analysis
             return 2

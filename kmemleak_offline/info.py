@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
-from .recording import Recording
+from .format.recording import Recording
 
 
 def _human(n: float) -> str:

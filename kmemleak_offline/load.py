@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .recording import Recording, kind_mask
-from .tracefs import EventFormat, decode_rows, raw_buffers
+from .format.recording import Recording, kind_mask
+from .format.tracefs import EventFormat, decode_rows, raw_buffers
 
 SIDE_COLUMNS = {
     "lost": ["time", "cpu", "ring", "seq", "lost"],

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from kmemleak_offline import tracefs
+from kmemleak_offline.format import tracefs
 from kmemleak_offline.load import Samples, _codes, column_array, ring_ids
 
 SIMPLE = {"malloc", "valloc", "pvalloc", "aligned_alloc", "memalign"}  # ptr = f(size)

@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kmemleak_offline import __version__
-from kmemleak_offline.symbols.kernel import ksym_rows
+from kmemleak_offline.format.symrows import ksym_rows
 
-from . import spec as specmod
-from . import tracefs
-from .recording import RecordingWriter, new_metadata
+from .format import spec as specmod
+from .format import tracefs
+from .format.recording import RecordingWriter, new_metadata
 
 PRODUCER = f"kmemleak-offline {__version__} import"
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import tracefs
+from .format import tracefs
 
 Ksym = Callable[[int], "tuple[str, int] | None"]
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from kmemleak_offline import __version__
 
-from . import tracefs
-from .recording import RecordingWriter, const_column, new_metadata, write_recording
+from .format import tracefs
+from .format.recording import RecordingWriter, const_column, new_metadata, write_recording
 
 PERF_CONTEXT_KERNEL = 0xFFFFFFFFFFFFFF80
 PERF_CONTEXT_USER = 0xFFFFFFFFFFFFFE00

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kmemleak_offline.tracefs import EventFormat, FormatError, parse_format
+from kmemleak_offline.format.tracefs import EventFormat, FormatError, parse_format
 from recorder.errors import RecordInputError
 
 _C_WORDS = {"char", "short", "int", "long", "unsigned", "signed", "u8", "u16", "u32", "u64",
@@ -18,7 +18,7 @@ _C_WORDS = {"char", "short", "int", "long", "unsigned", "signed", "u8", "u16", "
 class TracedEvent:
     """One tracepoint to open, with what the spec asks of it."""
 
-    spec: Any  # kmemleak_offline.spec.EventSpec (defaults applied)
+    spec: Any  # kmemleak_offline.format.spec.EventSpec (defaults applied)
     fmt: EventFormat
     role: str  # "alloc" or "free"
     callchain: bool
@@ -59,7 +59,7 @@ def resolve(alloc: str, free: str, tracefs: Path, call_graph: bool) -> tuple[lis
     Returns the events and whether call graphs are on (-g, or every alloc spec has `stack`, as in
     perf-prof). Any spec problem becomes RecordInputError with the spec module's one-line message.
     """
-    from kmemleak_offline import spec as specmod
+    from kmemleak_offline.format import spec as specmod
 
     avail = available_events(tracefs)
     out: list[TracedEvent] = []
@@ -97,7 +97,7 @@ def resolve(alloc: str, free: str, tracefs: Path, call_graph: bool) -> tuple[lis
 
 def _check_expressions(s: Any, fmt: EventFormat, role: str) -> None:
     """ptr=/size= must compile now: a recording whose own analysis would refuse it is no use."""
-    from kmemleak_offline import expr
+    from kmemleak_offline.format import expr
 
     for attr, text in (("ptr", s.ptr), ("size", s.size if role == "alloc" else None)):
         if not text:
@@ -111,7 +111,7 @@ def _check_expressions(s: Any, fmt: EventFormat, role: str) -> None:
 def check_userspace_filter(ev: TracedEvent) -> None:
     """A filter the kernel refused must at least compile as an expression over the event's fields."""
     try:
-        from kmemleak_offline import expr  # written by the analyser engineer
+        from kmemleak_offline.format import expr  # written by the analyser engineer
     except ImportError:
         expr = None
     fields = {f.name for f in ev.fmt.fields} | {"_cpu", "_pid"}

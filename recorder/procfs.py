@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from kmemleak_offline.symbols.kernel import ksym_rows
+from kmemleak_offline.format.symrows import ksym_rows
 from recorder.errors import RecordError, RecordInputError
 
 TRACEFS_ENV = "KMEMLEAK_OFFLINE_TRACEFS"

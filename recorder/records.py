@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from kmemleak_offline.recording import const_column
+from kmemleak_offline.format.recording import const_column
 from recorder import perf_event as pe
 
 _STR_DICT = pa.dictionary(pa.int32(), pa.string())

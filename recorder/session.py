@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kmemleak_offline import __version__
-from kmemleak_offline.recording import RecordingWriter, new_metadata
+from kmemleak_offline.format.recording import RecordingWriter, new_metadata
 from recorder import perf_event as pe
 from recorder import procfs
 from recorder.errors import RecordError, RecordInputError
@@ -218,7 +218,7 @@ class Session:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        from kmemleak_offline.symbols.user import usym_rows
+        from kmemleak_offline.format.symrows import usym_rows
 
         self.writer.flush_part()
         names: set[str] = set()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from kmemleak_offline.recording import RecordingWriter, to_table
+from kmemleak_offline.format.recording import RecordingWriter, to_table
 from recorder.errors import RecordError
 from recorder.records import RingBatch, Splitter
 from recorder.ring import FRAME

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kmemleak_offline.cli import main
-from kmemleak_offline.recording import METADATA_KEY, open_recording
+from kmemleak_offline.format.recording import METADATA_KEY, open_recording
 from kmemleak_offline.synthetic import DEFAULT_REALTIME_NS, PERF_CONTEXT_KERNEL, RecordingBuilder
 
 K = PERF_CONTEXT_KERNEL

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kmemleak_offline.recording import METADATA_KEY, RecordingWriter
+from kmemleak_offline.format.recording import METADATA_KEY, RecordingWriter
 from tests.test_analyze_cli import (
     COMMS_A,
     EVENTS_A,

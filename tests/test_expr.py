@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kmemleak_offline import tracefs
-from kmemleak_offline.expr import (
+from kmemleak_offline.format import tracefs
+from kmemleak_offline.format.expr import (
     EvalResult,
     ExprEnv,
     ExprError,
@@ -415,7 +415,7 @@ def test_glob_matches_the_plain_regex_translation_and_is_linear():
     import re
     import time
 
-    from kmemleak_offline.expr import _glob_matcher, _glob_units
+    from kmemleak_offline.format.expr import _glob_matcher, _glob_units
 
     rng = np.random.default_rng(5)
     alphabet = [b"a", b"b", b"*", b"?", b"[ab]", b"[!a]", b"**"]

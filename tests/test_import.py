@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmemleak_offline import __version__, perfdata, tracefs
+from kmemleak_offline import __version__, perfdata
 from kmemleak_offline.cli import main
-from kmemleak_offline.recording import open_recording
+from kmemleak_offline.format import tracefs
+from kmemleak_offline.format.recording import open_recording
 from tests.test_record_e2e import groups
 
 N_PIPES = 64

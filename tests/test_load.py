@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kmemleak_offline import tracefs
+from kmemleak_offline.format import tracefs
+from kmemleak_offline.format.recording import RecordingWriter, open_recording
 from kmemleak_offline.load import load
-from kmemleak_offline.recording import RecordingWriter, open_recording
 from kmemleak_offline.synthetic import RecordingBuilder
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from kmemleak_offline.format.recording import open_recording
 from kmemleak_offline.malloc import is_malloc_recording, malloc_events
-from kmemleak_offline.recording import open_recording
 from kmemleak_offline.symbols.user import from_recording
 from recorder.probes import GROUP_PREFIX, remove_stale_groups, tracefs_root
 

@@ -164,8 +164,8 @@ def test_unknown_function_is_a_clear_error():
 
 
 def test_malloc_events_decodes_a_recording(tmp_path):
+    from kmemleak_offline.format.recording import open_recording
     from kmemleak_offline.malloc import is_malloc_recording, malloc_events
-    from kmemleak_offline.recording import open_recording
     from kmemleak_offline.synthetic import RecordingBuilder
 
     b = RecordingBuilder()

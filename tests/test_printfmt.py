@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from kmemleak_offline import tracefs
+from kmemleak_offline.format import tracefs
 from kmemleak_offline.printfmt import PrintFormatter, lat_flags
 
 FORMATS = Path(__file__).parent / "data" / "formats"

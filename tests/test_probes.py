@@ -17,9 +17,9 @@ import pyarrow as pa
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from kmemleak_offline import tracefs
+from kmemleak_offline.format import tracefs
+from kmemleak_offline.format.elf import read_build_id
 from kmemleak_offline.malloc import pair_calls
-from kmemleak_offline.symbols.elf import read_build_id
 from kmemleak_offline.symbols.user import UserSymbolizer
 from recorder.probes import (
     ALLOCATORS,

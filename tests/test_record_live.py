@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from kmemleak_offline.recording import open_recording
-from kmemleak_offline.tracefs import decode, parse_format
+from kmemleak_offline.format.recording import open_recording
+from kmemleak_offline.format.tracefs import decode, parse_format
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="live perf tests need root")
 

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from kmemleak_offline.recording import to_table
+from kmemleak_offline.format.recording import to_table
 from recorder import perf_event as pe
 from recorder.command import parse_duration
 from recorder.errors import RecordInputError

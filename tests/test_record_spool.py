@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kmemleak_offline.recording import RecordingWriter, new_metadata, open_recording
+from kmemleak_offline.format.recording import RecordingWriter, new_metadata, open_recording
 from recorder import perf_event as pe
 from recorder.records import RingBatch, Splitter, _boundaries
 from recorder.ring import FRAME, Ring

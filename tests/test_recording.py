@@ -7,7 +7,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from kmemleak_offline.recording import RecordingError, RecordingWriter, new_metadata, open_recording
+from kmemleak_offline.format.recording import (
+    RecordingError,
+    RecordingWriter,
+    new_metadata,
+    open_recording,
+)
 
 
 def test_metadata_set_at_close_wins_over_metadata_known_at_open(tmp_path):

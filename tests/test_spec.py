@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kmemleak_offline import tracefs
-from kmemleak_offline.spec import (
+from kmemleak_offline.format import tracefs
+from kmemleak_offline.format.spec import (
     EventSpec,
     SpecError,
     expand_wildcards,

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kmemleak_offline.recording import SCHEMA, to_table
-from kmemleak_offline.stitch import StitchError, read_footer, stitch
+from kmemleak_offline.format.recording import SCHEMA, to_table
+from kmemleak_offline.format.stitch import StitchError, read_footer, stitch
 
 
 def _table(rng: np.random.Generator, n: int, kind: str = "sample") -> pa.Table:
@@ -73,7 +73,7 @@ def test_stitched_file_holds_every_row_group_in_order(tmp_path):
 
 def test_footer_round_trips_byte_for_byte(tmp_path):
     """Parsing and re-serialising an unmodified footer gives the same bytes: nothing is dropped."""
-    from kmemleak_offline.stitch import _Writer
+    from kmemleak_offline.format.stitch import _Writer
 
     p = _write(tmp_path / "p.parquet", [_table(np.random.default_rng(1), 2000)], write_page_index=True)
     fmd, start = read_footer(p)

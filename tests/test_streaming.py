@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kmemleak_offline.analysis import AnalyzeOptions, analyze
-from kmemleak_offline.recording import open_recording
+from kmemleak_offline.format.recording import open_recording
 from kmemleak_offline.synthetic import RecordingBuilder
 from tests.reference_replay import reference_replay
 from tests.test_analyze_cli import (

@@ -13,8 +13,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from kmemleak_offline import __version__, synthetic, tracefs
-from kmemleak_offline.recording import open_recording
+from kmemleak_offline import __version__, synthetic
+from kmemleak_offline.format import tracefs
+from kmemleak_offline.format.recording import open_recording
 from kmemleak_offline.synthetic import (
     KERNEL_TEXT_START,
     PERF_CONTEXT_KERNEL,

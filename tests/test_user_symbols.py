@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from kmemleak_offline.symbols.elf import load_symbols, read_build_id
-from kmemleak_offline.symbols.user import UserSymbolizer, demangle, usym_rows
+from kmemleak_offline.format.elf import load_symbols, read_build_id
+from kmemleak_offline.format.symrows import usym_rows
+from kmemleak_offline.symbols.user import UserSymbolizer, demangle
 
 C_DIR = Path(__file__).parent / "c"
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"

@@ -15,8 +15,8 @@ import pytest
 
 from kmemleak_offline import diff, malloc
 from kmemleak_offline.analysis import EVENT_LIST, AnalyzeOptions, analyze
+from kmemleak_offline.format.recording import open_recording
 from kmemleak_offline.load import load
-from kmemleak_offline.recording import open_recording
 from kmemleak_offline.reports import flamegraph, json_report
 from kmemleak_offline.reports.events import EventLines
 from kmemleak_offline.reports.frames import StackResolver

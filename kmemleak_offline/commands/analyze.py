@@ -84,8 +84,8 @@ def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verb
     """Open and analyse one recording; bad input -> one line, exit 2."""
     from ..analysis import AnalysisError, AnalyzeOptions
     from ..analysis import analyze as run
+    from ..format.spec import SpecError, parse_duration
     from ..reports.frames import StackResolver
-    from ..spec import SpecError, parse_duration
 
     try:
         than_ns = parse_duration(than) if than is not None else 0

@@ -47,7 +47,7 @@ def reader_may_leave() -> Iterator[None]:
 
 def load(path: Path):
     """Open a recording file or parts folder; bad input is a CommandError."""
-    from ..recording import RecordingError, open_recording
+    from ..format.recording import RecordingError, open_recording
 
     try:
         return open_recording(path)

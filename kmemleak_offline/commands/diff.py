@@ -30,7 +30,7 @@ def diff(
     import json
 
     from .. import diff as diffmod
-    from ..spec import SpecError, parse_duration
+    from ..format.spec import SpecError, parse_duration
 
     if fmt not in ("text", "json"):
         fail(f"--format must be text or json, not {fmt!r}")

@@ -24,8 +24,8 @@ def import_(
     free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="free events")] = None,
 ) -> None:
     """Convert a perf.data (tracepoints and uprobes) into a recording."""
+    from ..format.recording import RecordingError
     from ..perfdata import PerfDataError, import_perf_data  # pandas: only when importing
-    from ..recording import RecordingError
 
     out = output if output is not None else perf_data.with_suffix(".parquet")
     if out.resolve() == perf_data.resolve():

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..format.recording import Recording, _conform, _group_kind, kind_mask
 from ..load import SAMPLE_COLUMNS, samples_from_table
-from ..recording import Recording, _conform, _group_kind, kind_mask
 from ..replay import U64_MAX, Lost, Report
 from . import partition, scan
 from .pool import Workers
@@ -351,6 +351,6 @@ def fetch_rows(units: list[scan.Unit], rows: np.ndarray):
         t = _conform(scan.read_unit(u, SAMPLE_COLUMNS), SAMPLE_COLUMNS)
         tables.append(t.take(pa.array(local)))
     if not tables:
-        from ..recording import to_table
+        from ..format.recording import to_table
         return samples_from_table(_conform(to_table({"kind": []}), SAMPLE_COLUMNS))
     return samples_from_table(pa.concat_tables(tables).combine_chunks())

@@ -79,7 +79,7 @@ def read_unit(u: Unit, columns: list[str]) -> pa.Table:
 
 
 def _conform_samples(t: pa.Table) -> pa.Table:
-    from ..recording import _conform
+    from ..format.recording import _conform
 
     return _conform(t, SAMPLE_COLUMNS)
 

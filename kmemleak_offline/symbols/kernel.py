@@ -10,8 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kmemleak_offline.recording import const_column
-
 
 class KernelSymbols:
     """Sorted kallsyms snapshot; resolve many addresses at once."""
@@ -63,20 +61,3 @@ class KernelSymbols:
         names, _ = self.resolve(ips)
         out = np.where((ips >= np.uint64(0xFFFF000000000000)) & (names != None), names, "Unknown")
         return out.astype("S")
-
-
-def ksym_rows(text: bytes) -> dict[str, pa.Array]:
-    """`/proc/kallsyms` text -> `ksym` rows (addr, name, module; text and data symbols alike).
-
-    Shared by the recorder (live snapshot) and `import` (kallsyms embedded in perf.data). Typed
-    Arrow columns: converting ~200k-item lists generically cost the recorder 0.2 s per start."""
-    addrs, names, mods = [], [], []
-    for line in text.splitlines():  # once per symbol, not per event
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        addrs.append(int(parts[0], 16))
-        names.append(parts[2].decode(errors="replace"))
-        mods.append(parts[3].strip(b"[]").decode() if len(parts) > 3 else None)
-    return {"kind": const_column("ksym", len(addrs)), "addr": pa.array(addrs, pa.uint64()), "name": pa.array(names, pa.string()),
-            "module": pa.array(mods, pa.string())}

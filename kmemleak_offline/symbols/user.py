@@ -24,15 +24,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from kmemleak_offline.format.elf import SymbolTable, debug_candidates, load_symbols, read_build_id
+from kmemleak_offline.format.symrows import SEGMENT_PREFIX
 from kmemleak_offline.load import column_array
-from kmemleak_offline.recording import to_table
-from kmemleak_offline.symbols.elf import SymbolTable, debug_candidates, load_symbols, read_build_id
-
-SEGMENT_PREFIX = "[PT_LOAD"
-
-
-def segment_name(offset: int) -> str:
-    return f"{SEGMENT_PREFIX} offset={offset:#x}]"
 
 
 def _segment_offsets(names: np.ndarray, pgoff: np.ndarray, has_pgoff: np.ndarray) -> np.ndarray:
@@ -269,36 +263,6 @@ class UserSymbolizer:
             if any(k != v for k, v in dm.items()):
                 names = np.array([dm.get(x, x) if x is not None else None for x in found], dtype=object)
         return names, offs, dsos
-
-
-def usym_rows(paths: Iterable[str], symfs: str | None = None) -> pa.Table:
-    """Rows (kind=usym) embedding the symbol tables of ELF files, best source first (debug file by
-    build-id, else the file), with `[PT_LOAD offset=...]` rows for the file's segments. Unreadable
-    paths are skipped.
-    """
-    cols: dict[str, list] = {"filename": [], "build_id": [], "addr": [], "len": [], "name": []}
-    for path in dict.fromkeys(paths):
-        real = load_symbols(path)
-        if real is None:
-            continue
-        bid = read_build_id(path)
-        t = UserSymbolizer(_empty_mmaps(), symfs=symfs).table_for(path, bid) or real
-        k = len(t.addrs)
-        seg = real.segments
-        cols["filename"] += [path] * (k + len(seg))
-        cols["build_id"] += [bid] * (k + len(seg))
-        cols["addr"] += t.addrs.tolist() + seg[:, 0].tolist()
-        cols["len"] += t.sizes.tolist() + seg[:, 3].tolist()
-        cols["name"] += t.names.tolist() + [segment_name(int(o)) for o in seg[:, 2].tolist()]
-    n = len(cols["name"])
-    return to_table({"kind": ["usym"] * n, **cols})
-
-
-def _empty_mmaps() -> pa.Table:
-    return pa.table({"time": pa.array([], pa.uint64()), "pid": pa.array([], pa.int32()),
-                     "addr": pa.array([], pa.uint64()), "len": pa.array([], pa.uint64()),
-                     "pgoff": pa.array([], pa.uint64()), "filename": pa.array([], pa.string()),
-                     "build_id": pa.array([], pa.binary())})
 
 
 def from_recording(rec: Any, symfs: str | None = None, use_local_files: bool = True) -> UserSymbolizer:

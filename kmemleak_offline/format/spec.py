@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kmemleak_offline import tracefs
+from kmemleak_offline.format import tracefs
 
 __all__ = [
     "EventSpec", "SpecError", "expand_wildcards", "parse_duration", "parse_event", "parse_list",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kmemleak_offline import tracefs
+from kmemleak_offline.format import tracefs
 
 __all__ = [
     "EvalResult", "Expr", "ExprEnv", "ExprError", "as_ptr", "as_size", "compile_expr",

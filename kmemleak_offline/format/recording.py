@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kmemleak_offline.metadata import Metadata, MetadataError
-from kmemleak_offline.stitch import stitch_files
+from kmemleak_offline.format.metadata import Metadata, MetadataError
+from kmemleak_offline.format.stitch import stitch_files
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"kmemleak_offline"
