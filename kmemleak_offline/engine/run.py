@@ -265,22 +265,11 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
     cum_a = np.concatenate(([0], np.cumsum(allocs))).tolist()
     cum_f = np.concatenate(([0], np.cumsum(frees))).tolist()
 
-    def live_of(e: int) -> dict[str, np.ndarray]:
-        parts = [r.live[e] for r in results if len(r.live[e]["time"])]
-        if not parts:
-            return {c: results[0].live[e][c] if results else np.zeros(0) for c in partition.ENTRY_COLUMNS}
-        cols = {c: np.concatenate([p[c] for p in parts]) for c in partition.ENTRY_COLUMNS}
-        t = cols["time"]
-        o = np.argsort(t, kind="stable")  # each part is sorted by time: timsort merges the runs
-        ts = t[o]
-        if len(ts) > 1 and np.any(ts[1:] == ts[:-1]):  # perf-prof's tree order: (time, key)
-            o = np.lexsort((cols["key"], t))
-        return {c: v[o] for c, v in cols.items()}
-
     # windows in perf-prof's reclaim order: ascending start (stable), grouped by boundary
     w = np.argsort(lost.start, kind="stable")
     boundary = np.searchsorted(starts, lost.start[w]) + 1  # window -> fine-epoch boundary j
-    pieces: list[dict[str, np.ndarray]] = []
+    parts: list[dict[str, np.ndarray]] = []  # every report's live entries, part by part
+    spans: list[tuple[int, int]] = []  # each report's rows in the concatenation of `parts`
     reports: list[Report] = []
     offset = 0
     prev = -1  # last non-empty fine epoch
@@ -288,16 +277,17 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
 
     def add(reason: str, t: int, epoch: int, upto: int, lost_idx: np.ndarray) -> None:
         nonlocal offset
-        ent = live_of(epoch) if epoch >= 0 else {c: np.zeros(0, np.uint64) for c in partition.ENTRY_COLUMNS}
-        k = len(ent["time"])
-        pieces.append(ent)
+        mine = [r.live[epoch] for r in results if len(r.live[epoch]["time"])] if epoch >= 0 else []
+        k = sum(len(p["time"]) for p in mine)
+        parts.extend(mine)
+        spans.append((offset, offset + k))
         reports.append(Report(reason=reason, time_ns=t, position=0,
                               leaked=np.arange(offset, offset + k, dtype=np.int64),
                               selected=np.ones(k, bool), total_alloc=int(cum_a[upto]),
                               total_free=int(cum_f[upto]), lost_idx=lost_idx))
         offset += k
         if reason == "lost":
-            early.append((t, k, int(ent["size"].astype(np.int64).sum()) if k else 0))
+            early.append((t, k, int(sum(int(p["size"].astype(np.int64).sum()) for p in mine))))
 
     for m in range(ne):
         if events[m] == 0:
@@ -308,8 +298,7 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
             add("lost", int(first[m]), prev, m, w[sel])
         prev = m
     add("final", 0, prev, ne, np.zeros(0, np.int64))
-    entries = {c: (np.concatenate([p[c] for p in pieces]) if len(pieces) > 1 else pieces[0][c])
-               .astype(_dtype(c), copy=False) for c in partition.ENTRY_COLUMNS}
+    entries = _entries(parts, spans)
     nonempty = np.flatnonzero(events)
     last = max((r.last_time for r in results), default=0) if len(nonempty) else None
     merged = Merged(entries=entries, reports=reports, lost=lost, total_alloc=int(cum_a[-1]),
@@ -319,6 +308,25 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
     if bounds is not None:
         merged.interval_stats = _intervals(results, bounds, early)
     return merged
+
+
+def _entries(parts: list[dict[str, np.ndarray]], spans: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """All reports' entries in one set of columns (one concatenation, one gather), each report's
+    in perf-prof's tree order: (time, key). Each part is sorted by time already, so a stable sort
+    by time merges the runs; keys break ties only where times are equal."""
+    cols = {c: (np.concatenate([p[c] for p in parts]) if parts else np.zeros(0, _dtype(c)))
+            for c in partition.ENTRY_COLUMNS}
+    t, key = cols["time"], cols["key"]
+    order = np.arange(len(t))
+    for lo, hi in spans:
+        if hi - lo < 2:
+            continue
+        o = np.argsort(t[lo:hi], kind="stable")
+        ts = t[lo:hi][o]
+        if np.any(ts[1:] == ts[:-1]):
+            o = np.lexsort((key[lo:hi], t[lo:hi]))
+        order[lo:hi] = lo + o
+    return {c: v[order].astype(_dtype(c), copy=False) for c, v in cols.items()}
 
 
 def _dtype(c: str):

@@ -21,6 +21,8 @@ from ..replay import _ring_seq_order, ring_seq_key
 from .spill import PartitionWriters, SpillDir
 
 HASH_MULT = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits pick the partition
+# what the scan reads: tid only matters for event lines, read back for reported rows
+SCAN_COLUMNS = [c for c in SAMPLE_COLUMNS if c != "tid"]
 
 
 @dataclass
@@ -123,7 +125,7 @@ def scan_range(setup: ScanSetup, index: int, units: list[Unit]) -> RangeResult:
 
 def _scan_unit(setup: ScanSetup, u: Unit, res: RangeResult, rings: _RingState,
                writers: PartitionWriters | None) -> None:
-    sm = samples_from_table(_conform_samples(read_unit(u, SAMPLE_COLUMNS)))
+    sm = samples_from_table(_conform_samples(read_unit(u, SCAN_COLUMNS)))
     n = len(sm)
     res.samples += n
     if n == 0:
