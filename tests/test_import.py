@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kmemleak_offline import __version__, perfdata
+from kmemleak_offline import __version__
 from kmemleak_offline.cli import main
 from kmemleak_offline.format import tracefs
 from kmemleak_offline.format.recording import open_recording
+from kmemleak_offline.perfdata import reader as perfreader
 from tests.test_record_e2e import groups
 
 N_PIPES = 64
@@ -194,7 +196,7 @@ def test_alloc_free_options_are_kept(tmp_path: Path, pipes_data: Path, capsys) -
 
 
 def test_parse_tracing_data_formats_round_trip(pipes_data: Path) -> None:
-    pd_ = perfdata.read_perf_data(pipes_data)
+    pd_ = perfreader.read_perf_data(pipes_data)
     here = Path("/sys/kernel/tracing/events/kmem/kmalloc/format").read_text()
     fmt = next(f for f in pd_.formats.values() if f.full_name == "kmem:kmalloc")
     assert fmt.fields == tracefs.parse_format(here, "kmem").fields
@@ -237,3 +239,126 @@ def test_uprobe_malloc_return_and_free(tmp_path: Path, capsys) -> None:
             first.append(lines[i + 1])
     assert sum(" leak_a+" in f for f in first) == 7
     assert sum(" leak_b+" in f for f in first) == 3
+
+
+# ---------------------------------------------------------------- header features (table-driven)
+def _with_features(src: Path, dst: Path, change: dict[int, bytes | None]) -> Path:
+    """Copy of a perf.data with feature sections replaced (bytes), added, or removed (None)."""
+    raw = src.read_bytes()
+    d_off, d_size = struct.unpack_from("<QQ", raw, 40)
+    bitmap = list(struct.unpack_from("<4Q", raw, 72))
+    bits = [b for b in range(256) if bitmap[b // 64] >> (b % 64) & 1]
+    feats = {}
+    for i, bit in enumerate(bits):
+        off, size = struct.unpack_from("<QQ", raw, d_off + d_size + 16 * i)
+        feats[bit] = raw[off:off + size]
+    for bit, blob in change.items():
+        if blob is None:
+            feats.pop(bit, None)
+        else:
+            feats[bit] = blob
+    bitmap = [0, 0, 0, 0]
+    for bit in feats:
+        bitmap[bit // 64] |= 1 << (bit % 64)
+    out = bytearray(raw[:d_off + d_size])
+    struct.pack_into("<4Q", out, 72, *bitmap)
+    pos = len(out) + 16 * len(feats)
+    table, blobs = bytearray(), bytearray()
+    for bit in sorted(feats):
+        table += struct.pack("<QQ", pos + len(blobs), len(feats[bit]))
+        blobs += feats[bit]
+    dst.write_bytes(bytes(out + table + blobs))
+    return dst
+
+
+def test_feature_table_names_every_perf_feature() -> None:
+    names = [f.name for f in perfreader.FEATURES.values()]
+    assert sorted(perfreader.FEATURES) == list(range(1, 32)) and len(set(names)) == len(names)
+    refused = {k for k, f in perfreader.FEATURES.items() if f.refuse}
+    assert refused == {perfreader.F_AUXTRACE, perfreader.F_DIR_FORMAT, perfreader.F_COMPRESSED}
+    assert all(f.parse is None for f in perfreader.FEATURES.values() if f.refuse)
+
+
+def test_rewritten_features_round_trip(tmp_path: Path, pipes_data: Path) -> None:
+    """The test helper itself: rewriting nothing keeps every feature and the import's rows."""
+    same = _with_features(pipes_data, tmp_path / "same.data", {})
+    a, b = perfreader.read_perf_data(pipes_data), perfreader.read_perf_data(same)
+    assert a.features == b.features and a.values.keys() == b.values.keys() and not b.warnings
+
+
+@pytest.mark.parametrize(("feat", "words"), [
+    (27, ["compressed perf.data", "perf inject"]),
+    (24, ["directory-format", "--threads"]),
+    (18, ["AUX area data"]),
+])
+def test_unsupported_features_are_refused_in_one_line(tmp_path: Path, pipes_data: Path, capsys,
+                                                      feat: int, words: list[str]) -> None:
+    data = _with_features(pipes_data, tmp_path / f"f{feat}.data", {feat: b"\0" * 16})
+    err = _one_error_line(capsys, ["import", str(data), "-o", str(tmp_path / "x.parquet")])
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_compressed_records_are_refused(tmp_path: Path, pipes_data: Path, capsys) -> None:
+    """PERF_RECORD_COMPRESSED (81) and COMPRESSED2 (83, newer perf) in the record stream."""
+    raw = bytearray(pipes_data.read_bytes())
+    d_off = struct.unpack_from("<Q", raw, 40)[0]
+    for typ in (81, 83):
+        struct.pack_into("<I", raw, d_off, typ)
+        data = tmp_path / f"r{typ}.data"
+        data.write_bytes(bytes(raw))
+        err = _one_error_line(capsys, ["import", str(data), "-o", str(tmp_path / "x.parquet")])
+        assert "compressed perf.data" in err, err
+
+
+def test_threads_directory_is_refused(tmp_path: Path, pipes_data: Path, capsys) -> None:
+    d = tmp_path / "perf.data"
+    d.mkdir()
+    shutil.copy(pipes_data, d / "data")
+    err = _one_error_line(capsys, ["import", str(d), "-o", str(tmp_path / "x.parquet")])
+    assert "--threads" in err, err
+
+
+def _event_desc(names: list[str], attr_size: int = 16) -> bytes:
+    out = struct.pack("<II", len(names), attr_size)
+    for i, n in enumerate(names):
+        s = n.encode() + b"\0" * (8 - len(n) % 8)
+        out += b"\xaa" * attr_size + struct.pack("<II", 1, len(s)) + s + struct.pack("<Q", 100 + i)
+    return out
+
+
+def test_event_desc_names_whole_or_said_truncated() -> None:
+    warnings: list[str] = []
+    blob = _event_desc(["kmem:kmalloc", "cpu-clock", "probe_libc:malloc"])
+    assert perfreader._event_desc(blob, warnings.append) == {
+        0: "kmem:kmalloc", 1: "cpu-clock", 2: "probe_libc:malloc"}
+    assert warnings == []
+    start2 = len(_event_desc(["kmem:kmalloc"]))  # where each entry begins in `blob`
+    start3 = len(_event_desc(["kmem:kmalloc", "cpu-clock"]))
+    name2 = start2 + 16 + 8  # after the 2nd entry's attr and its (nr_ids, len)
+    for cut, want in ((start3 - 1, {0: "kmem:kmalloc"}),  # 2nd entry's ids cut: not whole
+                      (name2 + 3, {0: "kmem:kmalloc"}),  # inside the 2nd name: not half a name
+                      (start2 + 5, {0: "kmem:kmalloc"}),  # inside the 2nd attr
+                      (len(blob) - 12, {0: "kmem:kmalloc", 1: "cpu-clock"})):  # inside the 3rd name
+        warnings.clear()
+        assert perfreader._event_desc(blob[:cut], warnings.append) == want
+        assert len(warnings) == 1 and f"names of {len(want)} of 3 events" in warnings[0], warnings
+    warnings.clear()
+    assert perfreader._event_desc(blob[:5], warnings.append) == {} and len(warnings) == 1
+
+
+def test_truncated_event_desc_is_said_through_the_notice(tmp_path: Path, pipes_data: Path,
+                                                         pipes_rec: Path, capsys) -> None:
+    full = perfreader.read_perf_data(pipes_data).features[perfreader.F_EVENT_DESC]
+    data = _with_features(pipes_data, tmp_path / "cut.data", {perfreader.F_EVENT_DESC: full[:-9]})
+    out = tmp_path / "cut.parquet"
+    capsys.readouterr()
+    assert main(["import", str(data), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    said = [ln for ln in err.splitlines() if "HEADER_EVENT_DESC is truncated" in ln]
+    nr = struct.unpack_from("<I", full)[0]  # kmalloc, kfree (and perf's dummy event with -a)
+    assert len(said) == 1 and f"names of {nr - 1} of {nr} events" in said[0], err
+    rec = open_recording(out)
+    assert any("HEADER_EVENT_DESC is truncated" in n for n in rec.metadata["notes"])
+    # tracepoints take their names from the formats: the samples are all still there
+    assert rec.metadata["counts"] == open_recording(pipes_rec).metadata["counts"]

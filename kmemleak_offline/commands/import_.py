@@ -1,6 +1,6 @@
 """`kmemleak-offline import`: a `perf record` perf.data -> a recording, for postmortem analysis.
 
-A thin Typer wrapper over perfdata.import_perf_data; bad input is a CommandError (exit 2).
+A thin Typer wrapper over perfdata.importer.import_perf_data; bad input is a CommandError (exit 2).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def import_(
 ) -> None:
     """Convert a perf.data (tracepoints and uprobes) into a recording."""
     from ..format.recording import RecordingError
-    from ..perfdata import PerfDataError, import_perf_data  # pandas: only when importing
+    from ..perfdata.importer import PerfDataError, import_perf_data  # pandas: only when importing
 
     out = output if output is not None else perf_data.with_suffix(".parquet")
     if out.resolve() == perf_data.resolve():
