@@ -458,10 +458,7 @@ def _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_c
         stop = meta_stop or last
         if start is None or stop is None:
             return None
-        step = int(opts.interval_ms) * 1_000_000
-        if step <= 0 or stop <= start:
-            return np.zeros(0, np.int64)
-        return np.minimum(np.arange(start + step, stop + step, step, dtype=np.int64), stop)
+        return interval_grid(start, stop, int(opts.interval_ms))
 
     try:
         with Progress(enabled=opts.progress) as progress:
@@ -764,17 +761,32 @@ def sort_groups(groups: list[Group], stacks: dict[int, np.ndarray]) -> list[Grou
     return sorted(groups, key=lambda g: (-g.bytes, g.pid, -g.objects, chain(g)))
 
 
+MAX_INTERVALS = 10_000_000
+
+
+def interval_grid(start: int, stop: int, interval_ms: int) -> np.ndarray:
+    """`-i`: the trace times at which live totals are printed: every interval after start, the
+    last one clamped to stop (int64 ns, computed without overflow whatever the interval)."""
+    step = int(interval_ms) * 1_000_000
+    if step <= 0 or stop <= start:
+        return np.zeros(0, np.int64)
+    n = -(-(stop - start) // step)
+    if n > MAX_INTERVALS:
+        raise AnalysisError(f"-i {interval_ms}: {n:,} intervals over this recording's "
+                            f"{(stop - start) / 1e9:,.0f} s; use a larger interval")
+    inner = start + step * np.arange(1, n, dtype=np.int64) if n > 1 else np.zeros(0, np.int64)
+    return np.append(inner, np.int64(stop))
+
+
 def _intervals(stream: Stream, res: ReplayResult, interval_ms: int,
                meta: Metadata) -> list[IntervalStat]:
     """Outstanding objects/bytes at each interval boundary of trace time (`-i`)."""
     n = len(stream)
     start = meta.clock.start_ns or (int(res.time[0]) if n else 0)
     stop = meta.clock.stop_ns or (int(res.time[-1]) if n else start)
-    step = int(interval_ms) * 1_000_000
-    if step <= 0 or stop <= start:
+    bounds = interval_grid(start, stop, interval_ms)
+    if not len(bounds):
         return []
-    bounds = np.arange(start + step, stop + step, step, dtype=np.int64)
-    bounds = np.minimum(bounds, stop)
     kept = stream.kept
     is_alloc = stream.column("is_alloc")
     alloc = is_alloc & kept

@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except RecursionError:  # a spec, expression or JSON report nested thousands deep
+        sys.stderr.write("kmemleak-offline: input nested too deeply (an expression, event spec or "
+                         "JSON report): simplify it\n")
+        return 2
     except Exception as exc:  # last resort: never a traceback for users
         if os.environ.get("KMEMLEAK_OFFLINE_DEBUG"):
             raise

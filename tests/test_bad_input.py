@@ -234,3 +234,28 @@ def test_metadata_values_of_the_wrong_type_or_range(rec, tmp_path, capsys, key, 
     """Each is one line naming the key, exit 2 (they were internal errors, or silently used)."""
     bad = with_metadata(rec, tmp_path / "m.parquet", _set(key, value))
     assert_one_line_error(*run(capsys, cmd, bad), "recording metadata", key.split(".")[0])
+
+
+@pytest.mark.parametrize("args", [
+    ["-i", "88475753096611"], ["--than", "99999999999999999999"],
+    ["--alloc", "kmem:kmalloc/" + "(" * 1000 + "1" + ")" * 1000 + "/", "--free", "kmem:kfree"],
+    ["--alloc", "kmem:kmalloc//ptr=" + "ntohl(" * 500 + "ptr" + ")" * 500 + "/", "--free", "kmem:kfree"],
+    ["--alloc", "kmem:kmalloc//ptr=" + "+".join(["ptr"] * 5000) + "/", "--free", "kmem:kfree"],
+])
+def test_options_out_of_range_and_deep_nesting_are_one_line(rec, capsys, args):
+    """Were internal errors (OverflowError, RecursionError)."""
+    assert_one_line_error(*run(capsys, "analyze", rec, *args))
+
+
+@pytest.mark.parametrize("interval", ["9223372036853", "1"])
+def test_any_interval_in_range_works(rec, capsys, interval):
+    code, out, err = run(capsys, "analyze", rec, "-i", interval)
+    assert code == 0, err
+    assert "INTERVAL alloc" in out
+
+
+def test_huge_max_stack_is_capped_like_perf_prof(rec, capsys):
+    code, _, err = run(capsys, "analyze", rec, "--alloc",
+                       "kmem:kmalloc//ptr=ptr/size=bytes_alloc/max-stack=" + "9" * 5000 + "/",
+                       "--free", "kmem:kfree")
+    assert code == 0, err

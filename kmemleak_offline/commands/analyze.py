@@ -11,6 +11,8 @@ import typer
 
 from .common import fail, load, reader_may_leave, split_specs
 
+MAX_INTERVAL_MS = (1 << 63) // 1_000_000 - 1  # the grid is in int64 nanoseconds
+
 
 def _terminate_cleanly() -> None:
     """SIGTERM unwinds like Ctrl-C (spill files and worker processes are cleaned up on the way
@@ -50,8 +52,8 @@ def analyze(
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if interval is not None and interval <= 0:
-        fail(f"-i/--interval must be a positive number of milliseconds, not {interval}")
+    if interval is not None and not 0 < interval <= MAX_INTERVAL_MS:
+        fail(f"-i/--interval must be 1..{MAX_INTERVAL_MS} milliseconds, not {interval}")
     _terminate_cleanly()
     if jobs is not None and jobs < 1:
         fail(f"-j/--jobs must be at least 1, not {jobs}")

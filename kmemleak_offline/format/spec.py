@@ -147,7 +147,9 @@ def parse_event(text: str) -> EventSpec:
         elif attr == "max-stack":
             if value is None or not re.fullmatch(r"[0-9]+", value):
                 raise SpecError(f"bad max-stack value '{value or ''}' in '{text}'")
-            vals["stack"], vals["max_stack"] = True, min(int(value), MAX_STACK_DEPTH)
+            # at most 127 anyway: a longer digit string is that too (no huge-int conversion)
+            big = len(value.lstrip("0")) > 3
+            vals["stack"], vals["max_stack"] = True, MAX_STACK_DEPTH if big else min(int(value), MAX_STACK_DEPTH)
         elif attr in ("ptr", "size"):
             if value is None:
                 raise SpecError(f"Syntax error: {attr} needs '=EXPR' in '{text}'")
@@ -208,4 +210,8 @@ def parse_duration(text: str) -> int:
     m = _DURATION.fullmatch(text)
     if not m:
         raise SpecError(f"invalid duration '{text}': expected N, Ns, Nms, Nus or Nns")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    digits = m.group(1).lstrip("0")
+    ns = int(digits or "0") * _UNITS[m.group(2)] if len(digits) <= 20 else 1 << 64
+    if ns >= 1 << 64:
+        raise SpecError(f"duration '{text}' is beyond 2^64 ns (584 years)")
+    return ns
