@@ -103,3 +103,17 @@ def test_every_registered_format_renders(tmp_path, capsys):
     for name in FORMATS:
         code, out, err = run(capsys, "analyze", rec, "--format", name)
         assert code == 0 and out, (name, err)
+
+
+def test_malloc_json_events_carry_their_sizes(capsys):
+    """--malloc recordings have no size= expression, but paired calls know their sizes: JSON
+    events give them (they were null), and they add up to the groups' bytes."""
+    import json
+
+    sample = Path(__file__).resolve().parents[1] / "samples" / "malloc-leak.parquet"
+    code, out, err = run(capsys, "analyze", sample, "--format", "json", "-v")
+    assert code == 0, err
+    final = json.loads(out)["reports"][-1]
+    sizes = [e["size"] for e in final["events"] if e["selected"]]
+    assert sizes and all(isinstance(s, int) and s > 0 for s in sizes)
+    assert sum(sizes) == sum(g["bytes"] for g in final["groups"])

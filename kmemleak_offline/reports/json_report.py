@@ -20,7 +20,8 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
           comm: bool = False) -> dict[str, Any]:
     lines = EventLines(a)
     event_name = [role.fmt.full_name for role in a.roles]
-    has_size = [role.size is not None for role in a.roles]
+    # a size where one is known: a size= expression, or a --malloc recording's paired calls
+    has_size = [role.size is not None or a.mode == LEAKED_BYTES for role in a.roles]
     reports = []
     for r in a.reports:
         if r.reason == "lost" and r.num == 0:
