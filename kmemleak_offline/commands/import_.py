@@ -25,7 +25,7 @@ def import_(
 ) -> None:
     """Convert a perf.data (tracepoints and uprobes) into a recording."""
     from ..format.recording import RecordingError
-    from ..perfdata.importer import PerfDataError, import_perf_data  # pandas: only when importing
+    from ..perfdata.importer import PerfDataError, import_perf_data  # heavy: only when importing
 
     out = output if output is not None else perf_data.with_suffix(".parquet")
     if out.resolve() == perf_data.resolve():
