@@ -22,9 +22,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from _common import fmt_spread, machine_lines, spread  # noqa: E402
+from _common import fmt_spread, machine_lines, spread
 
-from kmemleak_offline.format.recording import open_recording  # noqa: E402
+from kmemleak_offline.format.recording import open_recording
 
 PER_ITER = re.compile(r"([0-9.]+) ns/iter")
 
