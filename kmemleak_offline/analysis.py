@@ -18,24 +18,25 @@ import pandas as pd
 import pyarrow as pa
 
 from .format import expr as exprmod
-from .format import spec as specmod
 from .format.metadata import Metadata
 from .format.recording import Recording
-from .format.tracefs import EventFormat, FormatError, parse_format
-from .load import RING_ID_LIMIT, Samples, column_array, load, load_side, ring_ids
+from .load import Samples, column_array, load, load_side, ring_ids
 from .malloc import MallocError, is_malloc_recording
 from .malloc import summary as malloc_summary
 from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered
+from .roles import (
+    AnalysisError,
+    EventRole,
+    build_roles,
+    evaluate_roles,
+    formats_of,
+    warn_failures,
+)
 from .symbols.kernel import KernelSymbols
 from .timeline import CommTimeline
 
 LEAKED_BYTES = "leaked-bytes"
 EVENT_LIST = "event-list"
-
-
-class AnalysisError(ValueError):
-    """Bad input to the analysis (unknown event, bad expression...). Message may be multi-line for
-    expressions (caret + available fields), else one line."""
 
 
 @dataclass
@@ -53,19 +54,6 @@ class AnalyzeOptions:
     in_memory: bool = False  # the whole-recording path (always for -vv and --malloc recordings)
     partitions: int | None = None  # key partitions (None: from the recording's size)
     scan_ranges: int | None = None  # row-group runs read in parallel (None: from the size)
-
-
-@dataclass
-class EventRole:
-    """One --alloc/--free event after defaults, with its compiled expressions."""
-
-    spec: specmod.EventSpec
-    fmt: EventFormat
-    is_alloc: bool
-    ptr: exprmod.Expr
-    size: exprmod.Expr | None
-    filter: exprmod.Expr | None  # applied offline (the kernel did not apply it)
-    code: int = -1  # index in Analysis.roles
 
 
 @dataclass
@@ -191,65 +179,6 @@ class Analysis:
         return self.recording.meta.clock.stop_ns
 
 
-def _formats(meta: dict) -> dict[str, EventFormat]:
-    out = {}
-    for name, ev in meta.get("events", {}).items():
-        system = name.split(":", 1)[0]
-        try:
-            out[name] = parse_format(ev.get("format", ""), system)
-        except FormatError as exc:
-            raise AnalysisError(f"recording metadata: bad format text for {name}: {exc}") from None
-    return out
-
-
-def build_roles(meta: dict, alloc: list[str], free: list[str], formats: dict[str, EventFormat],
-                warn: Callable[[str], None], verbose: int = 0,
-                expansions: list[tuple[str, str]] | None = None) -> list[EventRole]:
-    """Parse spec lists against the recording's formats; compile ptr/size/filter expressions.
-    `expansions` collects (list as given, list after wildcard expansion), for -v."""
-    kernel_filters = (meta.get("options") or {}).get("kernel_filters") or {}
-    roles: list[EventRole] = []
-    for is_alloc, texts in ((True, alloc), (False, free)):
-        specs: list[specmod.EventSpec] = []
-        try:
-            for t in texts:
-                expanded = specmod.expand_wildcards(specmod.parse_list(t), formats.keys())
-                if expansions is not None:
-                    expansions.append((t, ",".join(sp.text for sp in expanded)))
-                specs.extend(expanded)
-        except specmod.SpecError as exc:
-            raise AnalysisError(str(exc)) from None
-        for sp in specs:
-            fmt = formats.get(sp.full_name)
-            if fmt is None:
-                raise AnalysisError(f"{sp.full_name} not found in the recording (it has: "
-                                    f"{', '.join(sorted(formats)) or 'no events'})")
-            try:
-                sp = specmod.with_defaults(sp, fmt)
-            except specmod.SpecError as exc:
-                raise AnalysisError(str(exc)) from None
-            if verbose and sp.ignored:
-                warn(f"{sp.full_name}: ignoring attributes not used by kmemleak: "
-                     + ", ".join(f"{k}={v}" if v else k for k, v in sp.ignored))
-            try:
-                ptr = exprmod.compile_expr(sp.ptr, fmt.fields)
-                size = exprmod.compile_expr(sp.size, fmt.fields) if (is_alloc and sp.size) else None
-                flt = None
-                if sp.filter and kernel_filters.get(sp.full_name) != sp.filter:
-                    flt = exprmod.compile_expr(sp.filter, fmt.fields)
-                    if verbose:
-                        warn(f"{sp.full_name} filters '{sp.filter}' in userspace")
-            except exprmod.ExprError as exc:
-                raise AnalysisError(str(exc)) from None
-            roles.append(EventRole(spec=sp, fmt=fmt, is_alloc=is_alloc, ptr=ptr, size=size,
-                                   filter=flt, code=len(roles)))
-    if not any(r.is_alloc for r in roles):
-        raise AnalysisError("no --alloc event given (and the recording names none)")
-    if not any(not r.is_alloc for r in roles):
-        raise AnalysisError("no --free event given (and the recording names none)")
-    return roles
-
-
 @contextlib.contextmanager
 def _small_pages():
     """Numpy without MADV_HUGEPAGE on its big arrays while analysing (unless NUMPY_MADVISE_HUGEPAGE
@@ -308,7 +237,7 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
         warnings.append(msg)
         opts.warn(msg)
 
-    formats = _formats(meta)
+    formats = formats_of(meta)
     alloc = opts.alloc if opts.alloc else list(meta.get("alloc") or [])
     free = opts.free if opts.free else list(meta.get("free") or [])
     expansions: list[tuple[str, str]] = []
@@ -327,7 +256,9 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
               "expansions": expansions}
     a = None
     if not (malloc or opts.in_memory or opts.verbose >= 2):
-        a = _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu, common)
+        from .engine.streamed import streamed  # the engine builds on this module's types
+
+        a = streamed(rec, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu, common)
     if a is None:
         a = _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, side,
                        l_cpu, common)
@@ -382,202 +313,6 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
     intervals = _intervals(stream, res, opts.interval_ms, rec.meta) if opts.interval_ms else []
     return Analysis(mode=mode, stream=stream, result=res, reports=reports, stacks=stacks,
                     samples=sm, intervals=intervals, lost_total=_lost_total(lost, rec.meta), **common)
-
-
-class _Remap:
-    """A column of the fetched rows, indexed by the recording's sample row numbers."""
-
-    def __init__(self, values: np.ndarray, rows: np.ndarray) -> None:
-        self.values, self.rows = values, rows
-
-    def __getitem__(self, idx):
-        return self.values[np.searchsorted(self.rows, np.asarray(idx))]
-
-
-class LazySamples:
-    """Stands for the recording's samples where only reported rows are ever asked for: reads
-    those rows on first use (only event lines and JSON events need payloads, cpu, seq or tid).
-    Indexed, like Samples, by the recording's sample row numbers."""
-
-    def __init__(self, fetch: Callable[[np.ndarray], Samples], rows: np.ndarray) -> None:
-        self._fetch, self._want = fetch, rows
-        self._sm: Samples | None = None
-        self._rows = np.zeros(0, np.int64)
-
-    def _samples(self) -> Samples:
-        if self._sm is None:
-            r = np.sort(self._want)
-            self._rows = r[np.r_[True, r[1:] != r[:-1]]] if len(r) else r
-            self._sm = self._fetch(self._rows)
-        return self._sm
-
-    def decode(self, fmt: EventFormat, rows: np.ndarray, fields=None) -> dict[str, np.ndarray]:
-        sm = self._samples()
-        return sm.decode(fmt, np.searchsorted(self._rows, rows), fields)
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        v = getattr(self._samples(), name)
-        if isinstance(v, np.ndarray) and len(v) == len(self._rows):
-            return _Remap(v, self._rows)
-        return v
-
-
-def _streamed(rec, meta, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
-              common) -> Analysis | None:
-    """The streaming engine (engine/): memory follows the allocations outstanding, not the
-    recording's length. None when the file does not allow it (the caller reads it in memory)."""
-    from .engine import run as engine
-    from .engine.progress import Progress
-    from .engine.spill import SpillError
-
-    lost_t = side["lost"]
-    l_ring = ring_ids(lost_t)
-    if len(l_ring) and int(l_ring.max()) >= RING_ID_LIMIT:
-        return None
-    plan = engine.make_plan(rec, opts.jobs, opts.partitions, opts.scan_ranges)
-    meta_stop = rec.meta.clock.stop_ns
-    stop_guess = max(meta_stop, plan.max_time or 0)
-    env = _expr_env(ksyms, comms, stop_guess)
-    names_lut: dict[tuple[str, ...], np.ndarray] = {}
-
-    def evaluate(sm: Samples) -> Evaluated:
-        key = tuple(sm.event_names)
-        lut = names_lut.get(key)
-        if lut is None:
-            lut = names_lut[key] = np.array(
-                [names.index(e) if e in names else -1 for e in sm.event_names] + [-1], np.int32)
-        return evaluate_roles(sm, roles, names, lut, env)
-
-    is_alloc_role = np.array([r.is_alloc for r in roles], bool)
-    start_meta = rec.meta.clock.start_ns
-
-    def grid(first: int | None, last: int | None) -> np.ndarray | None:
-        start = start_meta or first
-        stop = meta_stop or last
-        if start is None or stop is None:
-            return None
-        return interval_grid(start, stop, int(opts.interval_ms))
-
-    try:
-        with Progress(enabled=opts.progress) as progress:
-            m = engine.run(rec, plan, evaluate=evaluate, role_is_alloc=is_alloc_role,
-                           lost_ring=l_ring, lost_seq=column_array(lost_t.column("seq"), np.uint64),
-                           lost_count=column_array(lost_t.column("lost"), np.uint64),
-                           lost_time=column_array(lost_t.column("time"), np.uint64),
-                           start_ns=start_meta, interval=grid if opts.interval_ms else None,
-                           tmpdir=opts.tmpdir, progress=progress)
-    except SpillError as exc:
-        raise AnalysisError(str(exc)) from None
-    if m is None:
-        return None
-    if plan.max_time is None or plan.max_time != m.sample_max_time:
-        stop_guess = None  # expressions that read comm_get() saw another stop time: redo
-    if stop_guess is None and any(_uses_comm(r) for r in roles):
-        return None
-    warn_failures(m.fail_counts, warn)
-    stop_ns = max(meta_stop, m.sample_max_time)
-    lost = m.lost
-    lost.cpu = l_cpu
-    ent = m.entries
-    rows = (ent["rs"] & np.uint64((1 << 48) - 1)).astype(np.int64)
-    units = m.units
-    samples = LazySamples(lambda want: engine.fetch_rows(units, want), rows)
-    n = len(rows)
-    stream = Stream(rows=rows, samples=samples,  # type: ignore[arg-type]
-                    is_alloc_role=is_alloc_role,
-                    per_pos={"time": ent["time"], "kept": np.ones(n, bool),
-                             "role": ent["role"].astype(np.int32), "ptr": ent["key"],
-                             "size": ent["size"], "stack_id": ent["stack_id"],
-                             "pid": ent["pid"], "ring": (ent["rs"] >> np.uint64(48)).astype(np.uint32)},
-                    per_row={})
-    for r in m.reports:
-        if r.reason == "final":
-            r.time_ns = stop_ns
-        if opts.than_ns:
-            age = np.uint64(r.time_ns) - ent["time"][r.leaked]  # unsigned, as replay_ordered
-            r.selected = age > np.uint64(opts.than_ns)
-    res = ReplayResult(order=np.arange(n), time=ent["time"], kept=np.ones(n, bool),
-                       reports=m.reports, total_alloc=m.total_alloc, total_free=m.total_free,
-                       lost=lost)
-    stacks = _stacks(side["stack"], ent["stack_id"])
-    reports = [_report_view(r, stream, mode, common["per_task"], opts, comms, lost)
-               for r in res.reports]
-    intervals = []
-    prev_a = prev_f = 0
-    for b, objs, byts, ta, tf in m.interval_stats or []:
-        intervals.append(IntervalStat(time_ns=int(b), objects=int(objs), bytes=int(byts),
-                                      allocs=ta - prev_a, frees=tf - prev_f, total_alloc=ta,
-                                      total_free=tf))
-        prev_a, prev_f = ta, tf
-    return Analysis(mode=mode, stream=stream, result=res, reports=reports, stacks=stacks,
-                    samples=samples, intervals=intervals, lost_total=_lost_total(lost, rec.meta),
-                    engine="streaming", **common)
-
-
-def _uses_comm(role: EventRole) -> bool:
-    return any(e is not None and "comm_get" in e.text for e in (role.ptr, role.size, role.filter))
-
-
-@dataclass
-class Evaluated:
-    """Per sample row: its role (-1: not replayed), key and size, and whether a filter kept it."""
-
-    role: np.ndarray  # int32 role code per row, -1 = not an alloc/free event
-    key: np.ndarray  # uint64
-    size: np.ndarray | None  # uint64, None when no role has a size
-    keep: np.ndarray | None  # bool per row, only when some role filters
-    fail_counts: dict[tuple[str, str], int]
-
-    def replayed(self) -> np.ndarray | None:
-        """Bool per row: replayed (an alloc/free event that passed its filter); None = all rows."""
-        if self.keep is not None:
-            return self.keep
-        if len(self.role) and self.role.min() < 0:
-            return self.role >= 0
-        return None
-
-
-def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_lut: np.ndarray,
-                   env: exprmod.ExprEnv | None = None) -> Evaluated:
-    """Evaluate ptr/size/filter of every alloc/free row, decoding only the fields they read.
-
-    Payloads are decoded in file order (each chunk's rows of one event are read front to back).
-    `env` gives expressions the recording's kallsyms (`ksymbol()`) and comms (`comm_get()`)."""
-    n = len(sm)
-    role_r = role_lut[sm.event]  # per sample row; -1: not an alloc/free event (or a null event)
-    key = np.zeros(n, np.uint64)
-    size = np.zeros(n, np.uint64) if any(r.size is not None for r in roles) else None
-    keep = None
-    fail_counts: dict[tuple[str, str], int] = {}
-    for role in roles:
-        if names.index(role.spec.full_name) != role.code:
-            continue  # an event listed twice (or in both lists) belongs to its first role
-        rows = np.flatnonzero(role_r == role.code)
-        if not len(rows):
-            continue
-        cols = _decode_for(role, sm, rows)
-        m = len(rows)
-        if role.filter is not None:
-            fr = role.filter.evaluate(cols, m, env)
-            if keep is None:
-                keep = role_r >= 0
-            keep[rows] = exprmod.filter_mask(fr)
-            _count_fail(fail_counts, role.spec.full_name, "filter", fr)
-        pr = role.ptr.evaluate(cols, m, env)
-        _count_fail(fail_counts, role.spec.full_name, "ptr", pr)
-        key[rows] = exprmod.as_ptr(pr)
-        if role.size is not None:
-            sr = role.size.evaluate(cols, m, env)
-            _count_fail(fail_counts, role.spec.full_name, "size", sr)
-            size[rows] = exprmod.as_size(sr)
-    return Evaluated(role=role_r, key=key, size=size, keep=keep, fail_counts=fail_counts)
-
-
-def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str], None]) -> None:
-    for (ev, what), cnt in fail_counts.items():
-        warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
 
 
 def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
@@ -643,26 +378,6 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     stream = Stream(rows=prow, samples=sm, is_alloc_role=np.array([r.is_alloc for r in roles]),
                     per_pos=per_pos, per_row={})
     return stream, res
-
-
-def _decode_for(role: EventRole, sm: Samples, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Decode only the fields the role's expressions read (and `_cpu`/`_pid` when they do)."""
-    need = set(role.ptr.fields_used) | role.ptr.specials_used
-    for e in (role.size, role.filter):
-        if e is not None:
-            need |= set(e.fields_used) | e.specials_used
-    cols = sm.decode(role.fmt, rows, fields=need)
-    if "_cpu" in need:
-        cols["_cpu"] = sm.cpu[rows].astype(np.int64)
-    if "_pid" in need:
-        cols["_pid"] = sm.pid[rows].astype(np.int64)
-    return cols
-
-
-def _count_fail(acc: dict, ev: str, what: str, r: exprmod.EvalResult) -> None:
-    c = int(np.count_nonzero(r.failed))
-    if c:
-        acc[(ev, what)] = acc.get((ev, what), 0) + c
 
 
 def _used_ids(ids: np.ndarray) -> np.ndarray:
