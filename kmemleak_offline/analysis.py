@@ -18,6 +18,8 @@ import pandas as pd
 import pyarrow as pa
 
 from .format import expr as exprmod
+from .format.kernfile import KernelSymbolFile, kernel_map_pgoff
+from .format.kernfile import check as check_kernel_file
 from .format.metadata import Metadata
 from .format.recording import Recording
 from .load import Samples, column_array, load, load_side, ring_ids
@@ -33,7 +35,7 @@ from .roles import (
     warn_failures,
 )
 from .symbols.kernel import KernelSymbols
-from .timeline import CommTimeline
+from .symbols.machine import Machine
 
 LEAKED_BYTES = "leaked-bytes"
 EVENT_LIST = "event-list"
@@ -54,6 +56,7 @@ class AnalyzeOptions:
     in_memory: bool = False  # the whole-recording path (always for -vv and --malloc recordings)
     partitions: int | None = None  # key partitions (None: from the recording's size)
     scan_ranges: int | None = None  # row-group runs read in parallel (None: from the size)
+    kernel: KernelSymbolFile | None = None  # --kallsyms/--vmlinux: replaces the ksym rows
 
 
 @dataclass
@@ -160,7 +163,7 @@ class Analysis:
     result: ReplayResult
     reports: list[ReportView]
     ksyms: KernelSymbols
-    comms: CommTimeline
+    comms: Machine
     stacks: dict[int, np.ndarray]  # stack_id -> callchain words
     samples: Samples  # all sample rows; stream column `row` indexes them
     side: dict[str, pa.Table]  # side-band rows by kind (comm, mmap, usym...)
@@ -247,8 +250,10 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     per_task = rec.meta.options.per_task
     malloc = is_malloc_recording(meta) and not (opts.alloc or opts.free)
     side = load_side(rec)
+    if opts.kernel is not None:
+        side["ksym"] = _kernel_rows(opts.kernel, meta, side, warn)
     ksyms = KernelSymbols.from_table(side["ksym"])
-    comms = CommTimeline(side["comm"], side["fork"])
+    comms = Machine.from_side(side)
     lost_t = side["lost"]
     l_cpu = column_array(lost_t.column("cpu"), np.uint32)
     common = {"recording": rec, "metadata": meta, "roles": roles, "per_task": per_task,
@@ -265,12 +270,27 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     return a
 
 
+def _kernel_rows(kernel: KernelSymbolFile, meta: dict, side: dict[str, pa.Table],
+                 warn: Callable[[str], None]) -> pa.Table:
+    """ksym rows of --kallsyms/--vmlinux, checked against the kernel the recording names."""
+    bid_hex = (meta.get("host") or {}).get("kernel_build_id")
+    try:
+        bid = bytes.fromhex(bid_hex) if isinstance(bid_hex, str) else None
+    except ValueError:
+        bid = None
+    mm = side["mmap"]
+    text_pgoff = kernel_map_pgoff(mm.column("filename").to_pylist(), mm.column("pgoff").to_pylist())
+    for msg in check_kernel_file(kernel, bid, text_pgoff):
+        warn(f"warning: {msg}")
+    return pa.table({k: kernel.rows[k] for k in ("addr", "name")})
+
+
 def _lost_total(lost: Lost, meta: Metadata) -> int:
     total = int(lost.count.sum()) if len(lost.count) else 0
     return max(total, meta.lost_counted)
 
 
-def _expr_env(ksyms: KernelSymbols, comms: CommTimeline, stop_ns: int) -> exprmod.ExprEnv:
+def _expr_env(ksyms: KernelSymbols, comms: Machine, stop_ns: int) -> exprmod.ExprEnv:
     return exprmod.ExprEnv(ksymbol=ksyms.names_only, comm_get=lambda pids: comms.comm(
         pids, np.full(len(pids), stop_ns, np.uint64)).astype("S"))
 
@@ -407,7 +427,7 @@ def _stacks(t: pa.Table, ids: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOptions,
-                 comms: CommTimeline, lost: Lost) -> ReportView:
+                 comms: Machine, lost: Lost) -> ReportView:
     groups: list[Group] = []
     if mode == LEAKED_BYTES:
         pos = r.leaked[r.selected]
@@ -428,7 +448,7 @@ def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOpti
 
 
 def _comm_lists(sid: np.ndarray, size: np.ndarray, pid: np.ndarray, time: np.ndarray,
-                comms: CommTimeline) -> dict[int, list[tuple[str, int, int]]]:
+                comms: Machine) -> dict[int, list[tuple[str, int, int]]]:
     """Per stack id: (comm, bytes, count) of its leaked entries, bytes desc, count desc, comm."""
     cdf = pd.DataFrame({"stack_id": sid, "comm": comms.comm(pid, time), "size": size})
     ca = cdf.groupby(["stack_id", "comm"], sort=False).agg(

@@ -39,6 +39,10 @@ def analyze(
     output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE", help="write the report here")] = None,
     utc: Annotated[bool, typer.Option("--utc", help="timestamps in UTC instead of local time")] = False,
     symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
+    kallsyms: Annotated[Path | None, typer.Option("--kallsyms", metavar="FILE", help="kernel symbols from this "
+                                                  "/proc/kallsyms copy (plain, .gz, .xz) instead of the recording's")] = None,
+    vmlinux: Annotated[Path | None, typer.Option("--vmlinux", metavar="FILE", help="kernel symbols from this "
+                                                 "vmlinux instead of the recording's")] = None,
     call_graph: Annotated[bool, typer.Option("-g", "--call-graph", help="accepted (stacks are used when recorded)")] = False,
     order: Annotated[bool, typer.Option("--order", help="accepted; ordering is always on")] = False,
     jobs: Annotated[int | None, typer.Option("-j", "--jobs", metavar="N", help="worker processes (default: all cores)")] = None,
@@ -61,6 +65,13 @@ def analyze(
         fail(f"--tmpdir {tmpdir}: not a directory")
     engine = {"jobs": jobs, "tmpdir": str(tmpdir) if tmpdir else None, "partitions": partitions,
               "scan_ranges": scan_ranges, "in_memory": in_memory}
+    if kallsyms is not None or vmlinux is not None:
+        from ..format.kernfile import KernelFileError, read_kernel_file
+
+        try:
+            engine["kernel"] = read_kernel_file(kallsyms, vmlinux)
+        except KernelFileError as exc:
+            fail(str(exc))
     a, stacks = run_analysis(recording, alloc, free, than, comm=comm, verbose=verbose,
                           interval=interval, symfs=symfs, engine=engine)
     if a.result.total_alloc == 0 and fmt == "text":  # perf-prof prints nothing then: say why
@@ -79,6 +90,7 @@ def analyze(
         finally:
             if output:
                 out.close()
+    note_unreadable(stacks, verbose)
 
 
 def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verbose: int = 0,
@@ -87,7 +99,7 @@ def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verb
     from ..analysis import AnalysisError, AnalyzeOptions
     from ..analysis import analyze as run
     from ..format.spec import SpecError, parse_duration
-    from ..reports.frames import StackResolver
+    from ..symbols.callchain import StackResolver
 
     try:
         than_ns = parse_duration(than) if than is not None else 0
@@ -100,18 +112,21 @@ def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verb
         a = run(rec, opts)
     except AnalysisError as exc:
         fail(str(exc))
-    return a, StackResolver(a.stacks, a.ksyms, user_resolver(rec, symfs))
+    return a, StackResolver(a.stacks, a.ksyms, user_resolver(a, symfs))
 
 
-def user_resolver(rec, symfs: Path | None):
-    """User-space symbolisation, built on first use (only stacks with user frames need it)."""
-    from ..symbols.user import from_recording
+def user_resolver(a, symfs: Path | None):
+    """User-space symbolisation over the analysis's machine (its maps are built on first use:
+    only stacks with user frames need them) and the recording's embedded symbol rows."""
+    from ..symbols.callchain import UserResolver
+    from ..symbols.user import Dsos
 
-    state: dict = {}
+    return UserResolver(a.comms, Dsos(a.side["usym"], symfs=str(symfs) if symfs else None))
 
-    def resolve(pids, addrs, times, is_return):
-        if "sym" not in state:
-            state["sym"] = from_recording(rec, symfs=str(symfs) if symfs else None)
-        return state["sym"].resolve(pids, addrs, times, is_return)
 
-    return resolve
+def note_unreadable(stacks, verbose: int) -> None:
+    """-v: one stderr line per ELF file that could not be read (its frames print as Unknown)."""
+    if verbose:
+        for path, why in stacks.unreadable.items():
+            sys.stderr.write(f"kmemleak-offline: note: cannot read ELF file {path} ({why}): "
+                             "its frames are Unknown\n")

@@ -22,8 +22,13 @@ def import_(
     alloc: Annotated[list[str] | None, typer.Option("--alloc", metavar="EVENT[,EVENT...]", help="alloc events "
                                                     "(default: the known kmem/percpu events present)")] = None,
     free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="free events")] = None,
+    kallsyms: Annotated[Path | None, typer.Option("--kallsyms", metavar="FILE", help="the target's /proc/kallsyms "
+                                                  "(copied as root; plain, .gz or .xz) for kernel symbols")] = None,
+    vmlinux: Annotated[Path | None, typer.Option("--vmlinux", metavar="FILE",
+                                                 help="the target kernel's vmlinux (with symbols) for kernel symbols")] = None,
 ) -> None:
     """Convert a perf.data (tracepoints and uprobes) into a recording."""
+    from ..format.kernfile import KernelFileError, read_kernel_file
     from ..format.recording import RecordingError
     from ..perfdata.importer import PerfDataError, import_perf_data  # heavy: only when importing
 
@@ -35,8 +40,12 @@ def import_(
         sys.stderr.write(f"kmemleak-offline import: {msg}\n")
 
     try:
+        kernel = read_kernel_file(kallsyms, vmlinux)
+    except KernelFileError as exc:
+        fail(str(exc))
+    try:
         res = import_perf_data(perf_data, out, list(alloc) if alloc else None,
-                               list(free) if free else None, notice=notice)
+                               list(free) if free else None, notice=notice, kernel=kernel)
     except (PerfDataError, RecordingError) as exc:
         fail(str(exc))
     except OSError as exc:

@@ -24,6 +24,8 @@ import pyarrow.compute as pc
 from kmemleak_offline import __version__
 
 from ..format import spec as specmod
+from ..format.kernfile import KernelSymbolFile, kernel_map_pgoff
+from ..format.kernfile import check as check_kernel_file
 from ..format.recording import RecordingWriter, new_metadata
 from ..format.symrows import ksym_rows
 from .reader import (
@@ -132,8 +134,18 @@ def running_kernel_build_id() -> bytes | None:
     return None
 
 
-def kernel_symbols(pd_: PerfData, osrelease: str | None) -> tuple[dict[str, Any] | None, str]:
-    """ksym rows and a one-line note on where they came from (or why there are none)."""
+def kernel_symbols(pd_: PerfData, osrelease: str | None, kernel: KernelSymbolFile | None = None,
+                   text_pgoff: int | None = None) -> tuple[dict[str, Any] | None, str, list[str]]:
+    """ksym rows, a one-line note on where they came from (or why there are none), and warnings
+    where a --kallsyms/--vmlinux file does not fit the recorded kernel."""
+    if kernel is not None:
+        warns = check_kernel_file(kernel, pd_.build_ids.get("[kernel.kallsyms]"), text_pgoff)
+        return kernel.rows, f"kernel symbols: {kernel.count} from {kernel.source}", warns
+    rows, msg = _kernel_symbols(pd_, osrelease)
+    return rows, msg, []
+
+
+def _kernel_symbols(pd_: PerfData, osrelease: str | None) -> tuple[dict[str, Any] | None, str]:
     if pd_.kallsyms.strip():
         return ksym_rows(pd_.kallsyms), "kernel symbols: from the kallsyms embedded in the perf.data"
     here = platform.release()
@@ -169,7 +181,8 @@ def default_specs(names: Iterable[str], page_size: int) -> tuple[list[str], list
 
 
 def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = None,
-            free: list[str] | None = None, notice: Callable[[str], None] | None = None) -> Converted:
+            free: list[str] | None = None, notice: Callable[[str], None] | None = None,
+            kernel: KernelSymbolFile | None = None) -> Converted:
     """Write the recording for a parsed perf.data; PerfDataError for files with nothing to import."""
     notices: list[str] = []
 
@@ -235,8 +248,13 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
         if typ == REC_LOST and c["cpu"] is not None:
             row["cpu"] = pa.array(c["cpu"], pa.uint32(), mask=c["cpu"] < 0)
         w.write(row)
-    ksyms, ks_note = kernel_symbols(pd_, meta["host"].get("kernel_release"))
+    maps = [c for t, c in side.items() if t in (REC_MMAP, REC_MMAP2)]
+    text_pgoff = next((p for p in (kernel_map_pgoff(c["filename"].to_pylist(), c["pgoff"].tolist())
+                                   for c in maps) if p is not None), None)
+    ksyms, ks_note, ks_warn = kernel_symbols(pd_, meta["host"].get("kernel_release"), kernel, text_pgoff)
     note(ks_note)
+    for msg in ks_warn:
+        note(f"warning: {msg}")
     if REC_LOST in side:
         lc = side[REC_LOST]
         for ev, n in zip(lc["event"], lc["lost"].tolist(), strict=True):  # per LOST record
@@ -259,6 +277,9 @@ def _metadata(pd_: PerfData, events: np.ndarray, start: int, stop: int, alloc: l
                     "machine": pd_.string(F_ARCH), "page_size": pd_.page_size or None,
                     "ncpus": pd_.value(F_NRCPUS),
                     "perf_version": pd_.string(F_VERSION)}
+    kbid = pd_.build_ids.get("[kernel.kallsyms]")
+    if kbid:
+        meta["host"]["kernel_build_id"] = kbid.hex()
     names, counts = np.unique(events.astype(str), return_counts=True)
     by_name = {a.name: a for a in pd_.attrs if a.name}
     fmt_by_name = {f.full_name: f for f in pd_.formats.values()}
@@ -303,9 +324,10 @@ def _checked(texts: list[str], option: str, available: list[str]) -> list[str]:
 
 def import_perf_data(perf_data: str | os.PathLike, output: str | os.PathLike,
                      alloc: list[str] | None = None, free: list[str] | None = None,
-                     notice: Callable[[str], None] | None = None) -> Converted:
-    """Parse `perf_data` and write the recording `output`."""
-    return convert(read_perf_data(perf_data), output, alloc, free, notice)
+                     notice: Callable[[str], None] | None = None,
+                     kernel: KernelSymbolFile | None = None) -> Converted:
+    """Parse `perf_data` and write the recording `output` (kernel symbols from `kernel` if given)."""
+    return convert(read_perf_data(perf_data), output, alloc, free, notice, kernel)
 
 
 def _tracepoints(pd_: PerfData) -> list[str]:
