@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import EVENT_LIST, LEAKED_BYTES, Analysis
-from .reports.frames import KERNEL_DSO, Frame, StackResolver
+from .symbols.callchain import KERNEL_DSO, Frame, StackResolver
 
 UNKNOWN = "Unknown"
 NO_CHAIN = ("(no call chain recorded)",)

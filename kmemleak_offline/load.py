@@ -19,12 +19,13 @@ from .format.tracefs import EventFormat, decode_rows, raw_buffers
 
 SIDE_COLUMNS = {
     "lost": ["time", "cpu", "ring", "seq", "lost"],
-    "comm": ["time", "pid", "tid", "comm"],
-    "fork": ["time", "pid", "tid", "ppid", "ptid"],
+    "comm": ["time", "seq", "pid", "tid", "comm", "exec"],
+    "fork": ["time", "seq", "pid", "tid", "ppid", "ptid"],
+    "exit": ["time", "seq", "pid", "tid", "ppid", "ptid"],
     "ksym": ["addr", "name"],
     "stack": ["stack_id", "callchain"],
-    "mmap": ["time", "pid", "tid", "addr", "len", "pgoff", "filename", "build_id"],
-    "usym": ["filename", "build_id", "addr", "len", "name"],
+    "mmap": ["time", "seq", "pid", "tid", "addr", "len", "pgoff", "filename", "build_id"],
+    "usym": ["filename", "build_id", "addr", "len", "pgoff", "name"],
 }
 SAMPLE_COLUMNS = ["time", "cpu", "ring", "seq", "pid", "tid", "event", "raw", "stack_id"]
 

@@ -25,7 +25,7 @@ import pytest
 
 from kmemleak_offline.format.recording import open_recording
 from kmemleak_offline.malloc import is_malloc_recording, malloc_events
-from kmemleak_offline.symbols.user import from_recording
+from kmemleak_offline.symbols.callchain import UserResolver
 from recorder.probes import GROUP_PREFIX, remove_stale_groups, tracefs_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def per_function_oracle(path: Path, exe: str) -> dict[str, tuple[int, int]]:
     chain = dict(zip(stacks["stack_id"], stacks["callchain"], strict=True))
     blocks = list(live.values())
     leaf = [next(w for w in chain[b[1]] if w < CONTEXT_MAX) for b in blocks]
-    sym = from_recording(rec, use_local_files=False)
+    sym = UserResolver.from_recording(rec, use_local_files=False)
     names, _, dsos = sym.resolve(np.array([b[2] for b in blocks]), np.array(leaf, np.uint64),
                                  np.array([b[3] for b in blocks], np.uint64))
     got: dict[str, tuple[int, int]] = {}

@@ -2,7 +2,7 @@
 
 The traced run reads the tracefs ring (`trace`), so it does not depend on the perf recorder: it
 proves that the probe points and fetch args give, after pairing (kmemleak_offline.malloc) and
-symbolisation (kmemleak_offline.symbols.user), exactly the leaks the C program makes.
+symbolisation (kmemleak_offline.symbols), exactly the leaks the C program makes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from elftools.elf.elffile import ELFFile
 from kmemleak_offline.format import tracefs
 from kmemleak_offline.format.elf import read_build_id
 from kmemleak_offline.malloc import pair_calls
-from kmemleak_offline.symbols.user import UserSymbolizer
+from kmemleak_offline.symbols.callchain import UserResolver
+from kmemleak_offline.symbols.machine import Machine
 from recorder.probes import (
     ALLOCATORS,
     DEFAULT_LIBC,
@@ -252,7 +253,7 @@ def test_traced_leaky_program_gives_exact_leaks(tmp_path, fp):
         else:
             live.pop(int(r.ptr), None)
     ret_ips = np.array([v[1] for v in live.values()], np.uint64)
-    sym = UserSymbolizer(maps)
+    sym = UserResolver(Machine(mmap=maps))
     names, _, dsos = sym.resolve(np.full(len(ret_ips), pid), ret_ips, np.ones(len(ret_ips), np.uint64))
     got: dict[str, tuple[int, int]] = {}
     for (size, _), name, dso in zip(live.values(), names, dsos, strict=True):

@@ -1,4 +1,4 @@
-"""Offline user symbolisation (kmemleak_offline.symbols.user/elf) against nm as the oracle."""
+"""Offline user symbolisation (kmemleak_offline.symbols: machine, user, callchain) against nm as the oracle."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 
 from kmemleak_offline.format.elf import load_symbols, read_build_id
 from kmemleak_offline.format.symrows import usym_rows
-from kmemleak_offline.symbols.user import UserSymbolizer, demangle
+from kmemleak_offline.symbols.callchain import UserResolver
+from kmemleak_offline.symbols.machine import Machine
+from kmemleak_offline.symbols.user import Dsos, demangle
 
 C_DIR = Path(__file__).parent / "c"
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
@@ -64,7 +66,12 @@ def runtime_addr(path: str, base: int, sym_vaddr: int) -> int:
     return base + (sym_vaddr - vaddr + off) - (off & ~0xFFF)
 
 
-def resolve(sym: UserSymbolizer, addrs: list[int], is_return, pid: int = 1, time: int = 10):
+def user_resolver(mm: pa.Table, usyms: pa.Table | None = None, symfs: str | None = None) -> UserResolver:
+    """The resolver analyze builds, over these mmap (and usym) rows."""
+    return UserResolver(Machine(mmap=mm), Dsos(usyms, symfs=symfs))
+
+
+def resolve(sym: UserResolver, addrs: list[int], is_return, pid: int = 1, time: int = 10):
     a = np.array(addrs, np.uint64)
     return sym.resolve(np.full(len(a), pid), a, np.full(len(a), time, np.uint64), is_return)
 
@@ -75,7 +82,7 @@ FUNCS = ["leak_a", "leak_b", "leak_calloc", "leak_realloc", "leak_memalign", "ch
 def test_binary_on_disk_with_return_address_rule(exe):
     syms = nm(exe)
     mm = mmap_table(str(exe), BASE)
-    sym = UserSymbolizer(mm)
+    sym = user_resolver(mm)
     addrs = [runtime_addr(str(exe), BASE, syms[f]) + 3 for f in FUNCS]
     names, offs, dsos = resolve(sym, addrs, False)
     assert list(names) == FUNCS and list(offs) == [3] * len(FUNCS) and set(dsos) == {str(exe)}
@@ -106,8 +113,8 @@ def test_embedded_usym_rows_work_without_the_binary(exe, tmp_path):
     mm = mmap_table(str(copy), BASE)
     addrs = [runtime_addr(str(copy), BASE, syms[f]) + 1 for f in FUNCS]
     copy.unlink()
-    assert list(resolve(UserSymbolizer(mm), addrs, False)[0]) == [None] * len(FUNCS)
-    names, offs, _ = resolve(UserSymbolizer(mm, rows), addrs, False)
+    assert list(resolve(user_resolver(mm), addrs, False)[0]) == [None] * len(FUNCS)
+    names, offs, _ = resolve(user_resolver(mm, rows), addrs, False)
     assert list(names) == FUNCS and set(offs.tolist()) == {1}
     # an earlier writer's layout: `[PT_LOAD]` rows with p_offset in pgoff
     nm_ = rows.column("name").to_pylist()
@@ -115,7 +122,7 @@ def test_embedded_usym_rows_work_without_the_binary(exe, tmp_path):
     old = rows.set_column(rows.schema.get_field_index("name"), "name",
                           pa.array(["[PT_LOAD]" if n.startswith("[PT_LOAD") else n for n in nm_]))
     old = old.set_column(old.schema.get_field_index("pgoff"), "pgoff", pa.array(old_pg, pa.uint64()))
-    names, offs, _ = resolve(UserSymbolizer(mm, old), addrs, False)
+    names, offs, _ = resolve(user_resolver(mm, old), addrs, False)
     assert list(names) == FUNCS and set(offs.tolist()) == {1}
 
 
@@ -126,8 +133,8 @@ def test_symfs_directory(exe, tmp_path):
     shutil.copy(exe, tmp_path / "opt/gone/leaky")
     mm = mmap_table(str(exe), BASE).set_column(5, "filename", pa.array([fake]))
     addrs = [runtime_addr(str(exe), BASE, syms["leak_b"]) + 8]
-    assert resolve(UserSymbolizer(mm), addrs, False)[0][0] is None
-    assert resolve(UserSymbolizer(mm, symfs=str(tmp_path)), addrs, False)[0][0] == "leak_b"
+    assert resolve(user_resolver(mm), addrs, False)[0][0] is None
+    assert resolve(user_resolver(mm, symfs=str(tmp_path)), addrs, False)[0][0] == "leak_b"
 
 
 def test_libc_static_functions_via_build_id_debug_file():
@@ -138,11 +145,11 @@ def test_libc_static_functions_via_build_id_debug_file():
     base = 0x7F00_0000_0000
     mm = mmap_table(LIBC, base)
     a = runtime_addr(LIBC, base, dbg["_int_malloc"]) + 0x10
-    names, offs, _ = resolve(UserSymbolizer(mm), [a], False)
+    names, offs, _ = resolve(user_resolver(mm), [a], False)
     assert names[0] == "_int_malloc" and offs[0] == 0x10
     # a recorded build-id that matches neither file: no guessing
     bad = mmap_table(LIBC, base, build_id=b"\x01" * 20)
-    assert resolve(UserSymbolizer(bad), [a], False)[0][0] is None
+    assert resolve(user_resolver(bad), [a], False)[0][0] is None
     # embedded rows carry the debug file's symbols (best source on the target)
     rows = usym_rows([LIBC])
     assert "_int_malloc" in set(rows.column("name").to_pylist())
@@ -154,7 +161,7 @@ def test_mapping_timeline_picks_mapping_live_at_sample_time(exe):
     a_libc = mmap_table(LIBC, BASE, pid=7, time=200)  # later mapped over the same address
     mm = pa.concat_tables([a_libc, a_exe])
     addr = runtime_addr(str(exe), BASE, syms["leak_a"]) + 2
-    sym = UserSymbolizer(mm)
+    sym = user_resolver(mm)
     _, _, dsos = sym.resolve(np.array([7, 7, 8]), np.array([addr] * 3, np.uint64),
                              np.array([150, 250, 150], np.uint64), False)
     assert list(dsos) == [str(exe), LIBC, None]
@@ -167,6 +174,6 @@ def test_cxx_names_are_demangled(tmp_path):
     assert mangled and mangled[0].startswith("_Z")
     mm = mmap_table(str(out), BASE)
     addr = runtime_addr(str(out), BASE, nm(out)[mangled[0]]) + 1
-    names, _, _ = resolve(UserSymbolizer(mm), [addr], False)
+    names, _, _ = resolve(user_resolver(mm), [addr], False)
     assert names[0] == "kmlo::Cache<int>::grow(unsigned long)"
     assert demangle(["_ZN3foo3barEi", "plain"]) == {"_ZN3foo3barEi": "foo::bar(int)", "plain": "plain"}

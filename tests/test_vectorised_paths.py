@@ -19,8 +19,8 @@ from kmemleak_offline.format.recording import open_recording
 from kmemleak_offline.load import load
 from kmemleak_offline.reports import flamegraph, json_report
 from kmemleak_offline.reports.events import EventLines
-from kmemleak_offline.reports.frames import StackResolver
-from kmemleak_offline.symbols.user import UserSymbolizer
+from kmemleak_offline.symbols.callchain import StackResolver
+from kmemleak_offline.symbols.machine import Machine
 from kmemleak_offline.synthetic import PERF_CONTEXT_KERNEL as K
 from kmemleak_offline.synthetic import PERF_CONTEXT_USER as U
 from kmemleak_offline.synthetic import RecordingBuilder, bundled_formats
@@ -431,7 +431,7 @@ def test_find_mappings_equals_a_scan_of_the_rows():
             "pgoff": pa.array(np.zeros(k, np.uint64)),
             "filename": pa.array([f"/f{int(x)}" for x in rng.integers(0, 3, k)]),
             "build_id": pa.array([None] * k, pa.binary())})
-        sym = UserSymbolizer(mm, use_local_files=False)
+        sym = Machine(mmap=mm)
         q = int(rng.integers(0, 80))
         pid, addr = rng.integers(0, 6, q), rng.integers(0, 26 * 0x1000, q)
         time = rng.integers(0, 60, q)

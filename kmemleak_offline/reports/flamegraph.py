@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import LEAKED_BYTES, Analysis
-from .frames import StackResolver
+from ..symbols.callchain import StackResolver
 
 
 def folded_path(p: str) -> Path:

@@ -7,8 +7,8 @@ import json
 from typing import Any, TextIO
 
 from ..analysis import LEAKED_BYTES, Analysis, sort_groups
+from ..symbols.callchain import StackResolver
 from .events import EventLines
-from .frames import StackResolver
 
 
 def _frames(stacks: StackResolver, sid: int, pid: int, t: int) -> list[dict[str, Any]]:

@@ -7,8 +7,8 @@ from typing import TextIO
 import numpy as np
 
 from ..analysis import EVENT_LIST, LEAKED_BYTES, Analysis, ReportView, sort_groups
+from ..symbols.callchain import StackResolver
 from .events import EventLines, wall_clock
-from .frames import StackResolver
 
 NO_CHAIN = "    (no call chain recorded; use -g or stack)"
 

@@ -1,15 +1,19 @@
-"""Call chains -> symbolised frames, shared by every reporter.
+"""Call chains -> symbolised frames (perf's machine__resolve_callchain), for every reporter and diff.
 
 Kernel frames resolve through the recording's kallsyms snapshot (all distinct ips at once);
-user frames through the recording's mmap timeline and embedded/available ELF symbols.
+user frames through the machine (which process had which file mapped where, and when:
+symbols/machine.py) and the DSOs' symbol tables (symbols/user.py): `UserResolver`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from .machine import Machine
+from .user import Dsos, demangle
 
 PERF_CONTEXT_MAX = np.uint64(0xFFFFFFFFFFFFF001)  # words >= -4095 are context markers
 CTX_KERNEL = 0xFFFFFFFFFFFFFF80  # -128
@@ -17,8 +21,73 @@ CTX_USER = 0xFFFFFFFFFFFFFE00  # -512
 KERNEL_DSO = "[kernel.kallsyms]"
 
 # user resolver: (pids, addrs, times, is_return) -> (names, offsets, dsos), object arrays (None = unknown)
-UserResolver = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+UserLookup = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                         tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class UserResolver:
+    """(pids, addrs, times, is_return) -> (symbol name or None, offset, mapped file or None)."""
+
+    machine: Machine
+    dsos: Dsos = field(default_factory=Dsos)
+    demangle: bool = True
+
+    @classmethod
+    def from_recording(cls, rec, symfs: str | None = None, use_local_files: bool = True) -> UserResolver:
+        """Over a Recording's side-band rows (comm, fork, exit, mmap) and embedded usym rows."""
+        from ..load import load_side
+
+        side = load_side(rec)
+        return cls(Machine.from_side(side), Dsos(side["usym"], symfs=symfs,
+                                                 use_local_files=use_local_files))
+
+    @property
+    def unreadable(self) -> dict[str, str]:
+        """ELF files that could not be read while resolving, path -> why (their frames: Unknown)."""
+        return self.dsos.unreadable
+
+    def __call__(self, pid: np.ndarray, addr: np.ndarray, time: np.ndarray,
+                 is_return: np.ndarray | bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.resolve(pid, addr, time, is_return)
+
+    def resolve(self, pid: np.ndarray, addr: np.ndarray, time: np.ndarray,
+                is_return: np.ndarray | bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per address: its process's mapping at that time -> file offset -> ELF address via
+        PT_LOAD -> function. Return addresses are looked up at addr-1 (the call, not the next
+        statement), but the offset is reported from the address itself, as perf does."""
+        addr = np.asarray(addr, np.uint64)
+        n = len(addr)
+        is_ret = np.broadcast_to(np.asarray(is_return, bool), (n,))
+        names = np.full(n, None, dtype=object)
+        offs = np.zeros(n, np.uint64)
+        dsos = np.full(n, None, dtype=object)
+        maps = self.machine.maps
+        mi = maps.find(pid, addr, time)
+        has = mi >= 0
+        dsos[has] = maps.file[mi[has]]
+        hit = np.flatnonzero(has)
+        codes = maps.dso[mi[hit]]
+        for code in np.unique(codes):  # loop over distinct mapped files
+            rows = hit[codes == code]
+            fname, bid = maps.dso_keys[code]
+            t = self.dsos.table_for(fname, bid)
+            if t is None or len(t.addrs) == 0:
+                continue
+            m = mi[rows]
+            foff = addr[rows] - maps.start[m] + maps.pgoff[m]
+            vaddr, found = t.offset_to_vaddr(foff)
+            look = vaddr - (is_ret[rows] & (vaddr > 0)).astype(np.uint64)
+            si, sstart = t.lookup(look)
+            ok = found & (si >= 0)
+            names[rows[ok]] = t.names[si[ok]]
+            offs[rows[ok]] = vaddr[ok] - sstart[ok]
+        if self.demangle and n:
+            found = names.tolist()
+            dm = demangle(dict.fromkeys(x for x in found if x is not None))
+            if any(k != v for k, v in dm.items()):
+                names = np.array([dm.get(x, x) if x is not None else None for x in found], dtype=object)
+        return names, offs, dsos
 
 
 @dataclass(frozen=True)
@@ -43,7 +112,7 @@ class Frame:
 class StackResolver:
     """Frames of (stack_id, pid, time); kernel part resolved once for all stacks."""
 
-    def __init__(self, stacks: dict[int, np.ndarray], ksyms, user: UserResolver | None = None) -> None:
+    def __init__(self, stacks: dict[int, np.ndarray], ksyms, user: UserLookup | None = None) -> None:
         self.stacks = stacks
         self.user = user
         self._cache: dict[tuple[int, int], list[Frame]] = {}
@@ -97,6 +166,11 @@ class StackResolver:
             has_user = chain is not None and bool(np.any(chain == np.uint64(CTX_USER)))
             self._has_user[stack_id] = has_user
         return (stack_id, pid if has_user else 0)
+
+    @property
+    def unreadable(self) -> dict[str, str]:
+        """ELF files the user resolver could not read (path -> why), as far as resolved so far."""
+        return dict(getattr(self.user, "unreadable", None) or {})
 
     def lines(self, stack_id: int, pid: int = 0, time: int = 0) -> list[str]:
         ck = self._key(stack_id, pid)
