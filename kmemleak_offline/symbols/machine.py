@@ -11,7 +11,8 @@ Like Linux perf's util/machine.c + thread.c + maps: one timeline per pid/tid, bu
   maps__copy_from; the kernel reports no new mmap for inherited maps), an exec (a `comm` row with
   exec=true) starts a fresh map set, and a new mapping adds to the set of its process. Among the
   mappings alive at the time, the latest recorded wins; when none covers the address (a mapping
-  recorded a little late), the earliest covering one recorded after the time.
+  recorded a little late), the earliest covering one the process itself mapped after the time
+  (copies made by a fork are exact as of the fork, never late).
 
 Mappings are rows of the recording's `mmap` rows (those naming a file: path starting with `/`);
 `find_mappings` returns row indices into `Maps`, whose DSO codes key the symbol tables by
@@ -77,8 +78,9 @@ class Maps:
         return len(self.start)
 
     def _entries(self, comm, fork, seq, has_seq) -> None:
-        """Who had which mapping when: (pid, row, from, until) per entry, from the events in time
-        order (exec ends a process's map set, fork copies the parent's set into the child's)."""
+        """Who had which mapping when: (pid, row, from, until, own) per entry, from the events in
+        time order (exec ends a process's map set, fork copies the parent's set into the child's;
+        own: mapped by the process itself, not a fork's copy)."""
         n = len(self.start)
         ex_t = _col(comm, "time", np.uint64)
         ex = np.zeros(len(ex_t), bool)
@@ -94,6 +96,7 @@ class Maps:
         if not len(ex_t) and not len(f_t):  # every mapping is its own process's, for ever
             self.e_pid, self.e_row = self.pid, np.arange(n)
             self.e_from, self.e_until = self.time, np.full(n, _NEVER, np.uint64)
+            self.e_own = np.ones(n, bool)
             return
         # events sorted by (time, seq; rows without seq - read from /proc - first, kind: exec,
         # fork, mmap), one Python step each: side-band rows are few
@@ -109,10 +112,12 @@ class Maps:
         e_row: list[int] = []
         e_from: list[int] = []
         e_until: list[int] = []
+        own: list[int] = []
         for k, tt, p, a in zip(kind[order].tolist(), t[order].tolist(), who[order].tolist(),
                                arg[order].tolist(), strict=True):
             if k == 2:  # a new mapping of process p
                 cur.setdefault(p, []).append(len(e_pid))
+                own.append(len(e_pid))
                 e_pid.append(p), e_row.append(a), e_from.append(tt), e_until.append(int(_NEVER))
                 continue
             for e in cur.pop(p, []):  # exec, or fork into p (a reused pid): p's maps end here
@@ -126,18 +131,20 @@ class Maps:
         self.e_row = np.array(e_row, np.int64)
         self.e_from = np.array(e_from, np.uint64)
         self.e_until = np.array(e_until, np.uint64)
+        self.e_own = np.arange(len(e_pid)) < 0
+        self.e_own[np.array(own, np.int64)] = True
 
     @functools.cached_property
     def _by_pid(self) -> tuple[np.ndarray, ...]:
-        """Entries grouped by pid, sorted once: (pids, rows, start, end, from, until, rank), where
-        rank orders the mapping rows by (time, row): the later mapping of two wins."""
+        """Entries grouped by pid, sorted once: (pids, rows, start, end, from, until, own, rank),
+        where rank orders the mapping rows by (time, row): the later mapping of two wins."""
         n = len(self.time)
         rank = np.empty(n, np.int64)
         rank[np.lexsort((np.arange(n), self.time))] = np.arange(n)
         o = np.argsort(self.e_pid, kind="stable")
         rows = self.e_row[o]
         return (self.e_pid[o], rows, self.start[rows], self.end[rows], self.e_from[o],
-                self.e_until[o], rank[rows])
+                self.e_until[o], self.e_own[o], rank[rows])
 
     def find(self, pid: np.ndarray, addr: np.ndarray, time: np.ndarray) -> np.ndarray:
         """Row of each address's mapping in process pid at time, -1 if none (see the module doc)."""
@@ -147,7 +154,7 @@ class Maps:
         out = np.full(len(addr), -1, np.int64)
         if not len(addr) or not len(self.e_pid):
             return out
-        pids, rows, start, end, vfrom, vuntil, rank = self._by_pid
+        pids, rows, start, end, vfrom, vuntil, vown, rank = self._by_pid
         if (pid == pid[0]).all():  # the usual call: one chain, one process
             upid, by, bounds = pid[:1], np.arange(len(pid)), [0, len(pid)]
         else:
@@ -165,6 +172,7 @@ class Maps:
             m = rows[a_:b_]
             m_start, m_end = start[a_:b_][None, :], end[a_:b_][None, :]
             m_from, m_until, r = vfrom[a_:b_][None, :], vuntil[a_:b_][None, :], rank[a_:b_][None, :]
+            m_own = vown[a_:b_][None, :]
             step = max(64, min(_CHUNK, (1 << 22) // len(m)))  # bounds the (queries, entries) matrices
             for c in range(0, len(q), step):
                 qq = q[c:c + step]
@@ -173,7 +181,7 @@ class Maps:
                 alive = np.where(cover & (m_from <= t) & (t < m_until), r, -1)
                 best = alive.argmax(axis=1)
                 got = alive.max(axis=1) >= 0
-                late_ok = cover & (m_from > t)
+                late_ok = cover & m_own & (m_from > t)
                 late = np.where(late_ok, -r, -np.iinfo(np.int64).max)
                 best_late = late.argmax(axis=1)
                 got_late = late_ok.any(axis=1)
