@@ -275,7 +275,7 @@ def test_feature_table_names_every_perf_feature() -> None:
     names = [f.name for f in perfreader.FEATURES.values()]
     assert sorted(perfreader.FEATURES) == list(range(1, 32)) and len(set(names)) == len(names)
     refused = {k for k, f in perfreader.FEATURES.items() if f.refuse}
-    assert refused == {perfreader.F_AUXTRACE, perfreader.F_DIR_FORMAT, perfreader.F_COMPRESSED}
+    assert refused == {perfreader.F_AUXTRACE}
     assert all(f.parse is None for f in perfreader.FEATURES.values() if f.refuse)
 
 
@@ -287,20 +287,19 @@ def test_rewritten_features_round_trip(tmp_path: Path, pipes_data: Path) -> None
 
 
 @pytest.mark.parametrize(("feat", "words"), [
-    (27, ["compressed perf.data", "perf inject"]),
-    (24, ["directory-format", "--threads"]),
+    (27, ["compressed perf.data of type 0", "only zstd"]),  # HEADER_COMPRESSED of another type
     (18, ["AUX area data"]),
 ])
 def test_unsupported_features_are_refused_in_one_line(tmp_path: Path, pipes_data: Path, capsys,
                                                       feat: int, words: list[str]) -> None:
-    data = _with_features(pipes_data, tmp_path / f"f{feat}.data", {feat: b"\0" * 16})
+    data = _with_features(pipes_data, tmp_path / f"f{feat}.data", {feat: b"\0" * 24})
     err = _one_error_line(capsys, ["import", str(data), "-o", str(tmp_path / "x.parquet")])
     assert all(w in err for w in words), err
     assert not (tmp_path / "x.parquet").exists()
 
 
-def test_compressed_records_are_refused(tmp_path: Path, pipes_data: Path, capsys) -> None:
-    """PERF_RECORD_COMPRESSED (81) and COMPRESSED2 (83, newer perf) in the record stream."""
+def test_corrupt_compressed_records_are_one_line(tmp_path: Path, pipes_data: Path, capsys) -> None:
+    """PERF_RECORD_COMPRESSED (81) and COMPRESSED2 (83, newer perf) holding no zstd data."""
     raw = bytearray(pipes_data.read_bytes())
     d_off = struct.unpack_from("<Q", raw, 40)[0]
     for typ in (81, 83):
@@ -308,15 +307,16 @@ def test_compressed_records_are_refused(tmp_path: Path, pipes_data: Path, capsys
         data = tmp_path / f"r{typ}.data"
         data.write_bytes(bytes(raw))
         err = _one_error_line(capsys, ["import", str(data), "-o", str(tmp_path / "x.parquet")])
-        assert "compressed perf.data" in err, err
+        assert "corrupt compressed record" in err, err
 
 
-def test_threads_directory_is_refused(tmp_path: Path, pipes_data: Path, capsys) -> None:
+def test_directory_without_dir_format_is_refused(tmp_path: Path, pipes_data: Path, capsys) -> None:
     d = tmp_path / "perf.data"
     d.mkdir()
     shutil.copy(pipes_data, d / "data")
+    (d / "data.0").write_bytes(b"")
     err = _one_error_line(capsys, ["import", str(d), "-o", str(tmp_path / "x.parquet")])
-    assert "--threads" in err, err
+    assert "--threads" in err and "HEADER_DIR_FORMAT" in err, err
 
 
 def _event_desc(names: list[str], attr_size: int = 16) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ F_TRACING_DATA, F_BUILD_ID, F_HOSTNAME, F_OSRELEASE, F_VERSION, F_ARCH, F_NRCPUS
 F_CPUDESC, F_CPUID, F_TOTAL_MEM, F_CMDLINE, F_EVENT_DESC = 8, 9, 10, 11, 12
 F_AUXTRACE, F_SAMPLE_TIME, F_CLOCKID, F_DIR_FORMAT, F_COMPRESSED, F_CLOCK_DATA = 18, 21, 23, 24, 27, 29
 TRACING_MAGIC = b"\x17\x08\x44tracing"
-DECOMPRESS = "run 'perf inject -i IN -o OUT' to decompress"
+COMP_ZSTD = 1  # HEADER_COMPRESSED type (tools/perf/util/header.h, enum perf_compress_type)
 
 
 class PerfDataError(ValueError):
@@ -93,6 +94,21 @@ def _cmdline(blob: bytes, warn: Warn) -> list[str] | None:
         out.append(blob[pos + 4:pos + 4 + n].split(b"\0", 1)[0].decode(errors="replace"))
         pos += 4 + n
     return out
+
+
+def _compressed(blob: bytes, warn: Warn) -> dict[str, int]:
+    """HEADER_COMPRESSED: (version, type, level, ratio, mmap_len); only zstd (type 1) exists."""
+    if len(blob) < 20:
+        raise PerfDataError(f"HEADER_COMPRESSED is truncated ({len(blob)} bytes)")
+    ver, typ, level, ratio, mmap_len = struct.unpack_from("<5I", blob)
+    if typ != COMP_ZSTD:
+        raise PerfDataError(f"compressed perf.data of type {typ} is not supported (only zstd, type 1)")
+    return {"version": ver, "type": typ, "level": level, "ratio": ratio, "mmap_len": mmap_len}
+
+
+def _dir_format(blob: bytes, warn: Warn) -> int | None:
+    """HEADER_DIR_FORMAT: the directory layout version (perf record --threads: data + data.N)."""
+    return struct.unpack_from("<Q", blob)[0] if len(blob) >= 8 else None
 
 
 def _build_ids(blob: bytes, warn: Warn) -> dict[str, bytes]:
@@ -240,12 +256,10 @@ FEATURES: dict[int, Feature] = {
     F_SAMPLE_TIME: Feature("sample_time"),
     22: Feature("mem_topology"),
     F_CLOCKID: Feature("clockid"),
-    F_DIR_FORMAT: Feature("dir_format", refuse="directory-format perf.data (perf record --threads) is "
-                          "not supported: record without --threads"),
+    F_DIR_FORMAT: Feature("dir_format", _dir_format),
     25: Feature("bpf_prog_info"),
     26: Feature("bpf_btf"),
-    F_COMPRESSED: Feature("compressed", refuse=f"compressed perf.data (perf record -z) is not "
-                          f"supported; {DECOMPRESS}"),
+    F_COMPRESSED: Feature("compressed", _compressed),
     28: Feature("cpu_pmu_caps"),
     F_CLOCK_DATA: Feature("clock_data", _clock_data),
     30: Feature("hybrid_topology"),
@@ -292,6 +306,7 @@ class PerfData:
     formats: dict[int, tracefs.EventFormat] = field(default_factory=dict)  # by tracepoint id
     kallsyms: bytes = b""  # kallsyms embedded in the tracing data (modern perf leaves it empty)
     page_size: int = 0
+    expanded: bool = False  # data section rebuilt (compressed records, --threads data.N appended)
 
     def value(self, feat: int, default: Any = None) -> Any:
         """The parsed value of a feature, `default` if the file does not have it."""
@@ -316,8 +331,17 @@ def _u(fmt: str, blob: bytes | memoryview, off: int, what: str) -> tuple:
 
 
 def read_perf_data(path: str | os.PathLike) -> PerfData:
-    """Open and parse the file header, attrs and feature sections (records are parsed later)."""
+    """Open and parse the file header, attrs and feature sections (records are parsed later).
+
+    A `perf record --threads` directory is read as its `data` file (header, features, side-band)
+    with the record streams of `data.N` appended; `perf record -z` records are decompressed. After
+    this, `buf` holds an uncompressed data section either way."""
     p = Path(path)
+    threads: list[Path] = []
+    if p.is_dir() and (p / "data").is_file():  # perf record --threads writes PATH/data + PATH/data.N
+        threads = sorted((f for f in p.iterdir() if re.fullmatch(r"data\.\d+", f.name)),
+                         key=lambda f: int(f.name[5:]))
+        p = p / "data"
     try:
         with open(p, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -327,8 +351,6 @@ def read_perf_data(path: str | os.PathLike) -> PerfData:
     except FileNotFoundError:
         raise PerfDataError(f"{p}: no such file") from None
     except IsADirectoryError:
-        if (p / "data").is_file():  # perf record --threads writes PATH/data + PATH/data.N
-            raise PerfDataError(f"{p}: {FEATURES[F_DIR_FORMAT].refuse}") from None
         raise PerfDataError(f"{p}: is a directory, not a perf.data file") from None
     except PermissionError:
         raise PerfDataError(f"{p}: permission denied") from None
@@ -349,7 +371,7 @@ def read_perf_data(path: str | os.PathLike) -> PerfData:
     if hsize < HEADER_SIZE or attr_size < 80:
         raise PerfDataError(f"{p}: corrupt perf.data header (size {hsize}, attr_size {attr_size})")
     bitmap = _u("<4Q", raw, 72, "feature bitmap")
-    if d_size == 0:
+    if d_size == 0 and not threads:
         raise PerfDataError(f"{p}: perf.data has an empty data section (perf record did not finish?)")
     if d_off + d_size > size or a_off + a_size > size:
         raise PerfDataError(f"{p}: truncated perf.data: data section ends at {d_off + d_size} "
@@ -366,6 +388,11 @@ def read_perf_data(path: str | os.PathLike) -> PerfData:
             raise PerfDataError(f"{p}: {spec.refuse}")
         if spec.parse is not None:
             pd_.values[feat] = spec.parse(blob, pd_.warnings.append)
+    if threads and F_DIR_FORMAT not in features:
+        raise PerfDataError(f"{p.parent}: a directory with data.N files but its data file has no "
+                            "HEADER_DIR_FORMAT (not a perf record --threads directory?)")
+    if threads or F_COMPRESSED in features:
+        expand_data(pd_, threads)
     if F_TRACING_DATA in pd_.values:
         fmts, pd_.kallsyms, pd_.page_size = pd_.values[F_TRACING_DATA]
         pd_.formats = {f.id: f for f in fmts}
@@ -410,6 +437,96 @@ def _read_features(raw: memoryview, off: int, bitmap: tuple, size: int, p: Path)
     return out
 
 
+# ------------------------------------------------------------- compressed, --threads data
+class _Zstd:
+    """One decompression context over a stream of PERF_RECORD_COMPRESSED payloads (perf keeps
+    one per data file): a zstd frame may span records, and a new frame may follow an ended one."""
+
+    def __init__(self) -> None:
+        import zstandard  # only compressed files need it
+
+        self._zstd = zstandard
+        self._obj = None
+        self.pending = b""  # decompressed bytes of a record not complete yet
+
+    def feed(self, payload: bytes) -> bytes:
+        out = [self.pending]
+        while payload:
+            if self._obj is None:
+                self._obj = self._zstd.ZstdDecompressor().decompressobj()
+            out.append(self._obj.decompress(payload))
+            if self._obj.eof:
+                payload, self._obj = self._obj.unused_data, None
+            else:
+                payload = b""
+        data = b"".join(out)
+        cut = _complete_records(data)
+        self.pending = data[cut:]
+        return data[:cut]
+
+
+def _complete_records(data: bytes) -> int:
+    """End offset of the last whole record in `data` (records may span compressed records)."""
+    pos, n = 0, len(data)
+    while pos + 8 <= n:
+        sz = struct.unpack_from("<H", data, pos + 6)[0]
+        if sz < 8:
+            raise PerfDataError(f"corrupt record (size {sz}) inside a compressed record")
+        if pos + sz > n:
+            break
+        pos += sz
+    return pos
+
+
+def _expand_stream(chunk: memoryview, out: bytearray, where: str) -> None:
+    """Append the records of one data stream to `out`, COMPRESSED/COMPRESSED2 ones replaced by
+    the records they hold (in place: perf processes them where they are)."""
+    dec: _Zstd | None = None
+    hdr = struct.Struct("<IHH")
+    pos, end = 0, len(chunk)
+    while pos + 8 <= end:
+        typ, _misc, sz = hdr.unpack_from(chunk, pos)
+        if sz < 8 or pos + sz > end:
+            out += chunk[pos:]  # record_boundaries says what is wrong with it
+            return
+        if typ in (REC_COMPRESSED, REC_COMPRESSED2):
+            if typ == REC_COMPRESSED:
+                payload = bytes(chunk[pos + 8:pos + sz])
+            else:  # COMPRESSED2: u64 data_size, then the data, padded to 8 bytes
+                dsz = struct.unpack_from("<Q", chunk, pos + 8)[0] if sz >= 16 else 0
+                payload = bytes(chunk[pos + 16:pos + 16 + min(dsz, sz - 16)])
+            if dec is None:
+                dec = _Zstd()
+            try:
+                out += dec.feed(payload)
+            except dec._zstd.ZstdError as exc:
+                raise PerfDataError(f"{where}: corrupt compressed record at offset {pos}: {exc}") from None
+        else:
+            out += chunk[pos:pos + sz]
+        pos += sz
+    out += chunk[pos:]
+    if dec is not None and dec.pending:
+        raise PerfDataError(f"{where}: truncated perf.data: the compressed records end inside a "
+                            f"record ({len(dec.pending)} bytes left over)")
+
+
+def expand_data(pd_: PerfData, threads: list[Path] | tuple = ()) -> None:
+    """Make `buf`'s data section the records perf processes: compressed records decompressed,
+    the --threads `data.N` streams appended (each its own stream, as perf reads them)."""
+    start, size = pd_.data_offset, pd_.data_size
+    out = bytearray(memoryview(pd_.buf)[:start])
+    _expand_stream(memoryview(pd_.buf)[start:start + size], out, str(pd_.path))
+    for f in threads:
+        try:
+            raw = f.read_bytes()
+        except OSError as exc:
+            raise PerfDataError(f"{f}: cannot read ({exc.strerror or exc})") from None
+        _expand_stream(memoryview(raw), out, str(f))
+    pd_.buf = np.frombuffer(out, dtype=np.uint8)
+    pd_.data_size = len(out) - start
+    pd_.expanded = True
+
+
 # ------------------------------------------------------------------------------ records
 def record_boundaries(pd_: PerfData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(offsets int64, types uint32, misc uint16) of every record of the data section.
@@ -428,7 +545,11 @@ def record_boundaries(pd_: PerfData) -> tuple[np.ndarray, np.ndarray, np.ndarray
         if sz < 8:
             raise PerfDataError(f"{pd_.path}: corrupt record at offset {pos} (size {sz})")
         if typ in (REC_COMPRESSED, REC_COMPRESSED2):
-            raise PerfDataError(f"{pd_.path}: {FEATURES[F_COMPRESSED].refuse}")
+            if pd_.expanded:
+                raise PerfDataError(f"{pd_.path}: corrupt record at offset {pos}: compressed "
+                                    "records inside compressed records")
+            expand_data(pd_)  # compressed records without HEADER_COMPRESSED: read them anyway
+            return record_boundaries(pd_)
         append(pos)
         pos += sz
     if pos > end:
