@@ -184,3 +184,19 @@ def test_stack_resolver_reports_no_unreadable_files_when_all_resolve():
 class _NoKsyms:
     def resolve(self, addrs):
         return np.full(len(addrs), None, object), np.zeros(len(addrs), np.uint64)
+
+
+def test_symbols_and_diff_import_nothing_from_the_output_layer():
+    """Callchain resolution lives in symbols/ (perf: util/callchain.c), so the comparison logic
+    (diff.py) and symbols/ stand below reports/."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "kmemleak_offline"
+    files = [*sorted((pkg / "symbols").glob("*.py")), pkg / "diff.py", pkg / "commands" / "diff.py"]
+    bad = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and "reports" in (node.module or "").split("."):
+                bad.append(f"{f.name}:{node.lineno}")
+    assert bad == []

@@ -1,1 +1,2 @@
-"""Address -> name: kernel (kallsyms snapshot rows) and user space (ELF files, embedded usym rows)."""
+"""Address -> name: kernel symbols (kallsyms snapshot rows), the machine (threads and processes
+over time: comms, maps), user-space DSOs and their symbol tables, and call chains -> frames."""
