@@ -54,7 +54,8 @@ def summary(rec: Recording) -> str:
         if isinstance(kc, int) and isinstance(lost, int):  # docs/format.md (counts): count - samples - lost
             line += f"  unaccounted {kc - ev_counts.get(name, 0) - lost}"
         lines.append(line)
-    lines.append(f"lost:        {lost_sum} events in {by_kind.get('lost', 0)} LOST records")
+    lines.append(f"lost:        {lost_sum} events in {by_kind.get('lost', 0)} LOST records"
+                 + ("  (per-event split estimated)" if m.get("lost_split") == "estimated" else ""))
     if m.get("probes"):
         lines.append("probes:")
         lines.extend(f"  {p.get('definition', p) if isinstance(p, dict) else p}" for p in m["probes"])

@@ -41,6 +41,7 @@ from .reader import (
     REC_EXIT,
     REC_FORK,
     REC_LOST,
+    REC_LOST_SAMPLES,
     REC_MMAP,
     REC_MMAP2,
     REC_SAMPLE,
@@ -55,6 +56,7 @@ from .reader import (
     sample_columns,
     side_columns,
 )
+from .reader import _which_attr as which_attr
 
 PRODUCER = f"kmemleak-offline {__version__} import"
 CLOCK_NAMES = {0: "realtime", 1: "monotonic", 4: "monotonic_raw", 7: "boottime", 11: "tai"}
@@ -255,11 +257,20 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
     note(ks_note)
     for msg in ks_warn:
         note(f"warning: {msg}")
-    if REC_LOST in side:
+    exact = _lost_samples(pd_, offs, ends, types)
+    if exact is not None:  # perf's own per-event counts (PERF_FORMAT_LOST, at the end)
+        for ev, n in exact.items():
+            if ev in w.metadata["counts"]:
+                w.metadata["counts"][ev]["lost"] = n
+        w.metadata["lost_split"] = "exact"
+    elif REC_LOST in side:
         lc = side[REC_LOST]
         for ev, n in zip(lc["event"], lc["lost"].tolist(), strict=True):  # per LOST record
             if ev in w.metadata["counts"]:
                 w.metadata["counts"][ev]["lost"] += int(n)
+        w.metadata["lost_split"] = "estimated"
+        note("lost: the per-event split is estimated (no PERF_RECORD_LOST_SAMPLES in the file: a "
+             "LOST record names whichever event wrote next)")
     w.metadata["notes"] = list(notices)
     if ksyms:
         w.write(ksyms)
@@ -268,6 +279,22 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
     return Converted(output=path, samples=counts, skipped=skipped,
                      stacks=0 if not stack_rows else len(stack_rows["kind"]), notices=notices,
                      metadata=w.metadata)
+
+
+def _lost_samples(pd_: PerfData, offs: np.ndarray, ends: np.ndarray,
+                  types: np.ndarray) -> dict[str, int] | None:
+    """Events lost per event from PERF_RECORD_LOST_SAMPLES (u64 lost, then the sample_id trailer
+    naming the event), as `perf report --stats` sums them; None when the file has none."""
+    sel = np.flatnonzero(types == REC_LOST_SAMPLES)
+    if not len(sel):
+        return None
+    aidx = which_attr(pd_, offs[sel], ends[sel], sample=False)
+    lost = read_at(pd_.buf, offs[sel] + 8, "<u8")
+    out: dict[str, int] = {}
+    for a in pd_.attrs:
+        if a.name:
+            out[a.name] = int(lost[aidx == a.index].sum())
+    return out
 
 
 def _metadata(pd_: PerfData, events: np.ndarray, start: int, stop: int, alloc: list[str] | None,

@@ -11,8 +11,11 @@ from ..printfmt import PrintFormatter, lat_flags
 
 
 def wall_clock(meta: dict, perf_ns: int, utc: bool = False) -> str:
-    """`<TS>`: wall-clock time of a perf timestamp via the recording's clock anchor, one trailing space."""
+    """`<TS>`: wall-clock time of a perf timestamp via the recording's clock anchor, one trailing space;
+    `time unknown` when the recording has no anchor (never 1970-01-01)."""
     anchor = (meta.get("clock") or {}).get("anchor") or {}
+    if not int(anchor.get("realtime_ns") or 0):  # no anchor (an import without HEADER_CLOCK_DATA)
+        return "time unknown "
     real = int(anchor.get("realtime_ns") or 0) + (int(perf_ns) - int(anchor.get("perf_ns") or 0))
     sec, ns = divmod(real, 1_000_000_000)
     tz = UTC if utc else None
