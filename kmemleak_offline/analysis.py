@@ -386,7 +386,8 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     rows = ev.row  # ascending: each ring's events in seq order, as order_samples likes them
     o = order_samples(sm.ring[rows], sm.seq[rows], sm.time[rows])
     p = o.stream
-    is_alloc, key = ev.is_alloc[p], ev.ptr[p]
+    is_alloc, ptr = ev.is_alloc[p], ev.ptr[p]
+    key = process_keys(sm.pid[rows[p]], ptr)
     res = replay_ordered(time=o.time, is_alloc=is_alloc, key=key, lost=lost,
                          stop_ns=stop_ns, than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
     prow = rows[p]
@@ -394,10 +395,28 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     role_lut = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
                         np.int32)
     per_pos = {"time": res.time, "kept": res.kept, "role": np.maximum(role_lut[sm.event[prow]], 0),
-               "ptr": key, "size": ev.size[p], "stack_id": sm.stack_id[prow], "is_alloc": is_alloc}
+               "ptr": ptr, "size": ev.size[p], "stack_id": sm.stack_id[prow], "is_alloc": is_alloc}
     stream = Stream(rows=prow, samples=sm, is_alloc_role=np.array([r.is_alloc for r in roles]),
                     per_pos=per_pos, per_row={})
     return stream, res
+
+
+def process_keys(pid: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+    """User-space replay keys: (pid, pointer) as one uint64, so that a block of one process is
+    never freed or replaced by another's with the same address (after fork() parent and child
+    hand out the same addresses). Exact: the process's dense index in the high bits when the
+    pointers leave room (47-bit user space), else a dense id per distinct pair."""
+    ptr = ptr.astype(np.uint64, copy=False)
+    if not len(ptr):
+        return ptr
+    upid, inv = np.unique(pid, return_inverse=True)
+    if len(upid) == 1:
+        return ptr
+    bits = (len(upid) - 1).bit_length()
+    if int(ptr.max()) >> (64 - bits) == 0:
+        return (inv.reshape(-1).astype(np.uint64) << np.uint64(64 - bits)) | ptr
+    pairs = np.stack([inv.reshape(-1).astype(np.uint64), ptr], axis=1)
+    return np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1).astype(np.uint64)
 
 
 def _used_ids(ids: np.ndarray) -> np.ndarray:

@@ -28,7 +28,8 @@ from tests.test_malloc_e2e import (  # noqa: F401 (no_probes_left: autouse fixtu
     remove_stale_groups,
 )
 
-EXPECTED = {"child_leak": (5 * 256, 5), "parent_leak": (3 * 1000, 3)}
+EXPECTED = {"child_leak": (5 * 256, 5), "parent_leak": (3 * 1000, 3),
+            "parent_late_leak": (2 * 256, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,24 @@ def test_analyze_json_names_the_childs_and_the_parents_leaks(recorded) -> None:
     pids = {g["pid"] for g in doc["reports"][-1]["groups"]
             if any(f["symbol"] in EXPECTED for f in g["stack"])}
     assert len(pids) == 2  # the child's group is named under the child's own pid
+
+
+def test_process_keys_never_match_across_processes() -> None:
+    """Both encodings (process index in the high bits; dense ids for 64-bit pointers) keep
+    (pid, ptr) pairs apart and equal pairs equal."""
+    import numpy as np
+
+    from kmemleak_offline.analysis import process_keys
+
+    rng = np.random.default_rng(3)
+    for top in (1 << 47, 1 << 64):
+        pid = rng.integers(100, 110, 5000)
+        ptr = rng.integers(0, 50, 5000).astype(np.uint64) * np.uint64(16) + np.uint64(top - 4096)
+        key = process_keys(pid, ptr)
+        pairs = {(int(a), int(b)) for a, b in zip(pid, ptr)}
+        assert len(set(key.tolist())) == len(pairs)
+        for k in set(key.tolist()):
+            sel = key == k
+            assert len({(int(a), int(b)) for a, b in zip(pid[sel], ptr[sel])}) == 1
+    one = np.full(10, 7)
+    assert (process_keys(one, np.arange(10, dtype=np.uint64)) == np.arange(10)).all()
