@@ -11,6 +11,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 [ "$(id -u)" = 0 ] || { echo "record_bench.sh: run as root" >&2; exit 2; }
 command -v perf >/dev/null || { echo "record_bench.sh: needs perf (apt-get install linux-perf)" >&2; exit 2; }
+python3 -c "import sys; sys.path[:0] = ['$ROOT/bench', '$ROOT']
+from _common import machine_lines; print(*machine_lines(), sep='\n')"
 
 cat > "$TMP/load.c" <<'C'
 #include <stdlib.h>
