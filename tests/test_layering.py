@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORDER_MODULES = ["recorder.session", "recorder.command", "recorder.spool", "recorder.probes",
                     "recorder.procfs", "recorder.events", "recorder.records"]
 ANALYSER = ["load", "analysis", "engine", "symbols", "reports", "diff", "cli", "commands",
-            "perfdata", "replay", "malloc", "timeline", "printfmt", "info", "synthetic"]
+            "perfdata", "replay", "malloc", "printfmt", "info", "synthetic"]
 
 
 def _allowed(module: str, names: list[str]) -> bool:

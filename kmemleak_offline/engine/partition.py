@@ -36,7 +36,6 @@ class PartResult:
     part: int
     events: np.ndarray  # per fine epoch: replayed events (kept or dropped)
     first_time: np.ndarray  # per fine epoch: time of its first event (U64 max if none)
-    last_time: int  # of the partition's last event (0 if none)
     allocs: np.ndarray  # per fine epoch: kept allocs
     frees: np.ndarray
     live: list[dict[str, np.ndarray]]  # per fine epoch: allocs still in the tree at its end
@@ -115,7 +114,7 @@ def replay_part(setup: ReplaySetup, part: int,
         src = order[pos]  # only the live entries' other columns are gathered
         live.append({k: (t[pos] if k == "time" else v[src]) for k, v in cols.items()})
     res = PartResult(part=part, events=events, first_time=first,
-                     last_time=int(t[-1]) if n else 0, allocs=np.diff(ca[eb]), frees=np.diff(cf[eb]),
+                     allocs=np.diff(ca[eb]), frees=np.diff(cf[eb]),
                      live=live)
     if setup.interval_bounds is not None:
         res.iv = _interval_parts(t, key, cols["size"][order], ka, kf, kept, eb,

@@ -47,8 +47,6 @@ class Merged:
     lost: Lost
     total_alloc: int
     total_free: int
-    first_time: int | None
-    last_time: int | None
     interval_stats: list[tuple[int, int, int, int, int]] | None  # (bound, objs, bytes, allocs, frees)
     fail_counts: dict
     units: list[scan.Unit]
@@ -171,7 +169,6 @@ def _passes(plan, spill, setup, workers, lost_ring, lost_count, lost_time, start
 
     # pass 2: replay each partition
     nparts = 1 << plan.part_bits
-    first_time = min((int(r.first_time.min()) for r in rr if len(r.first_time)), default=None)
     rsetup = partition.ReplaySetup(spill=spill, role_is_alloc=role_is_alloc, carry=carry,
                                    win_start=lost.start, win_end=lost.end, starts=starts)
     mem = None
@@ -194,8 +191,6 @@ def _passes(plan, spill, setup, workers, lost_ring, lost_count, lost_time, start
     m.fail_counts = fail
     m.units = plan.units
     m.sample_max_time = max((int(r.max_time.max()) for r in rr if len(r.max_time)), default=0)
-    if m.first_time is None:
-        m.first_time = first_time
     return m
 
 
@@ -299,12 +294,9 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
         prev = m
     add("final", 0, prev, ne, np.zeros(0, np.int64))
     entries = _entries(parts, spans)
-    nonempty = np.flatnonzero(events)
-    last = max((r.last_time for r in results), default=0) if len(nonempty) else None
     merged = Merged(entries=entries, reports=reports, lost=lost, total_alloc=int(cum_a[-1]),
                     total_free=int(cum_f[-1]),
-                    first_time=int(first[nonempty[0]]) if len(nonempty) else None,
-                    last_time=last, interval_stats=None, fail_counts={}, units=[])
+                    interval_stats=None, fail_counts={}, units=[])
     if bounds is not None:
         merged.interval_stats = _intervals(results, bounds, early)
     return merged
