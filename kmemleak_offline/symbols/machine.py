@@ -205,13 +205,19 @@ class Machine:
     def __init__(self, comm: pa.Table | None = None, fork: pa.Table | None = None,
                  mmap: pa.Table | None = None, exit: pa.Table | None = None) -> None:
         self._comm_t, self._fork_t, self._mmap_t, self._exit_t = comm, fork, mmap, exit
+
+    @functools.cached_property
+    def _comms(self) -> pd.DataFrame:
+        """(time, tid, comm) rows sorted by time, forked threads inheriting their parent's comm;
+        built on first use (a report that names no comm never pays for it)."""
+        comm, fork = self._comm_t, self._fork_t
         c = (_frame(comm, ["time", "tid", "comm"]) if comm is not None
              else pd.DataFrame({"time": [], "tid": [], "comm": []}))
         c = c[c["comm"].notna() & c["tid"].notna()]
         if fork is not None and fork.num_rows:
             c = _inherit_from_parents(c, _frame(fork, ["time", "tid", "ptid"]))
         c = c.assign(time=c["time"].fillna(0).astype(np.int64), tid=c["tid"].astype(np.int64))
-        self._comms = c.sort_values(["time", "tid"], kind="stable").reset_index(drop=True)
+        return c.sort_values(["time", "tid"], kind="stable").reset_index(drop=True)
 
     @classmethod
     def from_side(cls, side: dict[str, pa.Table]) -> Machine:
