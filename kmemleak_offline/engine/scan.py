@@ -161,7 +161,7 @@ def _scan_unit(setup: ScanSetup, u: Unit, res: RangeResult, rings: _RingState,
         "rs": (sm.ring[rows].astype(np.uint64) << np.uint64(48)) | (rows + u.row0).astype(np.uint64),
         "key": ev.key[rows],
         "size": ev.size[rows] if ev.size is not None else np.zeros(m, np.uint64),
-        "stack_id": sm.stack_id[rows],
+        "stack_id": sm.stack_id[rows].astype(np.int32),
         "pid": sm.pid[rows],
         "role": ev.role[rows].astype(np.int8),
     }

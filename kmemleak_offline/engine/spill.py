@@ -23,7 +23,7 @@ SCHEMA = pa.schema([
     ("rs", pa.uint64()),  # ring << 48 | sample row: tie-break and the row to fetch payloads from
     ("key", pa.uint64()),
     ("size", pa.uint64()),
-    ("stack_id", pa.int64()),  # -1 = no callchain
+    ("stack_id", pa.int32()),  # -1 = no callchain (ids are rows of the stack table: < 2^31)
     ("pid", pa.int32()),
     ("role", pa.int8()),
 ])
