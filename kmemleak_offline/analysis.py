@@ -66,8 +66,9 @@ class Group:
     stack_id: int
     bytes: int
     objects: int
-    pid: int
+    pid: int  # perf-prof's: the latest entry's process in per-task recordings, else 0 (ties, JSON)
     comms: list[tuple[str, int, int]]  # (comm, bytes, count)
+    user_pid: int = 0  # the latest entry's process, whatever the mode: names its user frames
 
 
 @dataclass
@@ -452,12 +453,12 @@ def _report_view(r, stream: Stream, mode: str, per_task: bool, opts: AnalyzeOpti
         pos = r.leaked[r.selected]
         sid = stream.column("stack_id", pos).astype(np.int64, copy=False)
         size = stream.column("size", pos)
-        pid = stream.column("pid", pos) if (per_task or opts.comm) else None
+        pid = stream.column("pid", pos)
         if len(pos):
             comm_lists = _comm_lists(sid, size, pid, stream.column("time", pos), comms) \
                 if opts.comm else {}
             groups = [Group(stack_id=g, bytes=b, objects=o, pid=p if per_task else 0,
-                            comms=comm_lists.get(g, []))
+                            comms=comm_lists.get(g, []), user_pid=p)
                       for g, b, o, p in _group_leaks(sid, size, pid)]
     return ReportView(reason=r.reason, time_ns=r.time_ns, position=r.position, num=len(r.leaked),
                       total_alloc=r.total_alloc, total_free=r.total_free,
@@ -479,7 +480,7 @@ def _comm_lists(sid: np.ndarray, size: np.ndarray, pid: np.ndarray, time: np.nda
 
 
 def _group_leaks(sid: np.ndarray, size: np.ndarray,
-                 pid: np.ndarray | None) -> list[tuple[int, int, int, int]]:
+                 pid: np.ndarray) -> list[tuple[int, int, int, int]]:
     """(stack_id, bytes, objects, pid of the last entry) per stack id, in order of first
     appearance - what a pandas groupby(sort=False) gives - with numpy only: one stable sort of the
     ids (a radix sort when they are dense) and counts."""
@@ -501,7 +502,7 @@ def _group_leaks(sid: np.ndarray, size: np.ndarray,
     else:  # wrap like uint64 arithmetic
         byts = np.add.reduceat(sz, starts) if n else np.zeros(0, np.uint64)
     ids = sid[first]
-    pids = pid[last] if pid is not None else np.zeros(len(starts), np.int64)
+    pids = pid[last]
     g = np.argsort(first, kind="stable")
     return list(zip(ids[g].tolist(), byts[g].tolist(), objects[g].tolist(), pids[g].tolist()))
 

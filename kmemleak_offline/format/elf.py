@@ -42,12 +42,14 @@ class SymbolTable:
                    np.zeros((0, 4), np.uint64))
 
     @classmethod
-    def build(cls, addrs, sizes, names, segments) -> SymbolTable:
-        """Sort by address, keep one name per address (the first: .symtab before .dynsym)."""
+    def build(cls, addrs, sizes, names, segments, rank=None) -> SymbolTable:
+        """Sort by address, keep one name per address: the best `rank` (see `symbol_rank`), then
+        the first (.symtab before .dynsym)."""
         addrs = np.asarray(addrs, np.uint64)
         sizes = np.asarray(sizes, np.uint64)
         names = np.asarray(names, object)
-        order = np.lexsort((np.arange(len(addrs)), addrs))
+        rank = np.zeros(len(addrs), np.int64) if rank is None else np.asarray(rank, np.int64)
+        order = np.lexsort((np.arange(len(addrs)), rank, addrs))
         addrs, sizes, names = addrs[order], sizes[order], names[order]
         keep = np.ones(len(addrs), bool)
         keep[1:] = addrs[1:] != addrs[:-1]
@@ -124,7 +126,16 @@ def _segments(elf: ELFFile) -> list[tuple[int, int, int, int]]:
             if s["p_type"] == "PT_LOAD"]
 
 
-def _symbols(elf: ELFFile, out: tuple[list, list, list]) -> None:
+def symbol_rank(name: str, size: int, bind: str) -> int:
+    """Which of several names at one address perf prints (its choose_best_symbol): lower is
+    better. A sized symbol, then not weak, then global, then fewer leading underscores, then the
+    longer name: `__socket` (global) over `socket` (weak) and `__GI_socket` (local)."""
+    underscores = len(name) - len(name.lstrip("_"))
+    return ((size == 0) << 40 | (bind == "STB_WEAK") << 39 | (bind != "STB_GLOBAL") << 38
+            | min(underscores, 255) << 20 | (0xFFFFF - min(len(name), 0xFFFFF)))
+
+
+def _symbols(elf: ELFFile, out: tuple[list, list, list, list]) -> None:
     for sec in elf.iter_sections():
         if sec["sh_type"] == "SHT_NOBITS" or not isinstance(sec, SymbolTableSection):
             continue
@@ -134,6 +145,7 @@ def _symbols(elf: ELFFile, out: tuple[list, list, list]) -> None:
                 out[0].append(sym["st_value"])
                 out[1].append(sym["st_size"])
                 out[2].append(sym.name)
+                out[3].append(symbol_rank(sym.name, sym["st_size"], sym["st_info"]["bind"]))
     dd = elf.get_section_by_name(".gnu_debugdata")
     if dd is not None and dd["sh_type"] != "SHT_NOBITS":
         try:
@@ -154,9 +166,9 @@ def _load_symbols(path: str, ident: tuple) -> SymbolTable | None:
     elf = _open(path)
     if elf is None:
         return None
-    acc: tuple[list, list, list] = ([], [], [])
+    acc: tuple[list, list, list, list] = ([], [], [], [])
     _symbols(elf, acc)
-    return SymbolTable.build(acc[0], acc[1], acc[2], _segments(elf))
+    return SymbolTable.build(acc[0], acc[1], acc[2], _segments(elf), acc[3])
 
 
 def debug_candidates(build_id: bytes | None, filename: str, symfs: str | None = None,

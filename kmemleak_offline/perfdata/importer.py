@@ -28,6 +28,7 @@ from ..format.kernfile import KernelSymbolFile, kernel_map_pgoff
 from ..format.kernfile import check as check_kernel_file
 from ..format.recording import RecordingWriter, new_metadata
 from ..format.symrows import ksym_rows
+from .cmdline import record_target
 from .reader import (
     F_ARCH,
     F_CLOCK_DATA,
@@ -329,9 +330,10 @@ def _metadata(pd_: PerfData, events: np.ndarray, start: int, stop: int, alloc: l
     else:
         note("clock: no HEADER_CLOCK_DATA (record with perf record -k monotonic for wall-clock "
              "times); realtime anchor left 0")
-    meta["options"] = {"cpus": None, "pids": None, "tids": None, "mmap_pages": None,
+    target = record_target(pd_.value(F_CMDLINE))  # per task (-p/-t/CMD) or system-wide
+    meta["options"] = {"cpus": None, "pids": target.pids, "tids": target.tids, "mmap_pages": None,
                        "call_graph": any(a.sample_type & S_CALLCHAIN for a in pd_.attrs if a.name in by_name),
-                       "kernel_filters": {}, "command": None,
+                       "kernel_filters": {}, "command": target.command,
                        "perf_cmdline": pd_.value(F_CMDLINE), "source": str(pd_.path)}
     return meta
 

@@ -30,7 +30,7 @@ def folded(a: Analysis, stacks: StackResolver) -> Counter[str]:
                                   np.full(len(gs), r.time_ns, np.int64)).tolist()
                      if a.per_task else [None] * len(gs))
             for g, root in zip(gs, roots, strict=True):
-                acc[_path(stacks, g.stack_id, g.pid, r.time_ns, root)] += g.bytes
+                acc[_path(stacks, g.stack_id, g.user_pid, r.time_ns, root)] += g.bytes
             continue
         ents = r.entries[r.entries["selected"] & (r.entries["stack_id"] >= 0)]
         if not len(ents):

@@ -32,7 +32,7 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
                 d: dict[str, Any] = {"bytes": g.bytes, "objects": g.objects, "pid": g.pid}
                 if comm:
                     d["comms"] = [{"comm": c, "bytes": b, "count": n} for c, b, n in g.comms]
-                d["stack"] = _frames(stacks, g.stack_id, g.pid, r.time_ns)
+                d["stack"] = _frames(stacks, g.stack_id, g.user_pid, r.time_ns)
                 groups.append(d)
         events = []
         if a.mode != LEAKED_BYTES or verbose:

@@ -107,6 +107,6 @@ class TextReport:
                 if g.stack_id < 0:
                     w(NO_CHAIN + "\n")
                     continue
-                for s in self.stacks.lines(g.stack_id, g.pid, r.time_ns):
+                for s in self.stacks.lines(g.stack_id, g.user_pid, r.time_ns):
                     w(s + "\n")
 

@@ -142,7 +142,8 @@ class Dsos:
             why = unreadable_reason(filename)
             if why is not None:
                 problems.append((filename, why))
-        for cand in debug_candidates(bid, filename, self.symfs):
+        # no recorded build-id (perf.data without one): the local file's names its debug file
+        for cand in debug_candidates(bid or real_bid, filename, self.symfs):
             c = str(cand)
             if not cand.is_file():
                 continue

@@ -1,0 +1,35 @@
+/* Opens N UDP sockets in a forked child that keeps them open after the parent (perf record's
+ * workload) exits: N leaked socket allocations per chain, with user frames main <- socket.
+ * usage: udp_holder N PIDFILE */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+__attribute__((noinline)) static void open_sockets(int n) {
+    for (int i = 0; i < n; i++)
+        if (socket(AF_INET, SOCK_DGRAM, 0) < 0) exit(3);
+}
+
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]), p[2];
+    if (pipe(p)) return 2;
+    pid_t pid = fork();
+    if (pid == 0) { /* off perf's and the test's pipes, so nobody waits for this child */
+        int nul = open("/dev/null", O_RDWR);
+        dup2(nul, 0), dup2(nul, 1), dup2(nul, 2);
+        close(p[0]);
+        open_sockets(n);
+        if (write(p[1], "x", 1) != 1) return 2;
+        sleep(60); /* killed by the test */
+        return 0;
+    }
+    char c;
+    close(p[1]);
+    if (read(p[0], &c, 1) != 1) return 2;
+    FILE *f = fopen(argv[2], "w");
+    fprintf(f, "%d\n", (int)pid);
+    fclose(f);
+    return 0;
+}
