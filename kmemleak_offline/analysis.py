@@ -36,6 +36,8 @@ from .roles import (
 )
 from .symbols.kernel import KernelSymbols
 from .symbols.machine import Machine
+from .trend import Parts, Trend, contributions, trends
+from .trend import grid as trend_grid
 
 LEAKED_BYTES = "leaked-bytes"
 EVENT_LIST = "event-list"
@@ -56,6 +58,7 @@ class AnalyzeOptions:
     in_memory: bool = False  # the whole-recording path (always for -vv and --malloc recordings)
     partitions: int | None = None  # key partitions (None: from the recording's size)
     scan_ranges: int | None = None  # row-group runs read in parallel (None: from the size)
+    trend: bool = False  # growth trend per leaked-bytes group (trend.py)
     kernel: KernelSymbolFile | None = None  # --kallsyms/--vmlinux: replaces the ksym rows
 
 
@@ -69,6 +72,7 @@ class Group:
     pid: int  # perf-prof's: the latest entry's process in per-task recordings, else 0 (ties, JSON)
     comms: list[tuple[str, int, int]]  # (comm, bytes, count)
     user_pid: int = 0  # the latest entry's process, whatever the mode: names its user frames
+    trend: Trend | None = None  # growth of the chain's outstanding bytes (when asked for)
 
 
 @dataclass
@@ -332,6 +336,11 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
     reports = [_report_view(r, stream, mode, common["per_task"], opts, comms, lost)
                for r in res.reports]
     intervals = _intervals(stream, res, opts.interval_ms, rec.meta) if opts.interval_ms else []
+    if opts.trend and mode == LEAKED_BYTES and len(stream):
+        start = rec.meta.clock.start_ns or int(res.time[0])
+        bounds = interval_grid(start, stop_ns, opts.interval_ms) if opts.interval_ms else None
+        g = trend_grid(start, stop_ns, bounds)
+        attach_trends(reports, _trend_parts(stream, res, g), g, start)
     return Analysis(mode=mode, stream=stream, result=res, reports=reports, stacks=stacks,
                     samples=sm, intervals=intervals, lost_total=_lost_total(lost, rec.meta), **common)
 
@@ -358,7 +367,8 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
     del ev
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
     res = replay_ordered(time=t, is_alloc=is_alloc_role[role_s], key=key_s, lost=lost,
-                         stop_ns=stop_ns, than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
+                         stop_ns=stop_ns, than_ns=opts.than_ns,
+                         want_death=bool(opts.interval_ms) or opts.trend)
     stream = Stream(rows=st, samples=sm, is_alloc_role=is_alloc_role,
                     per_pos={"time": res.time, "kept": res.kept, "role": role_s, "ptr": key_s,
                              "size": size_s},
@@ -390,7 +400,8 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     is_alloc, ptr = ev.is_alloc[p], ev.ptr[p]
     key = process_keys(sm.pid[rows[p]], ptr)
     res = replay_ordered(time=o.time, is_alloc=is_alloc, key=key, lost=lost,
-                         stop_ns=stop_ns, than_ns=opts.than_ns, want_death=bool(opts.interval_ms))
+                         stop_ns=stop_ns, than_ns=opts.than_ns,
+                         want_death=bool(opts.interval_ms) or opts.trend)
     prow = rows[p]
     # role code per event-name code (its first role); the last entry is for null events
     role_lut = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
@@ -400,6 +411,25 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     stream = Stream(rows=prow, samples=sm, is_alloc_role=np.array([r.is_alloc for r in roles]),
                     per_pos=per_pos, per_row={})
     return stream, res
+
+
+def _trend_parts(stream: Stream, res: ReplayResult, g: np.ndarray) -> Parts:
+    """Every kept allocation, ending where it is freed, replaced or reclaimed (res.death)."""
+    ap = np.flatnonzero(stream.kept & stream.column("is_alloc"))
+    death = res.death[ap]
+    ends = death < len(stream)
+    return contributions(g, stream.column("stack_id", ap), stream.column("size", ap), res.time[ap],
+                         res.time[death[ends]], ends)
+
+
+def attach_trends(reports: list[ReportView], parts: Parts, g: np.ndarray, start: int) -> None:
+    """Each leaked-bytes group's Trend, judged after the last early report (the tree is
+    emptied there)."""
+    resets = [r.time_ns for r in reports if r.reason == "lost"]
+    by_sid = trends(parts, sorted({gr.stack_id for r in reports for gr in r.groups}), g, start, resets)
+    for r in reports:
+        for gr in r.groups:
+            gr.trend = by_sid.get(gr.stack_id)
 
 
 def process_keys(pid: np.ndarray, ptr: np.ndarray) -> np.ndarray:

@@ -318,6 +318,36 @@ def _live_allocs(k: np.ndarray, alloc: np.ndarray) -> np.ndarray:
     return e.astype(np.int64)
 
 
+def successors(k: np.ndarray) -> np.ndarray:
+    """Per position: the next position with the same key, -1 if none (the event that frees or
+    replaces an alloc). One sort of (key, position) packed in a uint64 when the keys allow it,
+    as `_live_allocs` does; else a stable sort by key."""
+    n = len(k)
+    nxt = np.full(n, -1, np.int64)
+    if n < 2:
+        return nxt
+    kmin, kmax = int(k.min()), int(k.max())
+    c = k - np.uint64(kmin)
+    x = int(np.bitwise_or.reduce(c))
+    tz = (x & -x).bit_length() - 1 if x else 0
+    pbits = max(1, (n - 1).bit_length())
+    if ((kmax - kmin) >> tz).bit_length() + pbits > 64:
+        o = np.argsort(k, kind="stable")
+        same = k[o][1:] == k[o][:-1]
+        nxt[o[:-1][same]] = o[1:][same]
+        return nxt
+    if tz:
+        c >>= np.uint64(tz)
+    c <<= np.uint64(pbits)
+    c |= np.arange(n, dtype=np.uint64)
+    c.sort()
+    pos = (c & np.uint64((1 << pbits) - 1)).astype(np.int64)
+    c >>= np.uint64(pbits)
+    same = c[1:] == c[:-1]
+    nxt[pos[:-1][same]] = pos[1:][same]
+    return nxt
+
+
 def _death_positions(kept: np.ndarray, key: np.ndarray, bounds: np.ndarray, n: int) -> np.ndarray:
     """Per stream position: where its tree entry disappears (`-i` needs it).
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..replay import _group_by_ring, _live_allocs, dropped_mask
+from .. import trend
+from ..replay import _group_by_ring, _live_allocs, dropped_mask, successors
 from . import spill
 
 ENTRY_COLUMNS = ("time", "rs", "key", "size", "stack_id", "pid", "role")
@@ -29,6 +30,7 @@ class ReplaySetup:
     win_end: np.ndarray
     starts: np.ndarray  # distinct window starts, ascending: the fine-epoch boundaries
     interval_bounds: np.ndarray | None = None  # -i: trace times to report live totals at
+    trend_grid: np.ndarray | None = None  # growth trends: the grid (trend.py)
 
 
 @dataclass
@@ -42,6 +44,9 @@ class PartResult:
     # -i: per bound, kept allocs/frees with time <= bound and allocs freed (or replaced) within
     # their epoch by then (count and bytes); allocs reclaimed at a report are the merge's business
     iv: dict[str, np.ndarray] = field(default_factory=dict)
+    # trends: this partition's allocations, ending where freed or replaced within their epoch
+    # (those reclaimed at an early report end there: the merge knows when)
+    trend: trend.Parts | None = None
 
 
 def load_part(setup: ReplaySetup, part: int,
@@ -101,25 +106,41 @@ def replay_part(setup: ReplaySetup, part: int,
     ca = np.concatenate(([0], np.cumsum(ka)))
     cf = np.concatenate(([0], np.cumsum(kf)))
     live = []
+    tparts: list[trend.Parts] = []
     for e in range(ne):
         lo, hi = int(eb[e]), int(eb[e + 1])
         if hi == lo:
             live.append({k: v[:0] for k, v in cols.items()})
             continue
-        if kept[lo:hi].all():
-            pos = lo + _live_allocs(key[lo:hi], alloc[lo:hi])
-        else:
-            kpos = lo + np.flatnonzero(kept[lo:hi])
+        kpos = lo + np.arange(hi - lo) if kept[lo:hi].all() else lo + np.flatnonzero(kept[lo:hi])
+        if setup.trend_grid is None:
             pos = kpos[_live_allocs(key[kpos], alloc[kpos])]
+        else:  # one sort gives both the live entries and where the others end
+            nxt = successors(key[kpos])
+            a = alloc[kpos]
+            pos = kpos[a & (nxt < 0)]
+            tparts.append(_trend_part(setup.trend_grid, cols, order, t, kpos[a], nxt[a], kpos))
         src = order[pos]  # only the live entries' other columns are gathered
         live.append({k: (t[pos] if k == "time" else v[src]) for k, v in cols.items()})
     res = PartResult(part=part, events=events, first_time=first,
                      allocs=np.diff(ca[eb]), frees=np.diff(cf[eb]),
                      live=live)
+    if setup.trend_grid is not None:
+        res.trend = trend.aggregate(trend.Parts.concat(tparts), len(setup.trend_grid))
     if setup.interval_bounds is not None:
         res.iv = _interval_parts(t, key, cols["size"][order], ka, kf, kept, eb,
                                  setup.interval_bounds)
     return res
+
+
+def _trend_part(g: np.ndarray, cols: dict[str, np.ndarray], order: np.ndarray, t: np.ndarray,
+                apos: np.ndarray, nxt: np.ndarray, kpos: np.ndarray) -> trend.Parts:
+    """Kept allocs at stream positions `apos`; `nxt`: index into `kpos` of the event that frees or
+    replaces each one in its epoch (-1: still there at the epoch's end)."""
+    src = order[apos]
+    ends = nxt >= 0
+    return trend.contributions(g, cols["stack_id"][src], cols["size"][src], t[apos],
+                               t[kpos[nxt[ends]]], ends)
 
 
 def _interval_parts(t: np.ndarray, key: np.ndarray, size: np.ndarray, ka: np.ndarray,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import trend
 from ..analysis import (
     Analysis,
     IntervalStat,
@@ -16,6 +17,7 @@ from ..analysis import (
     _lost_total,
     _report_view,
     _stacks,
+    attach_trends,
     interval_grid,
 )
 from ..format.tracefs import EventFormat
@@ -99,6 +101,15 @@ def streamed(rec, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
             return None
         return interval_grid(start, stop, int(opts.interval_ms))
 
+    trend_start: list[int] = []
+
+    def tgrid(first: int | None, last: int, bounds: np.ndarray | None) -> np.ndarray | None:
+        start = start_meta or first
+        if start is None:
+            return None
+        trend_start.append(start)
+        return trend.grid(start, max(meta_stop, last), bounds)
+
     try:
         with Progress(enabled=opts.progress) as progress:
             m = engine.run(rec, plan, evaluate=evaluate, role_is_alloc=is_alloc_role,
@@ -106,7 +117,8 @@ def streamed(rec, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
                            lost_count=column_array(lost_t.column("lost"), np.uint64),
                            lost_time=column_array(lost_t.column("time"), np.uint64),
                            start_ns=start_meta, interval=grid if opts.interval_ms else None,
-                           tmpdir=opts.tmpdir, progress=progress)
+                           tmpdir=opts.tmpdir, progress=progress,
+                           trend_grid=tgrid if opts.trend else None)
     except SpillError as exc:
         raise AnalysisError(str(exc)) from None
     if m is None:
@@ -143,6 +155,8 @@ def streamed(rec, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
     stacks = _stacks(side["stack"], ent["stack_id"])
     reports = [_report_view(r, stream, mode, common["per_task"], opts, comms, lost)
                for r in res.reports]
+    if m.trend is not None:
+        attach_trends(reports, m.trend, m.trend_grid, trend_start[-1])
     intervals = []
     prev_a = prev_f = 0
     for b, objs, byts, ta, tf in m.interval_stats or []:

@@ -1,0 +1,167 @@
+"""Growth trend per call chain: is it a leak or a cache? (docs/trends.md)
+
+The outstanding bytes of a chain at a time t are the sizes of its allocations made at or before t
+and not yet gone (freed, replaced, or reclaimed by an early report) at t: every allocation, not
+only those left at the end. Columns in, columns out: each allocation adds +size at the first grid
+point at or after its time and -size at the first one at or after its end; a cumulative sum per
+chain gives the series. The sums are additive, so each key partition of the streaming engine
+computes its part and the merge adds them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GRID_POINTS = 200  # automatic grid: points from the recording's start to its stop
+MAX_POINTS = 1000  # an -i grid longer than this is thinned (the JSON series stays small)
+MIN_POINTS = 20  # grid points after the last early report needed to classify
+MIN_ALLOCS = 10  # allocations of a chain needed to classify
+RISE = 0.05  # of the peak: new highs in the second half beyond this make a chain grow
+NEAR_END = 0.75  # ... and only if it ends within this fraction of its peak
+
+
+@dataclass
+class Trend:
+    cls: str  # growing | bounded | insufficient
+    slope_bytes_per_s: float  # least-squares slope over the second half of the judged stretch
+    confidence: float  # 0..1, see docs/trends.md
+    t_ns: np.ndarray  # grid times relative to the recording's start
+    bytes: np.ndarray  # outstanding bytes of the chain at each grid time
+
+
+def grid(start: int, stop: int, bounds: np.ndarray | None = None) -> np.ndarray:
+    """Absolute grid times (int64 ns): the `-i` bounds when given (thinned to MAX_POINTS), else
+    GRID_POINTS evenly from start to stop."""
+    if bounds is not None and len(bounds):
+        g = np.asarray(bounds, np.int64)
+        if len(g) > MAX_POINTS:
+            g = g[np.unique(np.linspace(0, len(g) - 1, MAX_POINTS).round().astype(np.int64))]
+        return g
+    if stop <= start:
+        return np.array([start], np.int64)
+    return start + ((stop - start) * np.arange(1, GRID_POINTS + 1, dtype=np.float64)
+                    / GRID_POINTS).astype(np.int64)
+
+
+@dataclass
+class Parts:
+    """Aggregated (chain, column) sums: columns 0..P-1 are grid diffs, P is "after the grid"
+    (ignored), P+1 counts allocations. Parts from key partitions concatenate."""
+
+    sid: np.ndarray  # int64 stack id
+    col: np.ndarray  # int64
+    val: np.ndarray  # float64 (exact below 2**53 bytes)
+
+    @classmethod
+    def empty(cls) -> Parts:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+
+    @classmethod
+    def concat(cls, parts: list[Parts]) -> Parts:
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, c) for p in parts]) for c in ("sid", "col", "val")))
+
+
+def contributions(g: np.ndarray, sid: np.ndarray, size: np.ndarray, t_alloc: np.ndarray,
+                  t_end: np.ndarray | None = None, ends: np.ndarray | None = None,
+                  count: bool = True) -> Parts:
+    """Allocations (stack id, size, time) starting to count at their time and, for those in
+    `ends` (a mask; all when None), stopping at `t_end`."""
+    p = len(g)
+    sid = np.asarray(sid, np.int64)
+    size = np.asarray(size).astype(np.float64)
+    ia = np.searchsorted(g, np.asarray(t_alloc).astype(np.int64), side="left")
+    cols, vals, sids = [ia], [size], [sid]
+    if t_end is not None:
+        m = slice(None) if ends is None else ends
+        cols.append(np.searchsorted(g, np.asarray(t_end).astype(np.int64), side="left"))
+        vals.append(-size[m])
+        sids.append(sid[m])
+    if count:
+        cols.append(np.full(len(sid), p + 1, np.int64))
+        vals.append(np.ones(len(sid), np.float64))
+        sids.append(sid)
+    return Parts(np.concatenate(sids), np.concatenate(cols), np.concatenate(vals))
+
+
+def ended(g: np.ndarray, sid: np.ndarray, size: np.ndarray, t: int) -> Parts:
+    """Allocations that all end at time t (reclaimed by an early report)."""
+    col = int(np.searchsorted(g, np.int64(t), side="left"))
+    return Parts(np.asarray(sid, np.int64), np.full(len(sid), col, np.int64),
+                 -np.asarray(size).astype(np.float64))
+
+
+def aggregate(parts: Parts, p: int) -> Parts:
+    """One row per distinct (chain, column): what crosses a process boundary stays small."""
+    if not len(parts.sid):
+        return parts
+    w = p + 2
+    code = (parts.sid + 1) * w + parts.col  # stack ids >= -1
+    u, inv = np.unique(code, return_inverse=True)
+    return Parts(u // w - 1, u % w, np.bincount(inv, weights=parts.val, minlength=len(u)))
+
+
+def series(parts: Parts, stacks: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """(outstanding bytes, shape (len(stacks), p); allocation count per stack) for the given
+    stack ids (ascending, distinct)."""
+    w = p + 2
+    row = np.searchsorted(stacks, parts.sid)
+    ok = (row < len(stacks)) & (stacks[np.minimum(row, len(stacks) - 1)] == parts.sid) \
+        if len(stacks) else np.zeros(len(parts.sid), bool)
+    acc = np.bincount(row[ok] * w + parts.col[ok], weights=parts.val[ok],
+                      minlength=len(stacks) * w).reshape(len(stacks), w)
+    return np.cumsum(acc[:, :p], axis=1), acc[:, p + 1]
+
+
+def classify(y: np.ndarray, t_s: np.ndarray, allocs: np.ndarray,
+             first: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class, slope (bytes/s) and confidence of each row of `y` (bytes at times `t_s`, seconds),
+    judged on the points from `first` on (after the last early report: the tree was emptied
+    there). See docs/trends.md for the rule."""
+    n = len(y)
+    seg, ts = y[:, first:], t_s[first:]
+    m = seg.shape[1]
+    cls = np.full(n, "insufficient", dtype=object)
+    slope = np.zeros(n)
+    conf = np.zeros(n)
+    if n == 0 or m < MIN_POINTS:
+        return cls.tolist(), slope, conf
+    h, q = m // 2, (3 * m) // 4
+    peak = seg.max(axis=1)
+    hi1, hi2 = seg[:, :h].max(axis=1), seg[:, h:].max(axis=1)
+    early, late = seg[:, :q].max(axis=1), seg[:, q:].max(axis=1)
+    x = ts[h:] - ts[h:].mean()
+    yy = seg[:, h:] - seg[:, h:].mean(axis=1, keepdims=True)
+    sxx = float((x * x).sum()) or 1.0
+    slope = (yy * x).sum(axis=1) / sxx
+    ss_tot = (yy * yy).sum(axis=1)
+    ss_res = ((yy - slope[:, None] * x) ** 2).sum(axis=1)
+    r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
+    enough = (allocs >= MIN_ALLOCS) & (peak > 0)
+    growing = enough & (hi2 > hi1 + RISE * peak) & (late > early) & (slope > 0) \
+        & (seg[:, -1] >= NEAR_END * peak)
+    bounded = enough & ~growing
+    cls[growing] = "growing"
+    cls[bounded] = "bounded"
+    span = float(ts[-1] - ts[h]) if m > h else 0.0
+    flat = 1 - np.minimum(1.0, np.abs(slope) * span / np.where(peak > 0, peak, 1))
+    conf = np.where(growing, np.clip(r2, 0, 1), np.where(bounded, np.clip(flat, 0, 1), 0.0))
+    return cls.tolist(), slope, conf
+
+
+def trends(parts: Parts, stacks: list[int], g: np.ndarray, start: int,
+           resets: list[int]) -> dict[int, Trend]:
+    """The Trend of every stack id in `stacks`, judged after the last of `resets` (early report
+    times)."""
+    if not stacks:
+        return {}
+    ids = np.unique(np.asarray(stacks, np.int64))
+    y, allocs = series(parts, ids, len(g))
+    first = int(np.searchsorted(g, max(resets), side="left")) if resets else 0
+    cls, slope, conf = classify(y, (g - start) / 1e9, allocs, first)
+    rel = (g - start).astype(np.int64)
+    return {int(s): Trend(cls=cls[i], slope_bytes_per_s=float(slope[i]), confidence=float(conf[i]),
+                          t_ns=rel, bytes=y[i].astype(np.int64)) for i, s in enumerate(ids.tolist())}
