@@ -308,7 +308,8 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
     # lost windows are computed over every sample of the ring, before any filtering
     lost_t = side["lost"]
     l_ring = sm.ring_of(ring_ids(lost_t))
-    order = order_samples(sm.ring, sm.seq, sm.time)
+    # the malloc stream orders its own events: every sample's order is needed only for its windows
+    order = order_samples(sm.ring, sm.seq, sm.time) if not malloc or len(l_ring) else None
     lost = lost_windows(order, sm.ring, sm.seq, l_ring, column_array(lost_t.column("seq"), np.uint64),
                         column_array(lost_t.column("lost"), np.uint64), column_array(lost_t.column("time"), np.uint64),
                         rec.meta.clock.start_ns)

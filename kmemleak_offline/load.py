@@ -175,6 +175,9 @@ def load(rec: Recording, side: dict[str, pa.Table] | None = None) -> Loaded:
     t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
     samples = samples_from_table(t)
     del t
+    # Arrow's allocator keeps the pages it decompressed and concatenated into (here about as much
+    # as the table itself) for reuse; nothing Arrow reads later needs them: give them back
+    pa.default_memory_pool().release_unused()
     side = load_side(rec) if side is None else side
     ring = samples.ring
     if len(ring) and int(ring.max()) >= RING_ID_LIMIT:

@@ -112,31 +112,32 @@ def _levels(is_return: np.ndarray, is_free: np.ndarray, group_start: np.ndarray)
     return np.where(is_return, before, depth)
 
 
+def _dense_codes(v: np.ndarray) -> np.ndarray:
+    """Small integer codes of `v` in the order of its values (equal values, equal codes), as the
+    narrowest integer type that holds them: 16 bits when they fit, for numpy's stable sort of
+    16-bit keys is a radix sort (one linear pass) where wider keys take a merge sort."""
+    lo, hi = int(v.min()), int(v.max())
+    if hi - lo < (1 << 15):
+        return (v - lo).astype(np.int16)
+    uniq, inv = np.unique(v, return_inverse=True)
+    return inv.reshape(-1).astype(np.int16 if len(uniq) <= (1 << 15) else np.int64)
+
+
 def _thread_order(tid: np.ndarray, time: np.ndarray, seq: np.ndarray) -> np.ndarray:
     """Rows in (tid, time, seq) order, as np.lexsort((seq, time, tid)) gives them.
 
-    Usually (tid, time) packs into one uint64 and has no ties: one stable sort of that key (rows
-    come in nearly time-sorted runs, which timsort merges quickly)."""
+    Two stable sorts: by time (rows come in nearly time-sorted runs, one per ring and segment,
+    which timsort merges in near-linear time), then by thread (a radix sort of 16-bit dense thread
+    codes). Equal (thread, time) pairs are rare: seq decides among them, with a lexsort."""
     n = len(tid)
     if n < 2:
         return np.arange(n, dtype=np.int64)
-    t0, t1 = int(time.min()), int(time.max())
-    i0, i1 = int(tid.min()), int(tid.max())
-    tbits = (t1 - t0).bit_length()
-    if tbits + (i1 - i0).bit_length() > 64:
+    code = _dense_codes(tid)
+    o = np.argsort(time, kind="stable")
+    o = o[np.argsort(code[o], kind="stable")]
+    c, t = code[o], time[o]
+    if np.any((t[1:] == t[:-1]) & (c[1:] == c[:-1])):  # same thread, same time: seq decides
         return np.lexsort((seq, time, tid))
-    key = time - np.uint64(t0)
-    if i1 > i0:
-        hi = (tid - np.int32(i0)).astype(np.uint64) if i1 - i0 < (1 << 31) else \
-            (tid.astype(np.int64) - i0).astype(np.uint64)
-        hi <<= np.uint64(tbits)
-        key |= hi
-    else:
-        hi = np.empty_like(key)
-    o = np.argsort(key, kind="stable")
-    ks = np.take(key, o, out=hi)
-    if np.any(ks[1:] == ks[:-1]):  # same thread, same time: seq decides
-        return np.lexsort((seq, key))
     return o
 
 
@@ -173,18 +174,18 @@ def pair_codes(tid: np.ndarray, time: np.ndarray, seq: np.ndarray, func: np.ndar
     start = np.ones(n, bool)
     start[1:] = o_tid[1:] != o_tid[:-1]
     level = _levels(o_ret, is_free, start)
-    del start
 
     # Pair: among call rows (not frees) ordered by (tid, level, position), entry followed by return.
     # Rows are already in tid order: a stable sort of (thread, level) gives that order.
     call_rows = np.flatnonzero(~is_free)
     if len(call_rows):
         lv = level[call_rows].astype(np.int64)
-        tk = o_tid[call_rows].astype(np.int64)
-        tk -= int(tk[0])  # o_tid is ascending
+        tk = np.cumsum(start, dtype=np.int64)[call_rows]  # dense thread number (o_tid ascends)
         tk *= int(lv.max()) + 1
         tk += lv
         del lv
+        if int(tk.max()) < (1 << 15):
+            tk = tk.astype(np.int16)  # numpy's stable sort of 16-bit keys is a radix sort
         s = np.argsort(tk, kind="stable")
         ks = tk[s]
         del tk
@@ -194,6 +195,7 @@ def pair_codes(tid: np.ndarray, time: np.ndarray, seq: np.ndarray, func: np.ndar
         del ks
     else:
         k, same = call_rows, np.zeros(0, bool)
+    del start
     rk, fk = o_ret[k], o_func[k]
     ok = same & ~rk[:-1] & rk[1:] & (fk[:-1] == fk[1:])
     del same, rk, fk
