@@ -410,9 +410,15 @@ def process_keys(pid: np.ndarray, ptr: np.ndarray) -> np.ndarray:
     ptr = ptr.astype(np.uint64, copy=False)
     if not len(ptr):
         return ptr
-    upid, inv = np.unique(pid, return_inverse=True)
-    if len(upid) == 1:
+    lo, hi = int(pid.min()), int(pid.max())
+    if lo == hi:  # one process: the pointer is the key
         return ptr
+    if hi - lo < 4 * len(pid) + (1 << 16):  # dense pids: index of each among the distinct ones
+        present = np.bincount(pid - lo, minlength=hi - lo + 1) > 0
+        upid = np.flatnonzero(present)
+        inv = (np.cumsum(present, dtype=np.int64) - 1)[pid - lo]
+    else:
+        upid, inv = np.unique(pid, return_inverse=True)
     bits = (len(upid) - 1).bit_length()
     if int(ptr.max()) >> (64 - bits) == 0:
         return (inv.reshape(-1).astype(np.uint64) << np.uint64(64 - bits)) | ptr
