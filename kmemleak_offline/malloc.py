@@ -112,15 +112,18 @@ def _levels(is_return: np.ndarray, is_free: np.ndarray, group_start: np.ndarray)
     return np.where(is_return, before, depth)
 
 
+RADIX_KEYS = 1 << 15  # sort keys below this are cast to int16: numpy radix-sorts them
+
+
 def _dense_codes(v: np.ndarray) -> np.ndarray:
     """Small integer codes of `v` in the order of its values (equal values, equal codes), as the
     narrowest integer type that holds them: 16 bits when they fit, for numpy's stable sort of
     16-bit keys is a radix sort (one linear pass) where wider keys take a merge sort."""
     lo, hi = int(v.min()), int(v.max())
-    if hi - lo < (1 << 15):
+    if hi - lo < RADIX_KEYS:
         return (v - lo).astype(np.int16)
     uniq, inv = np.unique(v, return_inverse=True)
-    return inv.reshape(-1).astype(np.int16 if len(uniq) <= (1 << 15) else np.int64)
+    return inv.reshape(-1).astype(np.int16 if len(uniq) <= RADIX_KEYS else np.int64)
 
 
 def _index_type(n: int) -> type:
@@ -203,7 +206,7 @@ def pair_codes(tid: np.ndarray, time: np.ndarray, seq: np.ndarray, func: np.ndar
         del level
         nlv = int(lv.max()) + 1
         nthr = int(np.count_nonzero(start))
-        wide = np.int16 if nthr * nlv <= (1 << 15) else np.int64  # 16 bits: a radix sort
+        wide = np.int16 if nthr * nlv <= RADIX_KEYS else np.int64  # 16 bits: a radix sort
         tk = np.cumsum(start, dtype=np.int32 if nthr < (1 << 31) else np.int64)[call_rows]
         tk -= 1  # dense thread number (o_tid ascends)
         tk = tk.astype(wide, copy=False)
