@@ -313,7 +313,8 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
     # lost windows are computed over every sample of the ring, before any filtering
     lost_t = side["lost"]
     l_ring = sm.ring_of(ring_ids(lost_t))
-    order = order_samples(sm.ring, sm.seq, sm.time)
+    # the malloc stream orders its own events: every sample's order is needed only for its windows
+    order = order_samples(sm.ring, sm.seq, sm.time) if not malloc or len(l_ring) else None
     lost = lost_windows(order, sm.ring, sm.seq, l_ring, column_array(lost_t.column("seq"), np.uint64),
                         column_array(lost_t.column("lost"), np.uint64), column_array(lost_t.column("time"), np.uint64),
                         rec.meta.clock.start_ns)
@@ -440,9 +441,15 @@ def process_keys(pid: np.ndarray, ptr: np.ndarray) -> np.ndarray:
     ptr = ptr.astype(np.uint64, copy=False)
     if not len(ptr):
         return ptr
-    upid, inv = np.unique(pid, return_inverse=True)
-    if len(upid) == 1:
+    lo, hi = int(pid.min()), int(pid.max())
+    if lo == hi:  # one process: the pointer is the key
         return ptr
+    if hi - lo < 4 * len(pid) + (1 << 16):  # dense pids: index of each among the distinct ones
+        present = np.bincount(pid - lo, minlength=hi - lo + 1) > 0
+        upid = np.flatnonzero(present)
+        inv = (np.cumsum(present, dtype=np.int64) - 1)[pid - lo]
+    else:
+        upid, inv = np.unique(pid, return_inverse=True)
     bits = (len(upid) - 1).bit_length()
     if int(ptr.max()) >> (64 - bits) == 0:
         return (inv.reshape(-1).astype(np.uint64) << np.uint64(64 - bits)) | ptr

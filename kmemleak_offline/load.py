@@ -113,8 +113,30 @@ class Loaded:
 def column_array(col: pa.ChunkedArray | pa.Array, dtype, fill: int = 0) -> np.ndarray:
     """An Arrow column as numpy `dtype`, nulls as `fill` (a negative fill works on unsigned columns)."""
     if col.null_count:
+        chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+        if all(pa.types.is_integer(c.type) for c in chunks):
+            return _ints_filled(chunks, len(col), np.dtype(dtype), fill)
         col = col.cast(pa.int64()).fill_null(fill) if fill < 0 else col.fill_null(fill)
     return col.to_numpy().astype(dtype, copy=False)
+
+
+def _ints_filled(chunks: list[pa.Array], n: int, dtype: np.dtype, fill: int) -> np.ndarray:
+    """Integer chunks with nulls straight into one numpy array: values from each chunk's buffer,
+    then `fill` where its validity bitmap says null (one pass over the output, no Arrow casts)."""
+    out = np.empty(n, dtype)
+    fill_v = np.array(fill, np.int64).astype(dtype)  # -1 -> all ones for unsigned dtypes
+    pos = 0
+    for c in chunks:
+        m, off = len(c), c.offset
+        if m == 0:
+            continue
+        validity, data = c.buffers()[:2]
+        out[pos:pos + m] = np.frombuffer(data, c.type.to_pandas_dtype(), count=off + m)[off:]
+        if c.null_count:
+            bits = np.unpackbits(np.frombuffer(validity, np.uint8), count=off + m, bitorder="little")
+            out[pos:pos + m][bits[off:] == 0] = fill_v
+        pos += m
+    return out
 
 
 def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
@@ -141,8 +163,10 @@ def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
 
 def ring_ids(table: pa.Table) -> np.ndarray:
     """The ring of each row as the recording names it: `ring`, or the CPU where it is null."""
-    cpu = column_array(table.column("cpu"), np.int64)
     ring = table.column("ring")
+    if not ring.null_count:
+        return column_array(ring, np.int64)
+    cpu = column_array(table.column("cpu"), np.int64)
     if ring.null_count == len(ring):
         return cpu
     r = column_array(ring, np.int64, -1)
@@ -175,6 +199,9 @@ def load(rec: Recording, side: dict[str, pa.Table] | None = None) -> Loaded:
     t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
     samples = samples_from_table(t)
     del t
+    # Arrow's allocator keeps the pages it decompressed and concatenated into (here about as much
+    # as the table itself) for reuse; nothing Arrow reads later needs them: give them back
+    pa.default_memory_pool().release_unused()
     side = load_side(rec) if side is None else side
     ring = samples.ring
     if len(ring) and int(ring.max()) >= RING_ID_LIMIT:

@@ -112,31 +112,51 @@ def _levels(is_return: np.ndarray, is_free: np.ndarray, group_start: np.ndarray)
     return np.where(is_return, before, depth)
 
 
-def _thread_order(tid: np.ndarray, time: np.ndarray, seq: np.ndarray) -> np.ndarray:
-    """Rows in (tid, time, seq) order, as np.lexsort((seq, time, tid)) gives them.
+RADIX_KEYS = 1 << 15  # sort keys below this are cast to int16: numpy radix-sorts them
 
-    Usually (tid, time) packs into one uint64 and has no ties: one stable sort of that key (rows
-    come in nearly time-sorted runs, which timsort merges quickly)."""
+
+def _dense_codes(v: np.ndarray) -> np.ndarray:
+    """Small integer codes of `v` in the order of its values (equal values, equal codes), as the
+    narrowest integer type that holds them: 16 bits when they fit, for numpy's stable sort of
+    16-bit keys is a radix sort (one linear pass) where wider keys take a merge sort."""
+    lo, hi = int(v.min()), int(v.max())
+    if hi - lo < RADIX_KEYS:
+        return (v - lo).astype(np.int16)
+    uniq, inv = np.unique(v, return_inverse=True)
+    return inv.reshape(-1).astype(np.int16 if len(uniq) <= RADIX_KEYS else np.int64)
+
+
+def _index_type(n: int) -> type:
+    """The narrowest signed integer type that indexes n rows (memory is speed: fewer pages)."""
+    return np.int32 if n < (1 << 31) - 1 else np.int64
+
+
+TIE_CHUNK = 1 << 20  # rows per step of the tie check (bounds its temporaries)
+
+
+def _thread_order(tid: np.ndarray, time: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Rows in (tid, time, seq) order, as np.lexsort((seq, time, tid)) gives them (as int32
+    indices when they fit).
+
+    Two stable sorts: by time (rows come in nearly time-sorted runs, one per ring and segment,
+    which timsort merges in near-linear time), then by thread (a radix sort of 16-bit dense thread
+    codes). Equal (thread, time) pairs are rare: seq decides among them, with a lexsort."""
     n = len(tid)
     if n < 2:
         return np.arange(n, dtype=np.int64)
-    t0, t1 = int(time.min()), int(time.max())
-    i0, i1 = int(tid.min()), int(tid.max())
-    tbits = (t1 - t0).bit_length()
-    if tbits + (i1 - i0).bit_length() > 64:
-        return np.lexsort((seq, time, tid))
-    key = time - np.uint64(t0)
-    if i1 > i0:
-        hi = (tid - np.int32(i0)).astype(np.uint64) if i1 - i0 < (1 << 31) else \
-            (tid.astype(np.int64) - i0).astype(np.uint64)
-        hi <<= np.uint64(tbits)
-        key |= hi
-    else:
-        hi = np.empty_like(key)
-    o = np.argsort(key, kind="stable")
-    ks = np.take(key, o, out=hi)
-    if np.any(ks[1:] == ks[:-1]):  # same thread, same time: seq decides
-        return np.lexsort((seq, key))
+    code = _dense_codes(tid)
+    o = np.argsort(time, kind="stable").astype(_index_type(n))
+    c = code[o]
+    del code
+    s = np.argsort(c, kind="stable")
+    o = o[s]
+    c = c[s]
+    del s
+    for lo in range(0, n - 1, TIE_CHUNK):  # adjacent rows of one thread with equal times?
+        hi = min(lo + TIE_CHUNK + 1, n)
+        t = time[o[lo:hi]]
+        if np.any((t[1:] == t[:-1]) & (c[lo + 1:hi] == c[lo:hi - 1])):
+            return np.lexsort((seq, time, tid))
     return o
 
 
@@ -168,32 +188,42 @@ def pair_codes(tid: np.ndarray, time: np.ndarray, seq: np.ndarray, func: np.ndar
     tid, time, seq = np.asarray(tid), np.asarray(time, np.uint64), np.asarray(seq, np.uint64)
     func, is_return = np.asarray(func), np.asarray(is_return, bool)
     order = _thread_order(tid, time, seq)
-    o_tid, o_ret, o_func = tid[order], is_return[order], func[order]
+    o_ret, o_func = is_return[order], func[order]
     is_free = _F_FREE[o_func] & ~o_ret
     start = np.ones(n, bool)
+    o_tid = tid[order]
     start[1:] = o_tid[1:] != o_tid[:-1]
+    del o_tid
     level = _levels(o_ret, is_free, start)
-    del start
 
     # Pair: among call rows (not frees) ordered by (tid, level, position), entry followed by return.
     # Rows are already in tid order: a stable sort of (thread, level) gives that order.
-    call_rows = np.flatnonzero(~is_free)
-    if len(call_rows):
-        lv = level[call_rows].astype(np.int64)
-        tk = o_tid[call_rows].astype(np.int64)
-        tk -= int(tk[0])  # o_tid is ascending
-        tk *= int(lv.max()) + 1
-        tk += lv
+    idx = _index_type(n)
+    call_rows = np.flatnonzero(~is_free).astype(idx)
+    n_calls = len(call_rows)
+    if n_calls:
+        lv = level[call_rows]
+        del level
+        nlv = int(lv.max()) + 1
+        nthr = int(np.count_nonzero(start))
+        wide = np.int16 if nthr * nlv <= RADIX_KEYS else np.int64  # 16 bits: a radix sort
+        tk = np.cumsum(start, dtype=np.int32 if nthr < (1 << 31) else np.int64)[call_rows]
+        tk -= 1  # dense thread number (o_tid ascends)
+        tk = tk.astype(wide, copy=False)
+        tk *= nlv
+        tk += lv.astype(wide, copy=False)
         del lv
         s = np.argsort(tk, kind="stable")
         ks = tk[s]
         del tk
         k = call_rows[s]
-        del s
+        del s, call_rows
         same = ks[1:] == ks[:-1]  # same thread and level
         del ks
     else:
+        del level
         k, same = call_rows, np.zeros(0, bool)
+    del start
     rk, fk = o_ret[k], o_func[k]
     ok = same & ~rk[:-1] & rk[1:] & (fk[:-1] == fk[1:])
     del same, rk, fk
@@ -211,11 +241,10 @@ def pair_codes(tid: np.ndarray, time: np.ndarray, seq: np.ndarray, func: np.ndar
         del cover
         outer = ~inside[pe]
     stats = {"nested": int((~outer).sum() + (is_free & inside).sum()),
-             "unpaired": int(len(call_rows) - 2 * len(pe))}
-    del call_rows
+             "unpaired": int(n_calls - 2 * len(pe))}
     E, R = order[pe[outer]], order[pr[outer]]  # input row indices
     fr = order[is_free & ~inside]  # free() calls of the program
-    del order, o_tid, o_ret, o_func, level, is_free, inside, pe, pr, outer
+    del order, o_ret, o_func, is_free, inside, pe, pr, outer
     f = func[E]
     nbytes = _at(args, "size", E)
     q = np.flatnonzero(_F_TIMES_NMEMB[f])

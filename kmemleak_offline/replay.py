@@ -145,7 +145,7 @@ def order_samples(ring: np.ndarray, seq: np.ndarray, time: np.ndarray) -> Orderi
     return Ordering(by_ring=by_ring, ring_time=t, stream=by_ring[o], time=t[o], bounds=bounds)
 
 
-def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.ndarray,
+def lost_windows(order: Ordering | None, ring: np.ndarray, seq: np.ndarray, l_ring: np.ndarray,
                  l_seq: np.ndarray, l_count: np.ndarray, l_time: np.ndarray, start_ns: int) -> Lost:
     """Window of each loss: last sample before and first sample after it in the same ring.
 
@@ -155,7 +155,7 @@ def lost_windows(order: Ordering, ring: np.ndarray, seq: np.ndarray, l_ring: np.
     n = len(l_ring)
     start = np.full(n, np.uint64(start_ns), dtype=np.uint64)
     end = np.full(n, U64_MAX, dtype=np.uint64)
-    m = len(order.by_ring)
+    m = len(order.by_ring) if order is not None else 0  # None: no losses, no ordering needed
     if n and m:
         # position of each loss in (ring, seq) order = samples of lower rings + samples of its ring
         # with a lower seq. Few losses: a binary search per loss; many: one sorted key array.

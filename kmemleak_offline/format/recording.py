@@ -321,12 +321,11 @@ class Recording:
             try:
                 pf = pq.ParquetFile(f)
                 present = set(pf.schema_arrow.names)
-                cols = [c for c in want if c in present]
-                read_cols = list(dict.fromkeys(cols + (["kind"] if kinds is not None else [])))
+                cols = [c for c in want if c in present] or ["kind"]  # a column keeps the row count
                 if kinds is None:
-                    t = read_row_groups(f, list(range(pf.num_row_groups)), read_cols)
-                else:
-                    t = _read_kinds(f, pf, kinds, read_cols)
+                    t = read_row_groups(f, list(range(pf.num_row_groups)), cols)
+                else:  # row groups are picked by `kind` without reading it back with the rest
+                    t = _read_kinds(f, pf, kinds, cols)
                 out.append(_conform(t, want))
             except (OSError, pa.ArrowException) as exc:
                 raise RecordingError(f"{f}: cannot read recording data ({_short(exc)}); "

@@ -148,20 +148,21 @@ _INT_DTYPES = {
 
 
 def raw_buffers(raw: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data uint8, starts int64, lengths int64) of a binary Arrow array, without copying payloads.
+    """(data uint8, starts, lengths) of a binary Arrow array, without copying payloads: starts
+    are a view of the array's offsets (int32 for binary, int64 for large_binary), lengths of the
+    same width.
 
     Nulls read as empty payloads.
     """
     if isinstance(raw, pa.ChunkedArray):
         raw = pa.concat_arrays(raw.chunks) if raw.num_chunks != 1 else raw.chunk(0)
-    if pa.types.is_binary(raw.type):
-        raw = raw.cast(pa.large_binary())
     bufs = raw.buffers()
     n = len(raw)
-    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=n + 1 + raw.offset)[raw.offset:]
+    width = np.int32 if pa.types.is_binary(raw.type) else np.int64
+    offsets = np.frombuffer(bufs[1], dtype=width, count=n + 1 + raw.offset)[raw.offset:]
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    starts = offsets[:-1].astype(np.int64)
-    lengths = np.diff(offsets).astype(np.int64)
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
     if raw.null_count:
         lengths = np.where(raw.is_null().to_numpy(zero_copy_only=False), 0, lengths)
     return data, starts, lengths
