@@ -45,12 +45,13 @@ def record_starts(buf: np.ndarray, end: int, where: str = "perf.data",
     begins with a record; `consumed` is where the first record not wholly inside begins (`end` if
     none). `where` and `base` (buf's offset in its stream) only make error messages."""
     n8 = end // 8
-    hdr = np.frombuffer(buf.data, dtype="<u8", count=n8) if n8 else np.zeros(0, np.uint64)
-    size = (hdr >> np.uint64(48)).astype(np.int64)
-    typ = hdr & np.uint64(0xFFFFFFFF)
-    ok = (size >= 8) & ((size & 7) == 0) & _CANDIDATE[np.minimum(typ, np.uint64(127)).astype(np.intp)]
-    cand = np.flatnonzero(ok) * 8
-    nxt = cand + size[ok]
+    words = np.frombuffer(buf.data, "<u2", count=n8 * 4).reshape(n8, 4)  # type lo, type hi, misc, size
+    size = words[:, 3]
+    cand = np.flatnonzero(((size & 7) == 0) & (size != 0))  # cheap test first: few pass
+    lo = words[cand, 0]
+    cand = cand[(words[cand, 1] == 0) & _CANDIDATE[np.minimum(lo, 127)]]
+    nxt = cand * 8 + size[cand]  # byte offset of the record after each candidate
+    cand = cand * 8
     broken = np.ones(len(cand), bool)  # link i -> i+1 does not hold (the last has no successor)
     if len(cand) > 1:
         broken[:-1] = nxt[:-1] != cand[1:]

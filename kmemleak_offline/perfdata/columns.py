@@ -207,16 +207,18 @@ def sample_columns(pd_: PerfData, buf: np.ndarray, offs: np.ndarray, ends: np.nd
         parts.append(cols)
     if not parts:
         return {}, np.zeros(0, np.int64), skipped
-    n = sum(len(c["rec"]) for c in parts)
+    keep = np.zeros(len(offs), bool)  # samples kept, in file order: each part scattered into place
+    for c in parts:
+        keep[c["rec"]] = True
+    rank = np.cumsum(keep) - 1
+    n = int(rank[-1]) + 1
     out: dict[str, Any] = {}
     for k in ("rec", "attr", "pid", "tid", "time", "cpu", "raw_start", "raw_len", "cc_start", "cc_nr"):
         if any(k in c for c in parts):
-            fill = -1 if k in ("cpu", "cc_start") else 0
-            out[k] = np.concatenate([c.get(k, np.full(len(c["rec"]), fill, np.int64)).astype(np.int64)
-                                     for c in parts])
-    order = np.argsort(out["rec"], kind="stable")
-    out = {k: v[order] for k, v in out.items()}
-    assert len(out["rec"]) == n
+            out[k] = np.full(n, -1 if k in ("cpu", "cc_start") else 0, np.int64)
+            for c in parts:
+                if k in c:
+                    out[k][rank[c["rec"]]] = c[k]
     return out, out["rec"], skipped
 
 

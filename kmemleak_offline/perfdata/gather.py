@@ -1,10 +1,9 @@
 """Variable-length byte gathers out of a record window, vectorised.
 
 Why: the raw payloads and call chains of a window's samples are copied out as one flat array plus
-offsets (Arrow's binary layout). A per-byte index (np.repeat) costs 8 index bytes per payload
-byte; when the lengths are close (tracepoint payloads: one size per event) a 2-D row view of the
-window copies each payload as a row and a mask drops the tail of the shorter ones, and call chains
-(u64 words at 8-aligned offsets) are gathered a word at a time.
+offsets (Arrow's binary layout) or as fixed-width rows. A per-byte index (np.repeat) costs 8 index
+bytes per payload byte; items of one length (a tracepoint's payload, call chains of one depth)
+are instead copied as the rows of a 2-D strided view of the window: one memcpy per item.
 """
 
 from __future__ import annotations
@@ -31,32 +30,44 @@ def ragged(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np
     return buf[idx], offsets
 
 
-def payload_bytes(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                  valid: int) -> tuple[np.ndarray, np.ndarray]:
-    """ragged() for byte ranges inside buf[:valid]: rows of a 2-D view when buf has room for the
-    longest past `valid` (record windows are padded) and few bytes would be copied in vain."""
+def payload_bytes(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ragged() for byte ranges of a record window: the items of each distinct length (one per
+    tracepoint, a few per window) copied as the rows of a 2-D view, into rows of the output."""
     lengths = lengths.astype(np.int64)
-    n = len(lengths)
-    if n == 0:
-        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
-    width = int(lengths.max())
-    total = int(lengths.sum())
-    if width == 0 or valid + width > len(buf) or n * width > 2 * total + 4096:
+    offsets = offsets_of(lengths)
+    out = np.empty(int(offsets[-1]), np.uint8)
+    if not len(out):
+        return out, offsets
+    by_width = groups(lengths)
+    if len(by_width) > 64:  # payloads of many sizes (strings): one index per byte
         return ragged(buf, starts, lengths)
-    rows = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width), strides=(1, 1),
-                                           writeable=False)[starts]
-    if total == n * width:
-        return rows.reshape(-1), offsets_of(lengths)
-    return rows[np.arange(width) < lengths[:, None]], offsets_of(lengths)
+    for width, sel in by_width:
+        if not width:
+            continue
+        src = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width), strides=(1, 1),
+                                              writeable=False)
+        dst = np.lib.stride_tricks.as_strided(out, shape=(len(out) - width + 1, width), strides=(1, 1))
+        dst[offsets[sel]] = src[starts[sel]]
+    return out, offsets
 
 
-def u64_words(buf: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The u64 arrays of `counts[i]` words at byte offsets `starts` -> (flat uint64 words, int64
-    word offsets n+1); a word-at-a-time gather when every start is 8-aligned (as in perf records)."""
-    counts = counts.astype(np.int64)
-    if len(starts) and not (starts & 7).any() and buf.ctypes.data % 8 == 0:
-        words = np.frombuffer(buf.data, "<u8", count=len(buf) // 8)
-        flat, offs = ragged(words, starts // 8, counts)
-        return flat.astype(np.uint64, copy=False), offs
-    flat, offs = ragged(buf, starts, counts * 8)
-    return np.frombuffer(flat.tobytes(), "<u8").astype(np.uint64), offs // 8
+def groups(values: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(value, indices holding it) for each distinct value of a small non-negative int array: one
+    O(n) radix sort (stable argsort of uint16), no comparison sort."""
+    if not len(values):
+        return []
+    if int(values.max()) >= 1 << 16:
+        uniq, inv = np.unique(values, return_inverse=True)
+        return [(int(u), np.flatnonzero(inv == i)) for i, u in enumerate(uniq.tolist())]
+    order = np.argsort(values.astype(np.uint16), kind="stable")
+    sv = values[order]
+    cut = np.flatnonzero(sv[1:] != sv[:-1]) + 1
+    return [(int(sv[a]), order[a:b]) for a, b in zip(np.r_[0, cut].tolist(), np.r_[cut, len(sv)].tolist(),
+                                                       strict=True)]
+
+
+def fixed_rows(words: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) array: the `width` items of `words` from each start (a copy)."""
+    view = np.lib.stride_tricks.as_strided(words, shape=(len(words) - width + 1, width),
+                                           strides=(words.itemsize, words.itemsize), writeable=False)
+    return view[starts]

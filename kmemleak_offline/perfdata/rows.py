@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from ..format.recording import RecordingWriter, const_column
 from .columns import read_at, sample_columns, side_columns, which_attr
-from .gather import payload_bytes, u64_words
+from .gather import fixed_rows, groups, offsets_of, payload_bytes
 from .reader import (
     REC_COMM,
     REC_EXIT,
@@ -34,17 +34,6 @@ from .stream import Window
 
 KINDS = {REC_COMM: "comm", REC_MMAP: "mmap", REC_MMAP2: "mmap", REC_FORK: "fork", REC_EXIT: "exit",
          REC_LOST: "lost"}
-
-
-def _rank(key: np.ndarray) -> np.ndarray:
-    """Rank of each element among the equal keys before it (0, 1, 2... per key, in order)."""
-    order = np.argsort(key, kind="stable")
-    sk = key[order]
-    first = np.r_[0, np.flatnonzero(sk[1:] != sk[:-1]) + 1]
-    rank = np.arange(len(sk)) - np.repeat(first, np.diff(np.r_[first, len(sk)]))
-    out = np.empty(len(key), np.uint64)
-    out[order] = rank
-    return out
 
 
 class RowBuilder:
@@ -89,14 +78,12 @@ class RowBuilder:
 
     def _seq(self, rec: np.ndarray, cpu: np.ndarray) -> np.ndarray:
         """seq: file order within each cpu, over samples and side-band records, across windows."""
-        order = np.argsort(rec, kind="stable")
-        cpus, inv = np.unique(cpu[order], return_inverse=True)
-        base = np.array([self.next_seq.get(int(c), 0) for c in cpus], np.uint64)  # per cpu, few
-        seq_sorted = _rank(inv) + base[inv]
-        for c, k in zip(cpus.tolist(), np.bincount(inv, minlength=len(cpus)).tolist(), strict=True):
-            self.next_seq[c] = self.next_seq.get(c, 0) + k
+        order = np.argsort(rec, kind="stable")  # sorted runs (samples, each side type): merged
         seq = np.empty(len(rec), np.uint64)
-        seq[order] = seq_sorted
+        for c, sel in groups(cpu[order] + 1):  # per cpu (0: none recorded), in file order
+            first = self.next_seq.get(c - 1, 0)
+            seq[order[sel]] = np.arange(first, first + len(sel), dtype=np.uint64)
+            self.next_seq[c - 1] = first + len(sel)
         return seq
 
     def _write_samples(self, win: Window, cols: dict[str, Any], seq: np.ndarray) -> None:
@@ -111,7 +98,7 @@ class RowBuilder:
         for i, k in enumerate(np.bincount(idx, minlength=len(names)).tolist()):
             if k:
                 self.samples[names[i]] = self.samples.get(names[i], 0) + k
-        flat, offs = payload_bytes(win.buf, cols["raw_start"], cols["raw_len"], win.valid)
+        flat, offs = payload_bytes(win.buf, cols["raw_start"], cols["raw_len"])
         raw = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offs.astype(np.int32)),
                                                      pa.py_buffer(np.ascontiguousarray(flat))])
         cpu = cols.get("cpu")
@@ -124,32 +111,39 @@ class RowBuilder:
                       "raw": raw, "stack_id": self._stacks(win, cols)})
 
     def _stacks(self, win: Window, cols: dict[str, Any]) -> pa.Array:
-        """Stack id per sample (null without a call chain); rows of chains not seen before."""
+        """Stack id per sample (null without a call chain); rows for chains not seen before.
+
+        Chains of one depth are rows of a fixed width: Arrow hashes them (dictionary_encode), and
+        only the distinct ones of the window meet the Python dict of all chains."""
         n = len(cols["rec"])
         if "cc_nr" not in cols:
             return pa.nulls(n, pa.uint32())
         self.call_graph = True
-        has = cols["cc_nr"] > 0
-        words, woffs = u64_words(win.buf, np.where(has, cols["cc_start"], 0), np.where(has, cols["cc_nr"], 0))
-        chains = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(woffs * 8),
-                                                               pa.py_buffer(words)])
-        enc = pc.dictionary_encode(chains)
-        local = enc.indices.to_numpy(zero_copy_only=False)
-        used = np.unique(local[has])
-        keys = enc.dictionary.take(pa.array(used)).to_pylist()
-        before = len(self.stack_of)
-        gid = np.array([self.stack_of.setdefault(k, len(self.stack_of)) for k in keys], np.uint32)
-        new = np.flatnonzero(gid >= before)
-        if len(new):
-            lens = np.array([len(keys[i]) // 8 for i in new], np.int64)
-            offsets = np.zeros(len(new) + 1, np.int32)
-            np.cumsum(lens, out=offsets[1:])
-            flat = np.frombuffer(b"".join(keys[i] for i in new), "<u8").astype(np.uint64)
-            self.w.write({"kind": const_column("stack", len(new)), "stack_id": pa.array(gid[new], pa.uint32()),
+        nr, start = cols["cc_nr"], cols["cc_start"]
+        sid = np.zeros(n, np.uint32)
+        new: list[bytes] = []
+        for k, sel in groups(nr):  # one step per distinct depth (<= 127 by default)
+            if not k:
+                continue
+            rows = fixed_rows(win.buf, start[sel], 8 * k)
+            enc = pc.dictionary_encode(pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(8 * k), len(sel), [None, pa.py_buffer(rows)]))
+            gid = np.empty(len(enc.dictionary), np.uint32)
+            for j, key in enumerate(enc.dictionary.to_pylist()):
+                g = self.stack_of.get(key)
+                if g is None:
+                    g = self.stack_of[key] = len(self.stack_of)
+                    new.append(key)
+                gid[j] = g
+            sid[sel] = gid[enc.indices.to_numpy(zero_copy_only=False)]
+        if new:
+            first = len(self.stack_of) - len(new)
+            offsets = offsets_of(np.array([len(k) // 8 for k in new], np.int64)).astype(np.int32)
+            flat = np.frombuffer(b"".join(new), "<u8").astype(np.uint64)
+            self.w.write({"kind": const_column("stack", len(new)),
+                          "stack_id": pa.array(np.arange(first, first + len(new)), pa.uint32()),
                           "callchain": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))})
-        lut = np.zeros(len(enc.dictionary), np.uint32)
-        lut[used] = gid
-        return pa.array(lut[local], pa.uint32(), mask=~has)
+        return pa.array(sid, pa.uint32(), mask=nr == 0)
 
     def _keep_side(self, typ: int, c: dict[str, Any], seq: np.ndarray) -> None:
         n = len(c["rec"])

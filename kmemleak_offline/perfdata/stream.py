@@ -24,7 +24,6 @@ from .chain import record_starts
 from .errors import PerfDataError
 
 WINDOW = 32 << 20  # bytes of records per window
-PAD = 65536 + 64  # zero bytes after a window's records: room for 2-D gathers (gather.py)
 REC_COMPRESSED, REC_COMPRESSED2 = 81, 83
 
 
@@ -32,7 +31,7 @@ REC_COMPRESSED, REC_COMPRESSED2 = 81, 83
 class Window:
     """Whole records: buf[offs[i]:ends[i]] is record i; `base` is buf[0]'s offset in the stream."""
 
-    buf: np.ndarray  # uint8, PAD zero bytes past the last record
+    buf: np.ndarray  # uint8; valid until the next window is read (the buffer is reused)
     offs: np.ndarray  # int64
     ends: np.ndarray  # int64
     base: int
@@ -72,17 +71,17 @@ def _read_full(f: BinaryIO, into: memoryview) -> int:
 
 
 def read_windows(f: BinaryIO, limit: int | None, where: str, window: int = WINDOW) -> Iterator[Window]:
-    """Windows of the records in the next `limit` bytes of f (to its end if None)."""
-    carry = np.zeros(0, np.uint8)
-    base, left, size = 0, limit, window
+    """Windows of the records in the next `limit` bytes of f (to its end if None). One buffer is
+    reused: a window is valid until the next is asked for (callers copy what they keep)."""
+    buf = np.empty(window, np.uint8)
+    carry = 0  # bytes at buf's start: a record cut by the previous window's end
+    base, left = 0, limit
     while True:
-        want = max(size - len(carry), 0) if left is None else min(max(size - len(carry), 0), left)
-        buf = np.zeros(len(carry) + want + PAD, np.uint8)
-        buf[:len(carry)] = carry
-        got = _read_full(f, memoryview(buf)[len(carry):len(carry) + want])
+        want = len(buf) - carry if left is None else min(len(buf) - carry, left)
+        got = _read_full(f, memoryview(buf)[carry:carry + want])
         if left is not None:
             left -= got
-        n = len(carry) + got
+        n = carry + got
         eof = got < want or left == 0
         offs, ends, consumed = record_starts(buf, n, where, base)
         if len(offs):
@@ -92,9 +91,13 @@ def read_windows(f: BinaryIO, limit: int | None, where: str, window: int = WINDO
                 raise PerfDataError(f"{where}: truncated perf.data: the record at offset {base + consumed} "
                                     "ends past the end of the data")
             return
+        carry = n - consumed
         if consumed == 0:  # one record larger than the window (pipe-mode tracing data)
-            size *= 2
-        carry = buf[consumed:n].copy()
+            bigger = np.empty(2 * len(buf), np.uint8)
+            bigger[:carry] = buf[:carry]
+            buf = bigger
+        else:
+            buf[:carry] = buf[consumed:n].copy()
         base += consumed
 
 
@@ -145,7 +148,7 @@ def _joined(pieces: list[np.ndarray], base: int, where: str) -> Iterator[Window]
     n = sum(len(p) for p in pieces)
     if not n:
         return
-    buf = np.zeros(n + PAD, np.uint8)
+    buf = np.empty(n, np.uint8)
     pos = 0
     for p in pieces:
         buf[pos:pos + len(p)] = p
