@@ -54,7 +54,7 @@ def read_at(buf: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
     if len(pos) == 0:
         return np.zeros(0, dt.newbyteorder("="))
     view = np.ndarray(shape=(len(buf) - dt.itemsize + 1,), dtype=dt, buffer=buf, strides=(1,))
-    return view[pos].astype(dt.newbyteorder("="))
+    return view[pos].astype(dt.newbyteorder("="), copy=False)
 
 
 def large_binary(flat: np.ndarray, offsets: np.ndarray) -> pa.Array:

@@ -24,6 +24,7 @@ from ..format.kernfile import KernelSymbolFile, kernel_map_pgoff
 from ..format.kernfile import check as check_kernel_file
 from ..format.recording import RecordingWriter, new_metadata
 from ..format.symrows import ksym_rows
+from .background import BackgroundWriter
 from .errors import PerfDataError
 from .reader import (
     F_ARCH,
@@ -152,8 +153,9 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
     if pd_.attrs:  # a bad --alloc/--free fails before any work
         _check_specs(pd_, alloc, free)
     w = RecordingWriter(output, new_metadata(PRODUCER))
+    bw = BackgroundWriter(w)
     try:
-        rows = RowBuilder(pd_, w)
+        rows = RowBuilder(pd_, bw)
         for win in (record_windows(pd_) if windows is None else windows):
             rows.add(win)
         if not rows.samples:
@@ -185,11 +187,16 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
                      "LOST record names whichever event wrote next)")
         meta["notes"] = list(notices)
         rows.finish()
+        bw.join()
         if ksyms:
             w.write(ksyms)
         w.metadata = meta
         path = w.close()
     except BaseException:
+        try:
+            bw.join()
+        except BaseException:  # noqa: BLE001,S110 (the first error is the one to report)
+            pass
         w.abort()
         raise
     return Converted(output=path, samples=dict(rows.samples), skipped=rows.skipped,

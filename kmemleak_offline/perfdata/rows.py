@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..format.recording import RecordingWriter, const_column
+from .background import BackgroundWriter
 from .columns import read_at, sample_columns, side_columns, which_attr
 from .gather import fixed_rows, groups, offsets_of, payload_bytes
 from .reader import (
@@ -39,7 +40,7 @@ KINDS = {REC_COMM: "comm", REC_MMAP: "mmap", REC_MMAP2: "mmap", REC_FORK: "fork"
 class RowBuilder:
     """Feed windows with add(); finish() writes the held side-band rows and says what was seen."""
 
-    def __init__(self, pd_: PerfData, writer: RecordingWriter) -> None:
+    def __init__(self, pd_: PerfData, writer: RecordingWriter | BackgroundWriter) -> None:
         self.pd_ = pd_
         self.w = writer
         self.next_seq: dict[int, int] = {}  # cpu (-1: none recorded) -> next seq

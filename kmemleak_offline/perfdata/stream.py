@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,11 +43,11 @@ class Window:
         """Bytes of records in buf (the rest is padding)."""
         return int(self.ends[-1]) if len(self.ends) else 0
 
-    @property
+    @cached_property
     def types(self) -> np.ndarray:
         return _at(self.buf, self.offs, "<u4").astype(np.uint32)
 
-    @property
+    @cached_property
     def misc(self) -> np.ndarray:
         return _at(self.buf, self.offs + 4, "<u2").astype(np.uint16)
 
