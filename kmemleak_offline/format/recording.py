@@ -265,6 +265,21 @@ class RecordingWriter:
         os.replace(self._tmp, self.path)
         return self.path
 
+    def abort(self) -> None:
+        """Give up: nothing written is left behind (an import that failed half way)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._pending, self._side = [], []
+        if self.parts:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            return
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
+
 
 def split_samples(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(sample rows, every other row) of a table."""

@@ -17,10 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from kmemleak_offline import __version__
 
 from ..format import spec as specmod
@@ -28,7 +24,9 @@ from ..format.kernfile import KernelSymbolFile, kernel_map_pgoff
 from ..format.kernfile import check as check_kernel_file
 from ..format.recording import RecordingWriter, new_metadata
 from ..format.symrows import ksym_rows
+from .background import BackgroundWriter
 from .cmdline import record_target
+from .errors import PerfDataError
 from .reader import (
     F_ARCH,
     F_CLOCK_DATA,
@@ -38,26 +36,12 @@ from .reader import (
     F_OSRELEASE,
     F_VERSION,
     PERF_TYPE_TRACEPOINT,
-    REC_COMM,
-    REC_EXIT,
-    REC_FORK,
-    REC_LOST,
-    REC_LOST_SAMPLES,
-    REC_MMAP,
-    REC_MMAP2,
-    REC_SAMPLE,
-    S_CALLCHAIN,
     PerfData,
-    PerfDataError,
-    large_binary,
-    ragged,
-    read_at,
     read_perf_data,
-    record_boundaries,
-    sample_columns,
-    side_columns,
+    record_windows,
 )
-from .reader import _which_attr as which_attr
+from .rows import RowBuilder
+from .stream import WINDOW, Window
 
 PRODUCER = f"kmemleak-offline {__version__} import"
 CLOCK_NAMES = {0: "realtime", 1: "monotonic", 4: "monotonic_raw", 7: "boottime", 11: "tai"}
@@ -88,37 +72,6 @@ class Converted:
     stacks: int
     notices: list[str]
     metadata: dict[str, Any]
-
-
-def _stacks(pd_: PerfData, cols: dict[str, Any]) -> tuple[pa.Array, dict[str, Any] | None]:
-    """Deduplicate call chains (dictionary-encode their bytes) -> (stack_id per sample, stack rows)."""
-    n = len(cols["rec"])
-    if "cc_nr" not in cols:
-        return pa.nulls(n, pa.uint32()), None
-    has = cols["cc_nr"] > 0
-    flat, offs = ragged(pd_.buf, np.where(has, cols["cc_start"], 0), cols["cc_nr"] * 8)
-    enc = pc.dictionary_encode(large_binary(flat, offs))
-    ids = enc.indices.to_numpy(zero_copy_only=False).astype(np.uint32)
-    dic = enc.dictionary
-    d_off = np.frombuffer(dic.buffers()[1], np.int64, count=len(dic) + 1 + dic.offset)[dic.offset:]
-    d_data = np.frombuffer(dic.buffers()[2], np.uint8) if dic.buffers()[2] is not None else np.zeros(0, np.uint8)
-    words = np.frombuffer(d_data[d_off[0]:d_off[-1]].tobytes(), "<u8").astype(np.uint64)
-    chains = pa.ListArray.from_arrays(pa.array(((d_off - d_off[0]) // 8).astype(np.int32)), pa.array(words))
-    used = np.unique(ids[has])
-    stack_rows = {"kind": ["stack"] * len(used), "stack_id": pa.array(used, pa.uint32()),
-                  "callchain": chains.take(pa.array(used.astype(np.int64)))}
-    return pa.array(ids, pa.uint32(), mask=~has), stack_rows
-
-
-def _seq(cpu: np.ndarray) -> np.ndarray:
-    """Rank of each record within its cpu (file order = ring order per cpu)."""
-    order = np.argsort(cpu, kind="stable")
-    sc = cpu[order]
-    first = np.r_[0, np.flatnonzero(sc[1:] != sc[:-1]) + 1]
-    rank = np.arange(len(sc)) - np.repeat(first, np.diff(np.r_[first, len(sc)]))
-    out = np.empty(len(cpu), np.uint64)
-    out[order] = rank
-    return out
 
 
 def running_kernel_build_id() -> bytes | None:
@@ -185,8 +138,10 @@ def default_specs(names: Iterable[str], page_size: int) -> tuple[list[str], list
 
 def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = None,
             free: list[str] | None = None, notice: Callable[[str], None] | None = None,
-            kernel: KernelSymbolFile | None = None) -> Converted:
-    """Write the recording for a parsed perf.data; PerfDataError for files with nothing to import."""
+            kernel: KernelSymbolFile | None = None,
+            windows: Iterable[Window] | None = None) -> Converted:
+    """Write the recording for a parsed perf.data, streaming its records (`windows`, default: the
+    file's) a window at a time; PerfDataError for files with nothing to import (no file left)."""
     notices: list[str] = []
 
     def note(msg: str) -> None:
@@ -194,111 +149,70 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
         if notice:
             notice(msg)
 
-    for w in pd_.warnings:  # what the reader had to leave out of a damaged file
-        note(w)
-    offs, types, misc = record_boundaries(pd_)
-    ends = offs + read_at(pd_.buf, offs + 6, "<u2").astype(np.int64)
-    s_sel = np.flatnonzero(types == REC_SAMPLE)
-    cols, _, skipped = sample_columns(pd_, offs[s_sel], ends[s_sel])
-    if not cols or not len(cols["rec"]):
-        raise PerfDataError(f"{pd_.path}: no tracepoint samples to import "
-                            "(record tracepoints or uprobes with perf record -e SYS:NAME)")
-    if skipped:
-        note(f"skipped {skipped} samples of non-tracepoint events (no raw payload)")
-    side = side_columns(pd_, offs, ends, types, misc)
-
-    # seq: file order within each cpu, over samples and side-band records together
-    rec_all = [s_sel[cols["rec"]]] + [c["rec"] for c in side.values()]
-    cpu_all = [cols.get("cpu", np.full(len(cols["rec"]), -1))] + [
-        c["cpu"] if c["cpu"] is not None else np.full(len(c["rec"]), -1) for c in side.values()]
-    rec_cat = np.concatenate(rec_all)
-    cpu_cat = np.concatenate(cpu_all).astype(np.int64)
-    order = np.argsort(rec_cat, kind="stable")
-    seq_sorted = _seq(cpu_cat[order])
-    seq = np.empty(len(rec_cat), np.uint64)
-    seq[order] = seq_sorted
-    seqs = np.split(seq, np.cumsum([len(r) for r in rec_all])[:-1])
-
-    times = cols["time"].astype(np.uint64)
-    start, stop = int(times.min()), int(times.max())
-    for c in side.values():  # side-band before the first sample (an exec's COMM) moves the start
-        if c["time"] is not None and (c["time"] > 0).any():
-            start = min(start, int(c["time"][c["time"] > 0].min()))
-    stack_id, stack_rows = _stacks(pd_, cols)
-    raw_flat, raw_offs = ragged(pd_.buf, cols["raw_start"], cols["raw_len"])
-    cpu = cols.get("cpu")
-    events = cols["event"]
-    meta = _metadata(pd_, events, start, stop, alloc, free, note)
-
-    w = RecordingWriter(output, meta)
-    w.write({"kind": pa.array(["sample"] * len(times)), "time": pa.array(times, pa.uint64()),
-             "cpu": None if cpu is None else pa.array(cpu, pa.uint32(), mask=cpu < 0),
-             "seq": pa.array(seqs[0], pa.uint64()),
-             "pid": pa.array(cols.get("pid", np.zeros(len(times))), pa.int32()),
-             "tid": pa.array(cols.get("tid", np.zeros(len(times))), pa.int32()),
-             "event": pa.array(events, pa.string()), "raw": large_binary(raw_flat, raw_offs).cast(pa.binary()),
-             "stack_id": stack_id})
-    if stack_rows:
-        w.write(stack_rows)
-    kinds = {REC_COMM: "comm", REC_MMAP: "mmap", REC_MMAP2: "mmap", REC_FORK: "fork",
-             REC_EXIT: "exit", REC_LOST: "lost"}
-    for (typ, c), sq in zip(side.items(), seqs[1:], strict=True):
-        n = len(c["rec"])
-        t = c["time"] if c["time"] is not None else np.zeros(n, np.int64)
-        t = np.where(t <= 0, start, t).astype(np.uint64)  # perf's synthesized initial state
-        row = {k: v for k, v in c.items() if k not in ("rec", "time", "cpu")}
-        row |= {"kind": [kinds[typ]] * n, "time": pa.array(t, pa.uint64()), "seq": pa.array(sq, pa.uint64())}
-        if typ == REC_LOST and c["cpu"] is not None:
-            row["cpu"] = pa.array(c["cpu"], pa.uint32(), mask=c["cpu"] < 0)
-        w.write(row)
-    maps = [c for t, c in side.items() if t in (REC_MMAP, REC_MMAP2)]
-    text_pgoff = next((p for p in (kernel_map_pgoff(c["filename"].to_pylist(), c["pgoff"].tolist())
-                                   for c in maps) if p is not None), None)
-    ksyms, ks_note, ks_warn = kernel_symbols(pd_, meta["host"].get("kernel_release"), kernel, text_pgoff)
-    note(ks_note)
-    for msg in ks_warn:
-        note(f"warning: {msg}")
-    exact = _lost_samples(pd_, offs, ends, types)
-    if exact is not None:  # perf's own per-event counts (PERF_FORMAT_LOST, at the end)
-        for ev, n in exact.items():
-            if ev in w.metadata["counts"]:
-                w.metadata["counts"][ev]["lost"] = n
-        w.metadata["lost_split"] = "exact"
-    elif REC_LOST in side:
-        lc = side[REC_LOST]
-        for ev, n in zip(lc["event"], lc["lost"].tolist(), strict=True):  # per LOST record
-            if ev in w.metadata["counts"]:
-                w.metadata["counts"][ev]["lost"] += int(n)
-        w.metadata["lost_split"] = "estimated"
-        note("lost: the per-event split is estimated (no PERF_RECORD_LOST_SAMPLES in the file: a "
-             "LOST record names whichever event wrote next)")
-    w.metadata["notes"] = list(notices)
-    if ksyms:
-        w.write(ksyms)
-    path = w.close()
-    counts = {str(k): v["samples"] for k, v in meta["counts"].items()}
-    return Converted(output=path, samples=counts, skipped=skipped,
-                     stacks=0 if not stack_rows else len(stack_rows["kind"]), notices=notices,
-                     metadata=w.metadata)
+    for w_ in pd_.warnings:  # what the reader had to leave out of a damaged file
+        note(w_)
+    if pd_.attrs:  # a bad --alloc/--free fails before any work
+        _check_specs(pd_, alloc, free)
+    w = RecordingWriter(output, new_metadata(PRODUCER))
+    bw = BackgroundWriter(w)
+    try:
+        rows = RowBuilder(pd_, bw)
+        for win in (record_windows(pd_) if windows is None else windows):
+            rows.add(win)
+        if not rows.samples:
+            raise PerfDataError(f"{pd_.path}: no tracepoint samples to import "
+                                "(record tracepoints or uprobes with perf record -e SYS:NAME)")
+        _check_specs(pd_, alloc, free)
+        if rows.skipped:
+            note(f"skipped {rows.skipped} samples of non-tracepoint events (no raw payload)")
+        meta = _metadata(pd_, rows.samples, rows.start or 0, rows.stop or 0, alloc, free, note)
+        meta["options"]["call_graph"] = rows.call_graph
+        text_pgoff = kernel_map_pgoff(*rows.mmaps())
+        ksyms, ks_note, ks_warn = kernel_symbols(pd_, meta["host"].get("kernel_release"), kernel, text_pgoff)
+        note(ks_note)
+        for msg in ks_warn:
+            note(f"warning: {msg}")
+        if rows.lost_samples is not None:  # perf's own per-event counts (PERF_FORMAT_LOST, at the end)
+            for ev, n in rows.lost_samples.items():
+                if ev in meta["counts"]:
+                    meta["counts"][ev]["lost"] = n
+            meta["lost_split"] = "exact"
+        else:
+            lost = rows.lost_records()
+            if lost:
+                for ev, n in lost:  # per LOST record
+                    if ev in meta["counts"]:
+                        meta["counts"][ev]["lost"] += int(n)
+                meta["lost_split"] = "estimated"
+                note("lost: the per-event split is estimated (no PERF_RECORD_LOST_SAMPLES in the file: a "
+                     "LOST record names whichever event wrote next)")
+        meta["notes"] = list(notices)
+        rows.finish()
+        bw.join()
+        if ksyms:
+            w.write(ksyms)
+        w.metadata = meta
+        path = w.close()
+    except BaseException:
+        try:
+            bw.join()
+        except BaseException:  # noqa: BLE001,S110 (the first error is the one to report)
+            pass
+        w.abort()
+        raise
+    return Converted(output=path, samples=dict(rows.samples), skipped=rows.skipped,
+                     stacks=len(rows.stack_of), notices=notices, metadata=w.metadata)
 
 
-def _lost_samples(pd_: PerfData, offs: np.ndarray, ends: np.ndarray,
-                  types: np.ndarray) -> dict[str, int] | None:
-    """Events lost per event from PERF_RECORD_LOST_SAMPLES (u64 lost, then the sample_id trailer
-    naming the event), as `perf report --stats` sums them; None when the file has none."""
-    sel = np.flatnonzero(types == REC_LOST_SAMPLES)
-    if not len(sel):
-        return None
-    aidx = which_attr(pd_, offs[sel], ends[sel], sample=False)
-    lost = read_at(pd_.buf, offs[sel] + 8, "<u8")
-    out: dict[str, int] = {}
-    for a in pd_.attrs:
-        if a.name:
-            out[a.name] = int(lost[aidx == a.index].sum())
-    return out
+def _check_specs(pd_: PerfData, alloc: list[str] | None, free: list[str] | None) -> None:
+    """--alloc/--free given to import must parse and name tracepoints the file recorded."""
+    if alloc:
+        _checked(alloc, "--alloc", _tracepoints(pd_))
+    if free:
+        _checked(free, "--free", _tracepoints(pd_))
 
 
-def _metadata(pd_: PerfData, events: np.ndarray, start: int, stop: int, alloc: list[str] | None,
+def _metadata(pd_: PerfData, samples: dict[str, int], start: int, stop: int, alloc: list[str] | None,
               free: list[str] | None, note: Callable[[str], None]) -> dict[str, Any]:
     meta = new_metadata(PRODUCER)
     meta["host"] = {"hostname": pd_.string(F_HOSTNAME), "kernel_release": pd_.string(F_OSRELEASE),
@@ -308,13 +222,12 @@ def _metadata(pd_: PerfData, events: np.ndarray, start: int, stop: int, alloc: l
     kbid = pd_.build_ids.get("[kernel.kallsyms]")
     if kbid:
         meta["host"]["kernel_build_id"] = kbid.hex()
-    names, counts = np.unique(events.astype(str), return_counts=True)
-    by_name = {a.name: a for a in pd_.attrs if a.name}
+    names = sorted(samples)
     fmt_by_name = {f.full_name: f for f in pd_.formats.values()}
     meta["events"] = {n: {"id": fmt_by_name[n].id, "format": fmt_by_name[n].text}
                       for n in names if n in fmt_by_name}
-    meta["counts"] = {str(n): {"samples": int(c), "lost": 0} for n, c in zip(names, counts, strict=True)}
-    a_def, f_def = default_specs(names.tolist(), pd_.page_size)
+    meta["counts"] = {n: {"samples": samples[n], "lost": 0} for n in names}
+    a_def, f_def = default_specs(names, pd_.page_size)
     meta["alloc"] = _checked(alloc, "--alloc", _tracepoints(pd_)) if alloc else a_def
     meta["free"] = _checked(free, "--free", _tracepoints(pd_)) if free else f_def
     if not meta["alloc"] or not meta["free"]:
@@ -332,7 +245,7 @@ def _metadata(pd_: PerfData, events: np.ndarray, start: int, stop: int, alloc: l
              "times); realtime anchor left 0")
     target = record_target(pd_.value(F_CMDLINE))  # per task (-p/-t/CMD) or system-wide
     meta["options"] = {"cpus": None, "pids": target.pids, "tids": target.tids, "mmap_pages": None,
-                       "call_graph": any(a.sample_type & S_CALLCHAIN for a in pd_.attrs if a.name in by_name),
+                       "call_graph": False,  # set from the samples seen
                        "kernel_filters": {}, "command": target.command,
                        "perf_cmdline": pd_.value(F_CMDLINE), "source": str(pd_.path)}
     return meta
@@ -354,9 +267,11 @@ def _checked(texts: list[str], option: str, available: list[str]) -> list[str]:
 def import_perf_data(perf_data: str | os.PathLike, output: str | os.PathLike,
                      alloc: list[str] | None = None, free: list[str] | None = None,
                      notice: Callable[[str], None] | None = None,
-                     kernel: KernelSymbolFile | None = None) -> Converted:
-    """Parse `perf_data` and write the recording `output` (kernel symbols from `kernel` if given)."""
-    return convert(read_perf_data(perf_data), output, alloc, free, notice, kernel)
+                     kernel: KernelSymbolFile | None = None, window: int = WINDOW) -> Converted:
+    """Parse `perf_data` and write the recording `output` (kernel symbols from `kernel` if given),
+    reading its records `window` bytes at a time."""
+    pd_ = read_perf_data(perf_data)
+    return convert(pd_, output, alloc, free, notice, kernel, record_windows(pd_, window))
 
 
 def _tracepoints(pd_: PerfData) -> list[str]:
