@@ -544,13 +544,24 @@ def _group_leaks(sid: np.ndarray, size: np.ndarray,
     return list(zip(ids[g].tolist(), byts[g].tolist(), objects[g].tolist(), pids[g].tolist()))
 
 
-def sort_groups(groups: list[Group], stacks: dict[int, np.ndarray]) -> list[Group]:
-    """bytes desc, pid asc, objects desc, then stack addresses asc (no chain sorts last)."""
+SORTS = ("bytes", "growth")
+
+
+def sort_groups(groups: list[Group], stacks: dict[int, np.ndarray], by: str = "bytes") -> list[Group]:
+    """perf-prof's order: bytes desc, pid asc, objects desc, then stack addresses asc (no chain
+    sorts last). `growth`: growing chains first, steepest first, then the rest in that order."""
     def chain(g: Group) -> tuple:
         c = stacks.get(g.stack_id)
         return (1, ()) if c is None else (0, tuple(int(x) for x in c))
 
-    return sorted(groups, key=lambda g: (-g.bytes, g.pid, -g.objects, chain(g)))
+    out = sorted(groups, key=lambda g: (-g.bytes, g.pid, -g.objects, chain(g)))
+    if by == "growth":
+        def growth(g: Group) -> tuple:
+            t = g.trend
+            return (0, -t.slope_bytes_per_s) if t is not None and t.cls == "growing" else (1, 0.0)
+
+        out.sort(key=growth)  # stable: ties keep perf-prof's order
+    return out
 
 
 MAX_INTERVALS = 10_000_000
@@ -613,6 +624,7 @@ def _intervals(stream: Stream, res: ReplayResult, interval_ms: int,
 __all__ = [
     "EVENT_LIST",
     "LEAKED_BYTES",
+    "SORTS",
     "Analysis",
     "AnalysisError",
     "AnalyzeOptions",

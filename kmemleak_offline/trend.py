@@ -163,5 +163,6 @@ def trends(parts: Parts, stacks: list[int], g: np.ndarray, start: int,
     first = int(np.searchsorted(g, max(resets), side="left")) if resets else 0
     cls, slope, conf = classify(y, (g - start) / 1e9, allocs, first)
     rel = (g - start).astype(np.int64)
+    y = np.clip(y, -(2.0 ** 63), 2.0 ** 63 - 2048)  # float sums: exact below 2**53 bytes
     return {int(s): Trend(cls=cls[i], slope_bytes_per_s=float(slope[i]), confidence=float(conf[i]),
                           t_ns=rel, bytes=y[i].astype(np.int64)) for i, s in enumerate(ids.tolist())}

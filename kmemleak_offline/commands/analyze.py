@@ -46,6 +46,10 @@ def analyze(
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v: event list too; -vv: every sample")] = 0,
     interval: Annotated[int | None, typer.Option("-i", "--interval", metavar="MS", help="stats every MS of trace time")] = None,
     fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text (perf-prof's), json or folded")] = "text",
+    trend: Annotated[bool, typer.Option("--trend", help="text: a growth-trend line per call chain "
+                                        "(growing/bounded/insufficient, docs/trends.md)")] = False,
+    sort: Annotated[str, typer.Option("--sort", metavar="ORDER", help="call chains by bytes "
+                                      "(perf-prof's) or growth (growing first, steepest first)")] = "bytes",
     output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE", help="write the report here")] = None,
     utc: Annotated[bool, typer.Option("--utc", help="timestamps in UTC instead of local time")] = False,
     symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
@@ -67,6 +71,10 @@ def analyze(
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    from ..analysis import SORTS
+
+    if sort not in SORTS:
+        fail(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
     if interval is not None and not 0 < interval <= MAX_INTERVAL_MS:
         fail(f"-i/--interval must be 1..{MAX_INTERVAL_MS} milliseconds, not {interval}")
     _terminate_cleanly()
@@ -84,7 +92,8 @@ def analyze(
         except KernelFileError as exc:
             fail(str(exc))
     a, stacks = run_analysis(recording, alloc, free, than, comm=comm, verbose=verbose,
-                          interval=interval, symfs=symfs, engine=engine)
+                          interval=interval, symfs=symfs, engine=engine,
+                          trend=trend or sort == "growth" or fmt == "json")
     if a.result.total_alloc == 0 and fmt == "text":  # perf-prof prints nothing then: say why
         names = ", ".join(r.spec.full_name for r in a.roles if r.is_alloc)
         sys.stderr.write(f"kmemleak-offline: note: no allocations to report ({names}: none "
@@ -93,7 +102,7 @@ def analyze(
     with reader_may_leave():
         try:
             reporter(fmt)(a, stacks, out, ReportOptions(recording=str(recording), verbose=verbose,
-                                                        comm=comm, utc=utc))
+                                                        comm=comm, utc=utc, trend=trend, sort=sort))
             if flame_graph is not None:
                 path = flamegraph.write_folded(a, stacks, flame_graph)
                 if path is not None and fmt == "text":
@@ -105,7 +114,8 @@ def analyze(
 
 
 def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verbose: int = 0,
-              interval: int | None = None, symfs: Path | None = None, engine: dict | None = None):
+              interval: int | None = None, symfs: Path | None = None, engine: dict | None = None,
+              trend: bool = False):
     """Open and analyse one recording; bad input -> one line, exit 2."""
     from ..analysis import AnalysisError, AnalyzeOptions
     from ..analysis import analyze as run
@@ -118,7 +128,8 @@ def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verb
         fail(f"--than: {exc}")
     rec = load(recording)
     opts = AnalyzeOptions(alloc=split_specs(alloc), free=split_specs(free), than_ns=than_ns,
-                          comm=comm, verbose=verbose, interval_ms=interval, **(engine or {}))
+                          comm=comm, verbose=verbose, interval_ms=interval, trend=trend,
+                          **(engine or {}))
     try:
         a = run(rec, opts)
     except AnalysisError as exc:

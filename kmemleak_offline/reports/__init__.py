@@ -26,6 +26,8 @@ class ReportOptions:
     verbose: int = 0
     comm: bool = False
     utc: bool = False
+    trend: bool = False  # text: one trend line per leaked-bytes group
+    sort: str = "bytes"  # group order: bytes (perf-prof's) or growth (analysis.SORTS)
     err: TextIO = field(default_factory=lambda: sys.stderr)  # perf-prof's stderr lines (lost)
 
 

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from ..analysis import LEAKED_BYTES, Analysis, sort_groups
 from ..symbols.callchain import StackResolver
+from ..trend import Trend
 from .events import EventLines
 
 
@@ -16,8 +17,17 @@ def _frames(stacks: StackResolver, sid: int, pid: int, t: int) -> list[dict[str,
             for f in stacks.frames(sid, pid, t)] if sid >= 0 else []
 
 
+def trend_dict(t: Trend | None) -> dict[str, Any] | None:
+    """A group's `trend` (docs/json-report.md): class, slope, confidence, series."""
+    if t is None:
+        return None
+    return {"class": t.cls, "slope_bytes_per_s": round(t.slope_bytes_per_s, 3),
+            "confidence": round(t.confidence, 3),
+            "series": {"t_ns": t.t_ns.tolist(), "bytes": t.bytes.tolist()}}
+
+
 def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 0,
-          comm: bool = False) -> dict[str, Any]:
+          comm: bool = False, sort: str = "bytes") -> dict[str, Any]:
     lines = EventLines(a)
     event_name = [role.fmt.full_name for role in a.roles]
     # a size where one is known: a size= expression, or a --malloc recording's paired calls
@@ -28,11 +38,12 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
             continue
         groups = []
         if a.mode == LEAKED_BYTES:
-            for g in sort_groups(r.groups, a.stacks):
+            for g in sort_groups(r.groups, a.stacks, sort):
                 d: dict[str, Any] = {"bytes": g.bytes, "objects": g.objects, "pid": g.pid}
                 if comm:
                     d["comms"] = [{"comm": c, "bytes": b, "count": n} for c, b, n in g.comms]
                 d["stack"] = _frames(stacks, g.stack_id, g.user_pid, r.time_ns)
+                d["trend"] = trend_dict(g.trend)
                 groups.append(d)
         events = []
         if a.mode != LEAKED_BYTES or verbose:
@@ -78,7 +89,7 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, verbose: int = 
 
 def render(a: Analysis, stacks: StackResolver, out: TextIO, opts) -> None:
     """The reporter entry point (reports.FORMATS)."""
-    write(a, stacks, opts.recording, out, verbose=opts.verbose, comm=opts.comm)
+    write(a, stacks, opts.recording, out, verbose=opts.verbose, comm=opts.comm, sort=opts.sort)
 
 
 def write(a: Analysis, stacks: StackResolver, recording: str, out: TextIO, **kw) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..analysis import EVENT_LIST, LEAKED_BYTES, Analysis, ReportView, sort_groups
 from ..symbols.callchain import StackResolver
+from ..trend import Trend
 from .events import EventLines, wall_clock
 
 NO_CHAIN = "    (no call chain recorded; use -g or stack)"
@@ -15,16 +16,27 @@ NO_CHAIN = "    (no call chain recorded; use -g or stack)"
 
 def render(a: Analysis, stacks: StackResolver, out: TextIO, opts) -> None:
     """The reporter entry point (reports.FORMATS): perf-prof's report."""
-    TextReport(a, stacks, out, opts.err, verbose=opts.verbose, utc=opts.utc).write()
+    TextReport(a, stacks, out, opts.err, verbose=opts.verbose, utc=opts.utc, trend=opts.trend,
+               sort=opts.sort).write()
+
+
+def trend_line(t: Trend | None) -> str:
+    """`--trend`: the group's class, slope and confidence (docs/trends.md)."""
+    if t is None:
+        return "    trend: none (no allocations of this chain in the replay)"
+    if t.cls == "insufficient":
+        return "    trend: insufficient (too few allocations or too short a recording to judge)"
+    return f"    trend: {t.cls}, {t.slope_bytes_per_s:+.1f} bytes/s (confidence {t.confidence:.2f})"
 
 
 class TextReport:
     """Writes stdout text (and perf-prof's stderr lost lines) for one analysis."""
 
     def __init__(self, a: Analysis, stacks: StackResolver, out: TextIO, err: TextIO, *,
-                 verbose: int = 0, utc: bool = False) -> None:
+                 verbose: int = 0, utc: bool = False, trend: bool = False,
+                 sort: str = "bytes") -> None:
         self.a, self.stacks, self.out, self.err = a, stacks, out, err
-        self.verbose, self.utc = verbose, utc
+        self.verbose, self.utc, self.trend, self.sort = verbose, utc, trend, sort
         self.events = EventLines(a)
 
     def ts(self, perf_ns: int) -> str:
@@ -100,10 +112,12 @@ class TextReport:
                         w(s + "\n")
         if a.mode == LEAKED_BYTES:
             w("LEAKED BYTES REPORT:\n")
-            for g in sort_groups(r.groups, a.stacks):
+            for g in sort_groups(r.groups, a.stacks, self.sort):
                 w(f"Leak of {g.bytes} bytes in {g.objects} objects allocated from:\n")
                 if g.comms:
                     w("    comms:" + "".join(f" {c}({b}/{n})" for c, b, n in g.comms) + "\n")
+                if self.trend:
+                    w(trend_line(g.trend) + "\n")
                 if g.stack_id < 0:
                     w(NO_CHAIN + "\n")
                     continue

@@ -1,0 +1,217 @@
+"""Growth trends per call chain (docs/trends.md): the rule on synthetic series, the series against
+an independent per-allocation count, the same answer from every engine, and the CLI (`--trend`,
+`--sort growth`, JSON `trend`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kmemleak_offline.analysis import AnalyzeOptions, analyze
+from kmemleak_offline.format.recording import open_recording
+from kmemleak_offline.synthetic import KERNEL_TEXT_START, PERF_CONTEXT_KERNEL, RecordingBuilder
+from kmemleak_offline.trend import classify
+from tests.test_analyze_cli import run
+from tests.test_streaming import regroup
+
+ALLOC = ["kmem:kmalloc//ptr=ptr/size=bytes_alloc/stack/"]
+FREE = ["kmem:kfree//ptr=ptr/"]
+START = 10_000_000_000
+SEC = 1_000_000_000
+ENGINES = [
+    {"in_memory": True},
+    {"partitions": 1, "scan_ranges": 1, "jobs": 1},
+    {"partitions": 5, "scan_ranges": 3, "jobs": 2},
+]
+
+
+# ------------------------------------------------------------------ the rule on synthetic series
+
+def _judge(y: np.ndarray, allocs: int = 1000, t_s: np.ndarray | None = None):
+    y = np.atleast_2d(np.asarray(y, np.float64))
+    t = np.linspace(0.3, 60, y.shape[1]) if t_s is None else t_s
+    cls, slope, conf = classify(y, t, np.full(len(y), allocs))
+    return cls[0], float(slope[0]), float(conf[0])
+
+
+def _t(n: int = 200) -> np.ndarray:
+    return np.linspace(0, 1, n)
+
+
+@pytest.mark.parametrize("name,y,want", [
+    ("steady leak", 1000 * _t(), "growing"),
+    ("leak with noise", 1000 * _t() + np.random.default_rng(1).normal(0, 60, 200), "growing"),
+    ("leak in steps (bursts)", 100 * np.floor(10 * _t()), "growing"),
+    ("leak starting late", np.where(_t() < 0.6, 0, 1000 * (_t() - 0.6)), "growing"),
+    ("cache fills then replaces", np.minimum(1.0, 4 * _t()) * 5000, "bounded"),
+    ("cache with churn noise", np.minimum(1.0, 3 * _t()) * 5000
+     + np.random.default_rng(2).normal(0, 150, 200), "bounded"),
+    ("start-up burst", np.full(200, 4096.0), "bounded"),
+    ("rise then drained", np.where(_t() < 0.5, 1000 * _t(), 500 * (1 - _t()) * 2), "bounded"),
+    ("saw-tooth pool", 1000 * ((10 * _t()) % 1), "bounded"),
+])
+def test_rule_on_shapes(name, y, want):
+    cls, slope, conf = _judge(y)
+    assert cls == want, name
+    assert 0 <= conf <= 1
+    if want == "growing":
+        assert slope > 0 and conf > 0.5
+    if name == "start-up burst":
+        assert slope == 0 and conf == 1
+
+
+def test_rule_steady_leak_slope_in_bytes_per_second():
+    t = np.linspace(0.3, 60, 200)
+    cls, slope, conf = _judge(64 * t, t_s=t)  # 64 bytes/s
+    assert cls == "growing" and slope == pytest.approx(64) and conf == pytest.approx(1)
+
+
+def test_rule_insufficient_too_few_allocations_or_points():
+    assert _judge(1000 * _t(), allocs=3)[0] == "insufficient"
+    cls, slope, conf = _judge(1000 * _t(10))  # a 10-point -i grid
+    assert (cls, slope, conf) == ("insufficient", 0.0, 0.0)
+
+
+def test_rule_judges_after_the_last_early_report():
+    y = np.concatenate([1000 * _t(100), np.full(100, 0.0) + 50])  # rose, reset, then flat
+    t = np.linspace(0.3, 60, 200)
+    cls, _, _ = classify(np.atleast_2d(y), t, np.array([1000]), first=0)
+    after, _, _ = classify(np.atleast_2d(y), t, np.array([1000]), first=100)
+    assert cls == ["bounded"] and after == ["bounded"]
+    cls, _, _ = classify(np.atleast_2d(np.r_[np.full(100, 900.0), 1000 * _t(100)]), t,
+                         np.array([1000]), first=100)
+    assert cls == ["growing"]
+
+
+# ------------------------------------------------------------------ recordings
+
+CHAINS = {"leak": 1, "cache": 2, "burst": 3, "few": 4, "churn": 5}
+
+
+def _three_sites(path: Path, seconds: int = 60) -> tuple[Path, dict]:
+    """A steady leak (one 64-byte object every 100 ms), an LRU cache of 50 entries (one insert
+    every 50 ms, evicting the oldest once full), a burst of 100 at start-up, 3 stray objects,
+    and alloc/free churn. Returns the path and each allocation's (chain, size, t_alloc, t_free)."""
+    b = RecordingBuilder()
+    ids = b.add_stacks([[PERF_CONTEXT_KERNEL, KERNEL_TEXT_START + 0x100 * c, KERNEL_TEXT_START + 0x9000]
+                        for c in CHAINS.values()])
+    sid = dict(zip(CHAINS, ids, strict=True))
+    allocs = []  # chain, size, t_alloc, t_free (None: never)
+    span = seconds * SEC
+    for k in range(1, seconds * 10):
+        allocs.append(("leak", 64, START + k * SEC // 10, None))
+    cache_t = [START + k * SEC // 20 for k in range(1, seconds * 20)]
+    for i, t in enumerate(cache_t):
+        allocs.append(("cache", 512, t, cache_t[i + 50] if i + 50 < len(cache_t) else None))
+    for k in range(100):
+        allocs.append(("burst", 4096, START + SEC // 10 + k * 1000, None))
+    for k in range(3):
+        allocs.append(("few", 32, START + (k + 1) * span // 4, None))
+    for k in range(1, 2000):
+        t = START + k * span // 2000
+        allocs.append(("churn", 128, t, t + 500))
+    ptr = 0xFFFF888000000000 + 64 * np.arange(len(allocs), dtype=np.uint64)
+    b.add_samples("kmem:kmalloc", [a[2] for a in allocs], 0, 1, 1,
+                  {"ptr": ptr, "bytes_alloc": [a[1] for a in allocs], "bytes_req": 1,
+                   "gfp_flags": 0, "call_site": 0}, stack_id=[sid[a[0]] for a in allocs])
+    fr = [i for i, a in enumerate(allocs) if a[3] is not None]
+    b.add_samples("kmem:kfree", [allocs[i][3] for i in fr], 1, 1, 1,
+                  {"ptr": ptr[fr], "call_site": 0})
+    b.write(path, ALLOC, FREE, start_ns=START, stop_ns=START + span)
+    return path, {"allocs": allocs}
+
+
+def _classes(a) -> dict[str, tuple[str, np.ndarray]]:
+    names = {KERNEL_TEXT_START + 0x100 * c: n for n, c in CHAINS.items()}
+    out = {}
+    for g in a.reports[-1].groups:
+        leaf = int(a.stacks[g.stack_id][1])
+        out[names[leaf]] = g.trend
+    return out
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    return _three_sites(tmp_path_factory.mktemp("trend") / "three.parquet")
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=["in-memory", "one-partition", "five-partitions"])
+def test_recording_classes_and_series_against_direct_count(three, engine):
+    path, truth = three
+    a = analyze(open_recording(path), AnalyzeOptions(trend=True, warn=lambda m: None, **engine))
+    tr = _classes(a)
+    assert {k: t.cls for k, t in tr.items()} == {"leak": "growing", "cache": "bounded",
+                                                  "burst": "bounded", "few": "insufficient"}
+    assert tr["leak"].slope_bytes_per_s == pytest.approx(640, rel=0.02)
+    for name, t in tr.items():
+        assert len(t.t_ns) == 200 and t.t_ns[-1] == 60 * SEC
+        g = START + t.t_ns
+        want = np.zeros(len(g), np.int64)
+        for chain, size, ta, tf in truth["allocs"]:
+            if chain == name:
+                want += size * ((ta <= g) & ((tf is None) | (g < (tf or 0))))
+        np.testing.assert_array_equal(t.bytes, want, err_msg=name)
+
+
+def test_engines_agree_on_trends_with_lost_windows(tmp_path):
+    """A LOST record in the middle gives an early report; every engine judges after it alike."""
+    b_path = tmp_path / "lost.parquet"
+    b = RecordingBuilder()
+    ids = b.add_stacks([[PERF_CONTEXT_KERNEL, KERNEL_TEXT_START + 0x100, KERNEL_TEXT_START + 0x9000]])
+    n = 150
+    ts = START + np.arange(1, n + 1) * (20 * SEC // n)
+    ptr = 0xFFFF888000000000 + 64 * np.arange(n, dtype=np.uint64)
+    b.add_samples("kmem:kmalloc", ts, np.arange(n) % 2, 1, 1,
+                  {"ptr": ptr, "bytes_alloc": 64, "bytes_req": 1, "gfp_flags": 0, "call_site": 0},
+                  stack_id=ids[0])
+    b.add_samples("kmem:kfree", ts[::3] + SEC // 2, 1, 1, 1, {"ptr": ptr[::3], "call_site": 0})
+    b.add_lost(START + 5 * SEC, 0, 7)
+    b.write(b_path, ALLOC, FREE, start_ns=START, stop_ns=START + 20 * SEC)
+    regroup(b_path, 40)
+    got = []
+    for engine in ENGINES:
+        a = analyze(open_recording(b_path), AnalyzeOptions(trend=True, warn=lambda m: None, **engine))
+        assert a.reports[0].reason == "lost"
+        trs = [(g.trend.cls, round(g.trend.slope_bytes_per_s, 6), g.trend.bytes.tolist())
+               for r in a.reports for g in r.groups]
+        got.append(trs)
+    assert got[0] == got[1] == got[2]
+    assert got[0][-1][0] == "growing"
+
+
+def test_cli_trend_line_sort_growth_and_json(three, capsys):
+    path, _ = three
+    code, plain, _ = run(capsys, "analyze", path)
+    assert code == 0 and "trend:" not in plain
+    code, out, err = run(capsys, "analyze", path, "--trend")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [ln for ln in lines if "trend:" not in ln] == plain.splitlines()
+    heads = [i for i, ln in enumerate(lines) if ln.startswith("Leak of")]
+    assert [lines[i + 1].split(",")[0].split(" (")[0].strip() for i in heads] == [
+        "trend: bounded", "trend: growing", "trend: bounded", "trend: insufficient"]  # by bytes
+    m = re.fullmatch(r"    trend: growing, \+([0-9.]+) bytes/s \(confidence ([0-9.]+)\)", lines[heads[1] + 1])
+    assert m and float(m[1]) == pytest.approx(640, rel=0.01) and float(m[2]) > 0.9
+    first = run(capsys, "analyze", path, "--trend", "--sort", "growth")[1].splitlines()
+    i = next(i for i, ln in enumerate(first) if ln.startswith("Leak of"))
+    assert first[i + 1].startswith("    trend: growing")
+    groups = json.loads(run(capsys, "analyze", path, "--format", "json")[1])["reports"][-1]["groups"]
+    assert [g["trend"]["class"] for g in groups] == ["bounded", "growing", "bounded", "insufficient"]
+    assert all(len(g["trend"]["series"]["t_ns"]) == len(g["trend"]["series"]["bytes"]) == 200
+               for g in groups)
+    assert all(0 <= g["trend"]["confidence"] <= 1 for g in groups)
+    code, _, err = run(capsys, "analyze", path, "--sort", "age")
+    assert code == 2 and "--sort must be one of bytes, growth" in err
+
+
+def test_interval_grid_is_the_trend_grid(three, capsys):
+    path, _ = three
+    out = run(capsys, "analyze", path, "--format", "json", "-i", "1000")[1]
+    groups = json.loads(out)["reports"][-1]["groups"]
+    t = groups[0]["trend"]["series"]["t_ns"]
+    assert t == [k * SEC for k in range(1, 61)]
+    assert {g["trend"]["class"] for g in groups} == {"growing", "bounded", "insufficient"}
