@@ -65,43 +65,98 @@ class Parts:
         return cls(*(np.concatenate([getattr(p, c) for p in parts]) for c in ("sid", "col", "val")))
 
 
+CHUNK = 1 << 18  # allocations per step: temporaries stay in cache and reuse their pages
+
+
 def contributions(g: np.ndarray, sid: np.ndarray, size: np.ndarray, t_alloc: np.ndarray,
                   t_end: np.ndarray | None = None, ends: np.ndarray | None = None,
                   count: bool = True) -> Parts:
     """Allocations (stack id, size, time) starting to count at their time and, for those in
-    `ends` (a mask; all when None), stopping at `t_end`."""
-    p = len(g)
-    sid = np.asarray(sid, np.int64)
-    size = np.asarray(size).astype(np.float64)
-    ia = np.searchsorted(g, np.asarray(t_alloc).astype(np.int64), side="left")
-    cols, vals, sids = [ia], [size], [sid]
-    if t_end is not None:
-        m = slice(None) if ends is None else ends
-        cols.append(np.searchsorted(g, np.asarray(t_end).astype(np.int64), side="left"))
-        vals.append(-size[m])
-        sids.append(sid[m])
-    if count:
-        cols.append(np.full(len(sid), p + 1, np.int64))
-        vals.append(np.ones(len(sid), np.float64))
-        sids.append(sid)
-    return Parts(np.concatenate(sids), np.concatenate(cols), np.concatenate(vals))
+    `ends` (a mask; all when None), stopping at `t_end`. Summed per (chain, column)."""
+    c_end = None if t_end is None else columns(g, t_end)
+    return column_contributions(len(g), sid, size, columns(g, t_alloc), c_end, ends, count)
+
+
+def columns(g: np.ndarray, t: np.ndarray, t_sorted: bool = False) -> np.ndarray:
+    """The grid column of each time: the first grid point at or after it (len(g): after the
+    grid). Ascending times take 200 binary searches and a repeat instead of one search each."""
+    t = np.asarray(t)
+    gt = g.astype(t.dtype) if t.dtype.kind in "ui" and t.dtype != g.dtype else g
+    if not t_sorted:
+        return np.searchsorted(gt, t, side="left").astype(np.int32)
+    b = np.searchsorted(t, gt, side="right")  # times <= each grid point
+    return np.repeat(np.arange(len(g) + 1, dtype=np.int32), np.diff(b, prepend=0, append=len(t)))
+
+
+def column_contributions(p: int, sid: np.ndarray, size: np.ndarray, c_alloc: np.ndarray,
+                         c_end: np.ndarray | None = None, ends: np.ndarray | None = None,
+                         count: bool = True) -> Parts:
+    """`contributions` with grid columns already known (`columns`). A chunk at a time: fresh
+    pages cost more than the arithmetic on this kind of VM."""
+    w = p + 2
+    n = len(sid)
+    e_at = np.zeros(n + 1, np.int64)  # where each chunk's ends start in c_end
+    if c_end is not None:
+        e_at[1:] = np.cumsum(ends) if ends is not None else np.arange(1, n + 1)
+    pieces: list[tuple[np.ndarray, np.ndarray | None]] = []
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        base = np.asarray(sid[lo:hi], np.int64) + 1
+        base *= w
+        sz = np.asarray(size[lo:hi], np.float64)
+        pieces.append((base + c_alloc[lo:hi], sz))
+        if c_end is not None:
+            m = slice(None) if ends is None else ends[lo:hi]
+            pieces.append((base[m] + c_end[e_at[lo]:e_at[hi]], -sz[m]))
+        if count:
+            base += w - 1
+            pieces.append((base, None))
+        if len(pieces) >= 24:  # bound what is held: fold into one summed piece
+            pieces = [_cells_piece(_sum_cells(pieces, w), w)]
+    return _sum_cells(pieces, w)
+
+
+def _cells_piece(p: Parts, w: int) -> tuple[np.ndarray, np.ndarray]:
+    return (p.sid + 1) * w + p.col, p.val
 
 
 def ended(g: np.ndarray, sid: np.ndarray, size: np.ndarray, t: int) -> Parts:
-    """Allocations that all end at time t (reclaimed by an early report)."""
+    """Allocations that all end at time t (reclaimed by an early report), summed per chain."""
+    w = len(g) + 2
     col = int(np.searchsorted(g, np.int64(t), side="left"))
-    return Parts(np.asarray(sid, np.int64), np.full(len(sid), col, np.int64),
-                 -np.asarray(size).astype(np.float64))
+    return _sum_cells([((np.asarray(sid, np.int64) + 1) * w + col,
+                        -np.asarray(size).astype(np.float64))], w)
+
+
+DENSE_CELLS = 1 << 23  # (chain, column) cells summed in one dense array below this (64 MB)
+
+
+def _sum_cells(pieces: list[tuple[np.ndarray, np.ndarray | None]], w: int) -> Parts:
+    """Sum values (None: ones) by cell code (stack id + 1) * w + column: one dense bincount per
+    piece when the cells fit, else a hash of the codes (pandas.factorize); never a sort."""
+    pieces = [(c, v) for c, v in pieces if len(c)]
+    if not pieces:
+        return Parts.empty()
+    cells = max(int(c.max()) for c, _ in pieces) + 1
+    if cells <= DENSE_CELLS:
+        acc = np.zeros(cells)
+        for c, v in pieces:
+            acc += np.bincount(c, weights=v, minlength=cells)
+        u = np.flatnonzero(acc)
+        val = acc[u]
+    else:
+        import pandas as pd
+
+        code = np.concatenate([c for c, _ in pieces])
+        vals = np.concatenate([np.ones(len(c)) if v is None else v for c, v in pieces])
+        inv, u = pd.factorize(code, sort=False)
+        val = np.bincount(inv, weights=vals, minlength=len(u))
+    return Parts(u // w - 1, u % w, val)
 
 
 def aggregate(parts: Parts, p: int) -> Parts:
     """One row per distinct (chain, column): what crosses a process boundary stays small."""
-    if not len(parts.sid):
-        return parts
-    w = p + 2
-    code = (parts.sid + 1) * w + parts.col  # stack ids >= -1
-    u, inv = np.unique(code, return_inverse=True)
-    return Parts(u // w - 1, u % w, np.bincount(inv, weights=parts.val, minlength=len(u)))
+    return _sum_cells([_cells_piece(parts, p + 2)], p + 2)
 
 
 def series(parts: Parts, stacks: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:

@@ -107,6 +107,9 @@ def replay_part(setup: ReplaySetup, part: int,
     cf = np.concatenate(([0], np.cumsum(kf)))
     live = []
     tparts: list[trend.Parts] = []
+    tg = setup.trend_grid
+    # stream order is time order (clamped times: a running max per ring), checked, not assumed
+    tcol = trend.columns(tg, t, t_sorted=bool((t[1:] >= t[:-1]).all())) if tg is not None else None
     for e in range(ne):
         lo, hi = int(eb[e]), int(eb[e + 1])
         if hi == lo:
@@ -119,7 +122,7 @@ def replay_part(setup: ReplaySetup, part: int,
             nxt = successors(key[kpos])
             a = alloc[kpos]
             pos = kpos[a & (nxt < 0)]
-            tparts.append(_trend_part(setup.trend_grid, cols, order, t, kpos[a], nxt[a], kpos))
+            tparts.append(_trend_part(len(tg), cols, order, tcol, kpos[a], nxt[a], kpos))
         src = order[pos]  # only the live entries' other columns are gathered
         live.append({k: (t[pos] if k == "time" else v[src]) for k, v in cols.items()})
     res = PartResult(part=part, events=events, first_time=first,
@@ -133,14 +136,15 @@ def replay_part(setup: ReplaySetup, part: int,
     return res
 
 
-def _trend_part(g: np.ndarray, cols: dict[str, np.ndarray], order: np.ndarray, t: np.ndarray,
+def _trend_part(p: int, cols: dict[str, np.ndarray], order: np.ndarray, col: np.ndarray,
                 apos: np.ndarray, nxt: np.ndarray, kpos: np.ndarray) -> trend.Parts:
     """Kept allocs at stream positions `apos`; `nxt`: index into `kpos` of the event that frees or
-    replaces each one in its epoch (-1: still there at the epoch's end)."""
+    replaces each one in its epoch (-1: still there at the epoch's end); `col`: each stream
+    position's grid column."""
     src = order[apos]
     ends = nxt >= 0
-    return trend.contributions(g, cols["stack_id"][src], cols["size"][src], t[apos],
-                               t[kpos[nxt[ends]]], ends)
+    return trend.column_contributions(p, cols["stack_id"][src], cols["size"][src], col[apos],
+                                      col[kpos[nxt[ends]]], ends)
 
 
 def _interval_parts(t: np.ndarray, key: np.ndarray, size: np.ndarray, ka: np.ndarray,
