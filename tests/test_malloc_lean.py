@@ -29,10 +29,9 @@ from tests.test_analyze_cli import run as run_cli
 from tests.test_vectorised_paths import (
     ENTRY_ARGS,
     NO_FIELD,
-    NWORDS,
     Program,
-    _col,
     _probe_formats,
+    add_program_rows,
     event_name,
     frame_events,
     reference,
@@ -165,18 +164,7 @@ def _program_recording(tmp: Path, seed: int, lost: bool) -> tuple[Path, Path, Pr
     prog = Program(rng, threads=4, calls=500, p_lost=0.03)
     b = RecordingBuilder(_probe_formats())
     sids = b.add_stacks([(U, UBASE + 0x10 * (k + 1), UBASE + 0x400) for k in range(5)])
-    by_event: dict[str, list[int]] = {}
-    for i, r in enumerate(prog.rows):
-        by_event.setdefault(event_name(r["func"], r["is_return"]), []).append(i)
-    for ev, idx in by_event.items():
-        rows = [prog.rows[i] for i in idx]
-        fields = {f.name: np.array(_col(rows, f.name), np.uint64) for f in b.formats[ev].fields
-                  if not f.name.startswith("common_") and f.name[0] != "w"}
-        if ev == event_name("posix_memalign", True):
-            fields |= {f"w{k}": np.array([prog.words[i][k] for i in idx], np.uint64) for k in range(NWORDS)}
-        stack = [sids[s] if s >= 0 else -1 for s in _col(rows, "stack_id")]
-        b.add_samples(ev, _col(rows, "time"), _col(rows, "cpu"), _col(rows, "pid"), _col(rows, "tid"),
-                      fields, stack_id=stack, seq=_col(rows, "seq"))
+    add_program_rows(b, prog, sids)
     tmax = max(r["time"] for r in prog.rows)
     b.add_samples("kmem:kfree", [tmax // 3, tmax // 2], 0, 100, 1, {"ptr": [16, 32]},
                   seq=[10**6, 10**6 + 1])

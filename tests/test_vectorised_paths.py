@@ -266,15 +266,9 @@ def _probe_formats() -> dict[str, str]:
 NO_FIELD = {"valloc": ()}  # an entry probe that does not fetch the size: it reads 0
 
 
-def _col(rows: list[dict], name: str) -> list[int]:
-    return [r.get(name, 0) for r in rows]
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_recording_pairing_matches_the_reference(tmp_path, seed):
-    rng = np.random.default_rng(100 + seed)
-    prog = Program(rng, threads=3, calls=300, p_lost=0.05)
-    b = RecordingBuilder(_probe_formats())
+def add_program_rows(b: RecordingBuilder, prog: Program, stack_ids: list[int] | None = None) -> None:
+    """A program's probe rows as samples of their events (stack ids mapped through `stack_ids`
+    when given; -1 stays "no callchain")."""
     by_event: dict[str, list[int]] = {}
     for i, r in enumerate(prog.rows):
         by_event.setdefault(event_name(r["func"], r["is_return"]), []).append(i)
@@ -284,8 +278,23 @@ def test_recording_pairing_matches_the_reference(tmp_path, seed):
                   if not f.name.startswith("common_") and f.name[0] != "w"}
         if ev == event_name("posix_memalign", True):
             fields |= {f"w{k}": np.array([prog.words[i][k] for i in idx], np.uint64) for k in range(NWORDS)}
+        stack = _col(rows, "stack_id")
+        if stack_ids is not None:
+            stack = [stack_ids[s] if s >= 0 else -1 for s in stack]
         b.add_samples(ev, _col(rows, "time"), _col(rows, "cpu"), _col(rows, "pid"), _col(rows, "tid"),
-                      fields, stack_id=_col(rows, "stack_id"), seq=_col(rows, "seq"))
+                      fields, stack_id=stack, seq=_col(rows, "seq"))
+
+
+def _col(rows: list[dict], name: str) -> list[int]:
+    return [r.get(name, 0) for r in rows]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_recording_pairing_matches_the_reference(tmp_path, seed):
+    rng = np.random.default_rng(100 + seed)
+    prog = Program(rng, threads=3, calls=300, p_lost=0.05)
+    b = RecordingBuilder(_probe_formats())
+    add_program_rows(b, prog)
     if seed % 2:  # rows of another event in between: pairing reads only the probe rows
         b.add_samples("kmem:kfree", [1500, 1600], 0, 1, 1, {"ptr": [16, 32]}, seq=[10**6, 10**6 + 1])
     path = b.write(tmp_path / "m.parquet", alloc=["t:malloc_ret//ptr=ptr/"], free=["t:free//ptr=ptr/"])
