@@ -215,3 +215,27 @@ def test_interval_grid_is_the_trend_grid(three, capsys):
     t = groups[0]["trend"]["series"]["t_ns"]
     assert t == [k * SEC for k in range(1, 61)]
     assert {g["trend"]["class"] for g in groups} == {"growing", "bounded", "insufficient"}
+
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("wide", [False, True])
+def test_successors_against_a_walk(seed, wide):
+    """The partition replay's one sort for trends: each event's next event of the same key
+    (packed-key sort and the wide-key fallback); the allocs without one are _live_allocs'."""
+    from kmemleak_offline.replay import _live_allocs, successors
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    keys = rng.integers(0, 50, n).astype(np.uint64) * np.uint64(64)
+    if wide:
+        keys = keys * np.uint64(1 << 40) + rng.integers(0, 2, n).astype(np.uint64)
+    alloc = rng.random(n) < 0.6
+    nxt = successors(keys)
+    want = np.full(n, -1)
+    last: dict[int, int] = {}
+    for i in range(n - 1, -1, -1):
+        want[i] = last.get(int(keys[i]), -1)
+        last[int(keys[i])] = i
+    np.testing.assert_array_equal(nxt, want)
+    np.testing.assert_array_equal(np.flatnonzero(alloc & (nxt < 0)), _live_allocs(keys, alloc))
