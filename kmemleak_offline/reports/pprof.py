@@ -13,6 +13,7 @@ spanning the addresses seen in it. Event-list recordings (no sizes) have the obj
 from __future__ import annotations
 
 import gzip
+import re
 from typing import BinaryIO
 
 from .. import __version__
@@ -21,6 +22,7 @@ from ..symbols.callchain import Frame, StackResolver
 from .profile_proto import Profile
 from .profile_samples import NO_CHAIN, profile_samples
 
+_SHARED_LIB = re.compile(r"\.so(\.[0-9.]+)?$|/ld-linux")
 BINARY = True  # reports.open_output: written to a file (or a pipe), never to a terminal
 
 
@@ -79,10 +81,20 @@ class _Builder:
         return i
 
     def finish_mappings(self) -> None:
-        for dso, i in self.mappings.items():
+        """Mappings in pprof's order: the first is taken for the main binary (`File:`), so the
+        program comes first, then shared libraries, then `[kernel.kallsyms]` and the like; each
+        group in order of first use (samples come heaviest first)."""
+        def rank(dso: str) -> int:
+            return 2 if dso.startswith("[") else 1 if _SHARED_LIB.search(dso) else 0
+
+        for dso, i in sorted(self.mappings.items(), key=lambda kv: (rank(kv[0]), kv[1])):
             lo, hi = self.spans[dso]
             self.p.mapping.add(id=i, memory_start=lo, memory_limit=min(hi + 1, (1 << 64) - 1), filename=self.s(dso),
                                has_functions=True)
+
+
+def _names(names: list[str], most: int = 4) -> str:
+    return " ".join(names[:most]) + (f" (and {len(names) - most} more)" if len(names) > most else "")
 
 
 def build(a: Analysis, stacks: StackResolver, recording: str) -> Profile:
@@ -105,7 +117,7 @@ def build(a: Analysis, stacks: StackResolver, recording: str) -> Profile:
         p.duration_nanos = clock.stop_ns - clock.start_ns
     for c in (f"kmemleak-offline {__version__} analyze {recording}",
               f"host {host}, kernel {meta.host.kernel_release} {meta.host.machine}",
-              f"alloc {' '.join(r.spec.full_name for r in a.roles if r.is_alloc)}",
+              f"alloc {_names([r.spec.full_name for r in a.roles if r.is_alloc])}",
               f"mode {a.mode}: leaked memory still allocated at the end of each report"):
         p.comment.append(b.s(c))
     k_comm, k_pid, k_host = b.s("comm"), b.s("pid"), b.s("host")
