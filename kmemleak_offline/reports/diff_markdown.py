@@ -17,9 +17,12 @@ from ..diff import NO_CHAIN, UNKNOWN, ChainKey, Change, Table
 _ARROW = "\u2192"  # →
 
 
-def code(s: str) -> str:
-    """s as an inline code span that is safe inside a table cell."""
-    s = s.replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+def code(s: str, cell: bool = True) -> str:
+    """s as an inline code span; in a table cell its `|` is escaped (only there does `\\|` read
+    as a pipe)."""
+    s = s.replace("\r", " ").replace("\n", " ")
+    if cell:
+        s = s.replace("|", "\\|")
     runs = [len(r) for r in re.findall(r"`+", s)]
     fence = "`" * (max(runs, default=0) + 1)
     pad = " " if s.startswith("`") or s.endswith("`") or (runs and s.strip() == "") else ""
@@ -57,7 +60,7 @@ def _signed(n: int, fmt=_bytes) -> str:
 def render(base: Table, new: Table, changes: list[Change], top: int | None = None,
            limit: int | None = None, failing: list[Change] | None = None) -> str:
     """The comment. `limit`/`failing`: the --fail-on-growth threshold and the chains beyond it."""
-    lines = [f"### Leak diff: {code(base.name)} {_ARROW} {code(new.name)}", ""]
+    lines = [f"### Leak diff: {code(base.name, False)} {_ARROW} {code(new.name, False)}", ""]
     if limit is not None:
         failing = failing or []
         if failing:
