@@ -87,8 +87,7 @@ def tags(go: str, tmp_path: Path, path: Path, sample_index: str) -> dict[str, di
             key = m.group(1)
             res[key] = {}
         elif m := re.fullmatch(r"\s*([0-9.]+)B? \(\s*[0-9.]+%\): (.+)", line):
-            value = m.group(2)
-            res[key][value[:-1] if key == "pid" and sample_index == "space" else value] = float(m.group(1))
+            res[key][m.group(2)] = float(m.group(1))
     return res
 
 
@@ -171,8 +170,8 @@ def test_pprof_samples_are_per_chain_process_and_comm(go, tmp_path, capsys):
     rec = build(EVENTS_A, tmp_path / "a.parquet", comms=COMMS_A)
     prof = export(capsys, rec, "pprof", tmp_path / "a.pb.gz")
     raw = pprof(go, tmp_path, "-raw", prof)
-    samples = re.findall(r"^\s+(\d+)\s+(\d+): [\d ]+\n\s+comm:\[(.*?)\] host:\[synthetic\]\n"
-                         r"\s+pid:\[(\d+)\]", raw, re.MULTILINE)
+    samples = re.findall(r"^\s+(\d+)\s+(\d+): [\d ]+\n\s+comm:\[(.*?)\] host:\[synthetic\] "
+                         r"pid:\[(\d+)\]$", raw, re.MULTILINE)
     got = Counter()
     for n, b, comm, pid in samples:
         got[(int(pid), comm)] += int(b)

@@ -2,7 +2,8 @@
 speedscope).
 
 Sample types `objects`/`count` and `space`/`bytes` (space is the default), one sample per
-(call chain, process, comm) with labels comm, pid and host. Frames are already named here, so
+(call chain, process, comm) with labels comm, pid and host, all three strings (a pid is a name,
+not a quantity: `-tagfocus pid=1234` works, and Pyroscope turns string labels into series). Frames are already named here, so
 every mapping says has_functions and pprof does not try to symbolise again: a resolved frame is a
 location with one line naming its function, an unresolved one an address-only location (pprof
 shows the address). Locations are keyed by (address, symbol, dso): the same user address in two
@@ -127,7 +128,7 @@ def build(a: Analysis, stacks: StackResolver, recording: str) -> Profile:
         s.location_id.extend([b.location(f) for f in ps.frames] if ps.frames else [b.no_chain()])
         s.value.extend([ps.objects, ps.bytes] if sizes else [ps.objects])
         s.label.add(key=k_comm, str=b.s(ps.comm))
-        s.label.add(key=k_pid, num=ps.pid)
+        s.label.add(key=k_pid, str=b.s(str(ps.pid)))
         s.label.add(key=k_host, str=v_host)
     b.finish_mappings()
     return p
