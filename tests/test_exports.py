@@ -136,6 +136,20 @@ def test_go_tool_pprof_top_equals_the_analysis(go, sample, tmp_path, capsys):
     assert "Type: space" in pprof(go, tmp_path, "-top", prof)
 
 
+def test_pprof_default_sample_type_reads_right_in_speedscope_too(tmp_path, capsys):
+    """profile.proto's default_sample_type is a string-table index; speedscope's pprof importer
+    takes it for an index into sample_type (else the last type). Both must give space."""
+    from kmemleak_offline.reports.profile_proto import Profile
+
+    prof = export(capsys, ROOT / "samples" / "pipe-leak.parquet", "pprof", tmp_path / "p.pb.gz")
+    p = Profile.FromString(gzip.decompress(prof.read_bytes()))
+    types = [p.string_table[t.type] for t in p.sample_type]
+    assert types == ["objects", "space"]
+    assert p.string_table[p.default_sample_type] == "space"  # profile.proto's reading
+    assert types[p.default_sample_type] == "space"  # speedscope's reading
+    assert p.string_table[0] == ""
+
+
 def expected_a() -> list[tuple[str | None, int, str, int]]:
     """(stack, pid, comm, size) of every leaked entry of scenario A (the independent model)."""
     return [(e.stack, e.pid, comm_of_pid_a(e.pid, e.t), e.size) for e in model_replay(EVENTS_A)]

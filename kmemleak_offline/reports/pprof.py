@@ -103,10 +103,13 @@ def build(a: Analysis, stacks: StackResolver, recording: str) -> Profile:
     b = _Builder()
     p = b.p
     sizes = a.mode == LEAKED_BYTES
+    if sizes:
+        # default_sample_type is a string index ("space"); speedscope's importer reads it as an
+        # index into sample_type instead. "space" is string 1 and sample type 1: both agree.
+        p.default_sample_type = b.s("space")
     p.sample_type.add(type=b.s("objects"), unit=b.s("count"))
     if sizes:
         p.sample_type.add(type=b.s("space"), unit=b.s("bytes"))
-        p.default_sample_type = b.s("space")
     p.period_type.type, p.period_type.unit = b.s("objects"), b.s("count")
     p.period = 1  # every allocation was recorded: none stands for others
     meta = a.recording.meta
