@@ -199,6 +199,24 @@ def test_pprof_samples_are_per_chain_process_and_comm(go, tmp_path, capsys):
     assert "objects/count space/bytes[dflt]" in raw
 
 
+def test_exports_add_up_the_early_reports_at_lost_events(go, tmp_path, capsys):
+    # as test_analyze_cli's lost-total case: early reports hold P1, then P2+P3; the final one P4
+    from tests.test_analyze_cli import Ev, P
+
+    events = [Ev(100, 0, 1, 1, P(1), 64, "udp"), Ev(200, 0, 1, 1, P(2), 64, "udp"),
+              Ev(400, 0, 1, 1, P(3), 64, "udp"), Ev(600, 0, 1, 1, P(4), 64, "udp"),
+              Ev(700, 0, 1, 1, P(9))]
+    rec = build(events, tmp_path / "e.parquet", lost=[(150, 0, 3), (500, 0, 4)])
+    code, out, _ = run(capsys, "analyze", rec, "--format", "json")
+    assert code == 0
+    assert [r["reason"] for r in json.loads(out)["reports"] if r["groups"]] == ["lost", "lost", "final"]
+    total, rows = top(go, tmp_path, export(capsys, rec, "pprof", tmp_path / "e.pb.gz"), "objects")
+    assert total == 4 and ("__kmalloc_noprof", 4, 4) in rows
+    doc = json.loads(export(capsys, rec, "speedscope", tmp_path / "e.json").read_text())
+    check_speedscope(doc)
+    assert doc["profiles"][0]["weights"] == [4 * 64]
+
+
 def test_pprof_event_list_recording_counts_objects_only(go, tmp_path, capsys):
     rec = build(EVENTS_B, tmp_path / "b.parquet", alloc=[PAGE_ALLOC], free=[PAGE_FREE],
                 alloc_event="kmem:mm_page_alloc", free_event="kmem:mm_page_free",
