@@ -77,7 +77,7 @@ def diff(
         if fmt == "json":
             sys.stdout.write(json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n")
         elif fmt == "markdown":
-            from ..reports import diff_markdown
+            from .. import diff_markdown
 
             sys.stdout.write(diff_markdown.render(ta, tb, changes, top, limit, failing))
         else:

@@ -4,7 +4,6 @@ A reporter module defines `render(a, stacks, out, opts)`: it writes one Analysis
 resolver that names its frames) to `out`, as `opts` asks. None recomputes the analysis. A new
 format is a new module plus its line in FORMATS; `analyze --format` lists what is here. A module
 that sets `BINARY = True` is given a binary stream and is never written to a terminal.
-`diff_markdown` is `diff --format markdown`'s (diff's text and JSON live in diff.py).
 """
 
 from __future__ import annotations

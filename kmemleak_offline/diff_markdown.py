@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from ..diff import NO_CHAIN, UNKNOWN, ChainKey, Change, Table
+from .diff import NO_CHAIN, UNKNOWN, ChainKey, Change, Table
 
 _ARROW = "\u2192"  # →
 
