@@ -14,6 +14,7 @@ kept for display only (those of the later side when both sides have the chain).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class Table:
     total_alloc: int
     total_free: int
     leaks: dict[ChainKey, Side] = field(default_factory=dict)
+    mode: str = LEAKED_BYTES  # EVENT_LIST: no sizes, bytes are all 0
 
     def add(self, key: ChainKey, lines: tuple[str, ...], b: int, n: int) -> None:
         side = self.leaks.get(key)
@@ -108,7 +110,7 @@ def leak_table(a: Analysis, stacks: StackResolver) -> dict[ChainKey, Side]:
 
 
 def recording_table(name: str, a: Analysis, stacks: StackResolver) -> Table:
-    t = Table(name, a.result.total_alloc, a.result.total_free)
+    t = Table(name, a.result.total_alloc, a.result.total_free, mode=a.mode)
     chains: dict[tuple[int, int], tuple[ChainKey, tuple[str, ...]]] = {}  # per (stack, pid)
     for r in a.reports:
         if a.mode == LEAKED_BYTES:
@@ -207,7 +209,8 @@ def _report_table(name: str, doc: Any) -> Table:
     if mode not in (LEAKED_BYTES, EVENT_LIST):
         raise ReportError(f"unknown mode {mode!r}")
     stats = _need(doc, "stats", dict, "report")
-    t = Table(name, _need(stats, "total_alloc", int, "stats"), _need(stats, "total_free", int, "stats"))
+    t = Table(name, _need(stats, "total_alloc", int, "stats"), _need(stats, "total_free", int, "stats"),
+              mode=mode)
     for ri, r in enumerate(_need(doc, "reports", list, "report")):
         where = f"reports[{ri}]"
         if mode == LEAKED_BYTES:
@@ -224,6 +227,50 @@ def _report_table(name: str, doc: Any) -> Table:
                 key, lines = _json_chain(_need(e, "stack", list, ew), ew)
                 t.add(key, lines, 0, 1)
     return t
+
+
+# ---- the growth gate ----------------------------------------------------------------------------
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)", re.IGNORECASE)
+# 1024-based: K/M/G/T as the kernel's memparse (and ulimit) read them, and the IEC KiB/MiB/...;
+# 1000-based only when spelled the SI way with a B: kB/KB, MB, GB, TB
+_SIZE_UNITS = {"": 1, "b": 1,
+               **{u: 1024 ** (i + 1) for i, us in enumerate((("k", "kib"), ("m", "mib"),
+                                                            ("g", "gib"), ("t", "tib")))
+                  for u in us},
+               **{u: 1000 ** (i + 1) for i, u in enumerate(("kb", "mb", "gb", "tb"))}}
+
+
+def parse_size(text: str) -> int:
+    """`--fail-on-growth SIZE`: bytes, with an optional K/M/G/T (1024-based, also KiB/MiB/GiB/TiB)
+    or kB/MB/GB/TB (1000-based) suffix, any case; a fraction must come to whole bytes (1.5K).
+    ValueError with a one-line message otherwise."""
+    m = _SIZE.fullmatch(text.strip())
+    unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+    if unit is None:
+        raise ValueError(f"invalid size {text!r}: expected bytes, optionally with a suffix "
+                         "K, M, G, T (1024-based; also KiB, MiB, GiB, TiB) or kB, MB, GB, TB "
+                         "(1000-based), e.g. 4096, 64K, 1.5M")
+    whole, _, frac = m.group(1).partition(".")
+    scale = 10 ** len(frac)
+    num = int(whole + frac) * unit  # exact: no float rounding of big values
+    if num % scale:
+        raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
+    return num // scale
+
+
+def describe(key: ChainKey, frames: int = 3) -> str:
+    """A one-line name for a chain: its first frames, leaf first."""
+    if not key:
+        return NO_CHAIN[0]
+    names = [f"{s}+0x{o:x}" if s != UNKNOWN else f"{UNKNOWN} ({d})" for s, o, d in key[:frames]]
+    return " <- ".join(names) + (" <- ..." if len(key) > frames else "")
+
+
+def over_limit(changes: list[Change], limit: int) -> list[Change]:
+    """Chains whose leaked bytes grew by more than `limit` (a new chain grew from 0), biggest first."""
+    return sorted((c for c in changes if c.delta_bytes > limit),
+                  key=lambda c: (-c.delta_bytes, c.key))
 
 
 # ---- comparison and output ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECORDER_MODULES = ["recorder.session", "recorder.command", "recorder.spool", "recorder.probes",
                     "recorder.procfs", "recorder.events", "recorder.records"]
-ANALYSER = ["load", "analysis", "engine", "symbols", "reports", "diff", "cli", "commands",
+ANALYSER = ["load", "analysis", "engine", "symbols", "reports", "diff", "diff_markdown", "cli", "commands",
             "perfdata", "replay", "malloc", "printfmt", "info", "synthetic"]
 
 

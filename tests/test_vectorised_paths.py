@@ -383,7 +383,7 @@ def test_flame_graph_event_list_equals_one_step_per_entry(event_list_analysis):
 def test_diff_table_event_list_equals_one_step_per_entry(event_list_analysis):
     a = event_list_analysis
     stacks = _resolver(a)
-    want = diff.Table("x", a.result.total_alloc, a.result.total_free)
+    want = diff.Table("x", a.result.total_alloc, a.result.total_free, mode=a.mode)
     for r in a.reports:
         ents = r.entries[r.entries["selected"]]
         for i in range(len(ents)):

@@ -1,4 +1,5 @@
-"""`kmemleak-offline analyze`: one recording -> perf-prof's leak report (text, JSON, folded)."""
+"""`kmemleak-offline analyze`: one recording -> perf-prof's leak report (text, JSON, folded) or a
+profile (pprof, speedscope)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def analyze(
     flame_graph: Annotated[str | None, typer.Option("--flame-graph", metavar="FILE", help="write folded stacks to FILE(.folded)")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v: event list too; -vv: every sample")] = 0,
     interval: Annotated[int | None, typer.Option("-i", "--interval", metavar="MS", help="stats every MS of trace time")] = None,
-    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text (perf-prof's), json or folded")] = "text",
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text (perf-prof's), json, folded, pprof (gzipped profile.proto: give -o) or speedscope")] = "text",
     trend: Annotated[bool, typer.Option("--trend", help="text: a growth-trend line per call chain "
                                         "(growing/bounded/insufficient, docs/trends.md)")] = False,
     sort: Annotated[str, typer.Option("--sort", metavar="ORDER", help="call chains by bytes "
@@ -67,7 +68,7 @@ def analyze(
 ) -> None:
     """Match allocs with frees and print perf-prof's leak reports."""
     _arrow_keeps_freed_memory()
-    from ..reports import FORMATS, ReportOptions, flamegraph, reporter
+    from ..reports import FORMATS, ReportOptions, flamegraph, is_binary, reporter
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -75,6 +76,14 @@ def analyze(
 
     if sort not in SORTS:
         fail(f"--sort must be one of {', '.join(SORTS)}, not {sort!r}")
+    try:
+        binary = is_binary(fmt)
+    except ImportError as exc:  # a format's library is missing (pprof: protobuf)
+        fail(f"--format {fmt} needs the Python package {exc.name}: pip install {exc.name}"
+             if exc.name else f"--format {fmt}: {exc}")
+    if binary and output is None and sys.stdout.isatty():
+        fail(f"--format {fmt} writes binary data: give -o FILE (or redirect stdout), "
+             "not a terminal")
     if interval is not None and not 0 < interval <= MAX_INTERVAL_MS:
         fail(f"-i/--interval must be 1..{MAX_INTERVAL_MS} milliseconds, not {interval}")
     _terminate_cleanly()
@@ -98,7 +107,11 @@ def analyze(
         names = ", ".join(r.spec.full_name for r in a.roles if r.is_alloc)
         sys.stderr.write(f"kmemleak-offline: note: no allocations to report ({names}: none "
                          "recorded or all filtered out)\n")
-    out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
+    try:
+        out = open(output, "wb" if binary else "w") if output else (  # noqa: SIM115 (closed below)
+            sys.stdout.buffer if binary else sys.stdout)
+    except OSError as exc:
+        fail(f"-o {output}: {exc.strerror or exc}")
     with reader_may_leave():
         try:
             reporter(fmt)(a, stacks, out, ReportOptions(recording=str(recording), verbose=verbose,

@@ -19,21 +19,29 @@ def diff(
     free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="re-interpret recordings: free events")] = None,
     than: Annotated[str | None, typer.Option("--than", metavar="T", help="recordings: only leaks older than T: N[s|ms|us|ns]")] = None,
     top: Annotated[int | None, typer.Option("--top", metavar="N", help="show the N biggest changes")] = None,
-    fmt: Annotated[str, typer.Option("--format", metavar="text|json", help="output format")] = "text",
+    fmt: Annotated[str, typer.Option("--format", metavar="text|json|markdown", help="output format (markdown: a pull-request comment)")] = "text",
+    fail_on_growth: Annotated[str | None, typer.Option("--fail-on-growth", metavar="SIZE", help="exit 1 when a call chain's leaked bytes grew by more than SIZE: bytes, or with K/M/G (1024-based) or kB/MB/GB")] = None,
     symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
 ) -> None:
     """Compare the leaks of two recordings or reports: per call chain, what grew, appeared or went away.
 
     A JSON report (`analyze --format json`) is used as it was analysed: --alloc/--free/--than
-    apply to the recording side(s) only.
+    apply to the recording side(s) only. With --fail-on-growth (a CI gate) the exit status is 1
+    when any chain grew by more than SIZE bytes (a new chain grows from 0), else 0.
     """
     import json
 
     from .. import diff as diffmod
     from ..format.spec import SpecError, parse_duration
 
-    if fmt not in ("text", "json"):
-        fail(f"--format must be text or json, not {fmt!r}")
+    if fmt not in ("text", "json", "markdown"):
+        fail(f"--format must be text, json or markdown, not {fmt!r}")
+    limit = None
+    if fail_on_growth is not None:
+        try:
+            limit = diffmod.parse_size(fail_on_growth)
+        except ValueError as exc:
+            fail(f"--fail-on-growth: {exc}")
     if than is not None:
         try:
             parse_duration(than)
@@ -57,9 +65,25 @@ def diff(
             a, stacks = run_analysis(path, alloc, free, than, symfs=symfs)
             tables[i] = diffmod.recording_table(str(path), a, stacks)
     ta, tb = tables
+    if limit is not None:
+        no_sizes = [t.name for t in (ta, tb) if t.mode != diffmod.LEAKED_BYTES]
+        if no_sizes:
+            fail(f"--fail-on-growth: {' and '.join(no_sizes)} "
+                 f"ha{'s' if len(no_sizes) == 1 else 've'} no allocation sizes (event-list mode): "
+                 "nothing to compare bytes of")
     changes = diffmod.compare(ta.leaks, tb.leaks)
+    failing = diffmod.over_limit(changes, limit) if limit is not None else []
     with reader_may_leave():
         if fmt == "json":
             sys.stdout.write(json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n")
+        elif fmt == "markdown":
+            from .. import diff_markdown
+
+            sys.stdout.write(diff_markdown.render(ta, tb, changes, top, limit, failing))
         else:
             sys.stdout.write(diffmod.render_text(ta, tb, changes, top))
+    if failing:
+        worst = failing[0]
+        fail(f"leak gate: {len(failing)} call chain{'s' if len(failing) != 1 else ''} grew by more "
+             f"than {limit} bytes (largest {worst.delta_bytes:+d} bytes, {worst.status}: "
+             f"{diffmod.describe(worst.key)})", code=1)

@@ -2,7 +2,8 @@
 
 A reporter module defines `render(a, stacks, out, opts)`: it writes one Analysis (and the stack
 resolver that names its frames) to `out`, as `opts` asks. None recomputes the analysis. A new
-format is a new module plus its line in FORMATS; `analyze --format` lists what is here.
+format is a new module plus its line in FORMATS; `analyze --format` lists what is here. A module
+that sets `BINARY = True` is given a binary stream and is never written to a terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ FORMATS = {  # --format name -> module in this package
     "text": "text",
     "json": "json_report",
     "folded": "flamegraph",
+    "pprof": "pprof",
+    "speedscope": "speedscope",
 }
 
 
@@ -31,6 +34,15 @@ class ReportOptions:
     err: TextIO = field(default_factory=lambda: sys.stderr)  # perf-prof's stderr lines (lost)
 
 
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{FORMATS[name]}")
+
+
 def reporter(name: str) -> Callable:
     """The `render` function of format `name` (KeyError if there is none)."""
-    return importlib.import_module(f"{__name__}.{FORMATS[name]}").render
+    return _module(name).render
+
+
+def is_binary(name: str) -> bool:
+    """Format `name` writes bytes (given a binary stream; refused on a terminal)."""
+    return bool(getattr(_module(name), "BINARY", False))
