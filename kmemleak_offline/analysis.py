@@ -60,6 +60,7 @@ class AnalyzeOptions:
     scan_ranges: int | None = None  # row-group runs read in parallel (None: from the size)
     trend: bool = False  # growth trend per leaked-bytes group (trend.py)
     kernel: KernelSymbolFile | None = None  # --kallsyms/--vmlinux: replaces the ksym rows
+    symfs: str | None = None  # --symfs: user ELF files (perf-probe sites are checked against them)
 
 
 @dataclass
@@ -325,7 +326,8 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
     stop_ns = max(rec.meta.clock.stop_ns, int(sm.time.max(initial=0)))
     if malloc:
         mode = LEAKED_BYTES
-        stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn)
+        stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn, comms,
+                                     side)
     else:
         stream, res = _kernel_stream(sm, order, roles, names, role_lut, lost, stop_ns, opts, warn,
                                      _expr_env(ksyms, comms, stop_ns))
@@ -378,18 +380,26 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
 
 
 def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRole], names: list[str],
-                   lost: Lost, stop_ns: int, opts: AnalyzeOptions,
-                   warn: Callable[[str], None]) -> tuple[Stream, ReplayResult]:
-    """`record --malloc` recordings: pair uprobe entry/return per thread into alloc/free events
-    with sizes (malloc.py), then replay those.
+                   lost: Lost, stop_ns: int, opts: AnalyzeOptions, warn: Callable[[str], None],
+                   comms: Machine, side: dict[str, pa.Table]) -> tuple[Stream, ReplayResult]:
+    """`record --malloc` recordings and imported perf-probe captures: pair uprobe entry/return
+    per thread into alloc/free events with sizes (malloc.py), then replay those.
 
     Pairing reads the loaded sample columns and payloads (no second read of the recording). Each
     event is one sample row (a return for allocations, an entry for frees), so cpu, ring, seq,
     pid, tid come from that row; only what pairing computes is kept per position."""
     from .malloc import malloc_rows
+    from .perfprobe import is_perf_probe
+    from .perfprobe import notes as probe_notes
 
+    probes = meta.get("probes") or []
+    site_ok = None
+    if is_perf_probe(probes):  # say what the capture lacks; check where perf put the probes
+        for note in probe_notes(probes):
+            warn(f"note: {note}")
+        site_ok = _site_check(comms, side, opts.symfs)
     try:
-        ev = malloc_rows(sm, meta)
+        ev = malloc_rows(sm, meta, site_ok)
     except MallocError as exc:
         raise AnalysisError(str(exc)) from None
     if opts.verbose:
@@ -412,6 +422,25 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     stream = Stream(rows=prow, samples=sm, is_alloc_role=np.array([r.is_alloc for r in roles]),
                     per_pos=per_pos, per_row={})
     return stream, res
+
+
+def _site_check(comms: Machine, side: dict[str, pa.Table], symfs: str | None):
+    """(pids, addrs, times) -> False where the address lies in an ELF file whose symbols were read
+    and is not the first instruction of a function there (a PLT stub); True where it is, or
+    where nothing can be said (no mapping, file unreadable)."""
+    from .symbols.callchain import UserResolver
+    from .symbols.user import Dsos
+
+    user = UserResolver(comms, Dsos(side["usym"], symfs=symfs), demangle=False)
+
+    def ok(pid: np.ndarray, addr: np.ndarray, time: np.ndarray) -> np.ndarray:
+        names, offs, dsos = user.resolve(pid, addr, time, is_return=False)
+        bad = user.unreadable
+        known = np.array([d is not None and d not in bad for d in dsos.tolist()], bool)
+        at_start = np.array([x is not None for x in names.tolist()], bool) & (offs == 0)
+        return at_start | ~known
+
+    return ok
 
 
 def _trend_parts(stream: Stream, res: ReplayResult, g: np.ndarray) -> Parts:

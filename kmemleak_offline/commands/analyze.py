@@ -129,7 +129,7 @@ def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verb
     rec = load(recording)
     opts = AnalyzeOptions(alloc=split_specs(alloc), free=split_specs(free), than_ns=than_ns,
                           comm=comm, verbose=verbose, interval_ms=interval, trend=trend,
-                          **(engine or {}))
+                          symfs=str(symfs) if symfs else None, **(engine or {}))
     try:
         a = run(rec, opts)
     except AnalysisError as exc:
