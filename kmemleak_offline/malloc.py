@@ -411,10 +411,9 @@ def _pair_samples(sm: Samples, metadata: Mapping[str, Any],
             fmts[code] = (fmt, {c for c, f in renames[ev].items() if fmt.has_field(f)})
         else:
             fmts[code] = (fmt, {f.name for f in fmt.fields})
-    stats_site = 0
-    if site_ok is not None and rename:
-        sel, ev_code, fc, stats_site = _drop_off_site(sm, sel, ev_code, fc, fmts, roles, names,
-                                                      site_ok)
+    site_stats: dict[str, int] = {}
+    if rename:  # perf-probe captures: probes off a function's start, two probes on one function
+        sel, ev_code, fc, site_stats = _probe_sites(sm, sel, ev_code, fc, fmts, roles, names, site_ok)
 
     # rows of each event (ascending, so payloads are read front to back) and each row's index
     # among them: a field is decoded once per event, for all its rows, when pairing first asks
@@ -472,46 +471,62 @@ def _pair_samples(sm: Samples, metadata: Mapping[str, Any],
     pick = (lambda a: a) if sel is None else (lambda a: a[sel])
     p = pair_codes(pick(sm.tid), pick(sm.time), pick(sm.seq), fc, r_lut[ev_code], arg,
                    words if nw else None)
-    if stats_site:
-        p.stats["off_site"] = stats_site
+    p.stats.update(site_stats)
     return p, sel
 
 
-def _drop_off_site(sm: Samples, sel: np.ndarray | None, ev_code: np.ndarray, fc: np.ndarray,
-                   fmts: Mapping[int, tuple[tracefs.EventFormat, set[str]]],
-                   roles: Mapping[str, tuple[str, bool]], names: Sequence[str],
-                   site_ok: SiteCheck) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, int]:
-    """Drop the probe rows whose probe address (entries: __probe_ip, returns: __probe_func) is not
-    a function's first instruction, as `site_ok` judges each distinct (pid, address) once.
-    Returns the narrowed (sel, ev_code, fc) and how many rows went."""
+def _probe_sites(sm: Samples, sel: np.ndarray | None, ev_code: np.ndarray, fc: np.ndarray,
+                 fmts: Mapping[int, tuple[tracefs.EventFormat, set[str]]],
+                 roles: Mapping[str, tuple[str, bool]], names: Sequence[str],
+                 site_ok: SiteCheck | None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, dict[str, int]]:
+    """Rows of perf-probe captures that must not be paired, by probe address (entries:
+    __probe_ip, returns: __probe_func; per process):
+
+    * off_site: `site_ok` says the address is no function's first instruction (perf probe with
+      debug info also puts `calloc` on libc's realloc@plt); each (pid, address) is judged once;
+    * alias: another probe event of the same kind sits on the same address (glibc's memalign and
+      aligned_alloc are one function): only the event with the lowest code counts there, for
+      the kernel reports both probes of one hit in the same order at entry and at return, which
+      is no nesting.
+
+    Returns the narrowed (sel, ev_code, fc) and the counts of rows dropped."""
     n = len(fc)
     site = np.zeros(n, np.uint64)
     have = np.zeros(n, bool)
+    ret = np.zeros(n, bool)
     for code, (fmt, _) in fmts.items():
-        field = "__probe_func" if roles[names[code]][1] else "__probe_ip"
+        is_ret = roles[names[code]][1]
+        field = "__probe_func" if is_ret else "__probe_ip"
         if not fmt.has_field(field):
             continue
         pos = np.flatnonzero(ev_code == code)
         rows = pos if sel is None else sel[pos]
         site[pos] = sm.decode(fmt, rows, fields=[field])[field].astype(np.uint64, copy=False)
         have[pos] = True
+        ret[pos] = is_ret
     rows = np.arange(n) if sel is None else sel
     pid = sm.pid[rows].astype(np.int64)
-    order = np.lexsort((site, pid))
-    ps, ss = pid[order], site[order]
-    first = np.ones(n, bool)
-    first[1:] = (ps[1:] != ps[:-1]) | (ss[1:] != ss[:-1])
-    group = np.cumsum(first) - 1
-    at = order[first]  # one row per distinct (pid, site): the checks are few
-    ok = np.asarray(site_ok(pid[at], site[at], sm.time[rows[at]]), bool)
-    keep = np.empty(n, bool)
-    keep[order] = ok[group]
-    keep |= ~have
-    dropped = int(n - np.count_nonzero(keep))
-    if not dropped:
-        return sel, ev_code, fc, 0
-    k = np.flatnonzero(keep)
-    return rows[k], ev_code[k], fc[k], dropped
+    order = np.lexsort((ev_code, ret, site, pid))  # by (pid, site, kind), lowest event first
+    ps, ss, rs, cs = pid[order], site[order], ret[order], ev_code[order]
+    new_site = np.ones(n, bool)
+    new_site[1:] = (ps[1:] != ps[:-1]) | (ss[1:] != ss[:-1])
+    new_kind = new_site.copy()
+    new_kind[1:] |= rs[1:] != rs[:-1]
+    first_code = cs[np.flatnonzero(new_kind)][np.cumsum(new_kind) - 1]
+    alias = np.empty(n, bool)
+    alias[order] = cs != first_code
+    off = np.zeros(n, bool)
+    if site_ok is not None:
+        at = order[new_site]  # one row per distinct (pid, site): the checks are few
+        ok = np.asarray(site_ok(pid[at], site[at], sm.time[rows[at]]), bool)
+        off[order] = ~ok[np.cumsum(new_site) - 1]
+    off &= have
+    alias &= have & ~off
+    stats = {k: int(np.count_nonzero(v)) for k, v in (("off_site", off), ("alias", alias)) if v.any()}
+    if not stats:
+        return sel, ev_code, fc, stats
+    k = np.flatnonzero(~(off | alias))
+    return rows[k], ev_code[k], fc[k], stats
 
 
 def malloc_rows(sm: Samples, metadata: Mapping[str, Any], site_ok: SiteCheck | None = None) -> MallocRows:
@@ -560,6 +575,9 @@ def summary(stats: Mapping[str, int]) -> Sequence[str]:
     if stats.get("off_site"):
         notes.append(f"{stats['off_site']} probe hits at addresses that are no function's start "
                      "ignored (perf probe put the probe on a PLT stub too)")
+    if stats.get("alias"):
+        notes.append(f"{stats['alias']} probe hits on a function another probe event also traces "
+                     "(e.g. glibc's memalign is aligned_alloc) counted once")
     if stats.get("memptr_unknown"):
         notes.append(f"{stats['memptr_unknown']} posix_memalign results not recovered "
                      "(memptr outside the fetched caller stack words)")

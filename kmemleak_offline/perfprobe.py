@@ -62,13 +62,13 @@ _PSEUDO = ("__probe_ip", "__probe_func", "__probe_ret_ip")
 REGISTERS = ("%di", "%si", "%dx")
 
 
-def _function(name: str) -> tuple[str, str, bool] | None:
-    """Event name (no group) -> (symbol, role, is_return), or None if it names no allocator."""
+def _function(name: str) -> tuple[str, str] | None:
+    """Event name (no group) -> (symbol, role), or None if it names no allocator. perf probe names
+    a return probe `X__return`, and a second event of one name `X_1` (`-f`; a return too)."""
     for n in (name, _DUP.sub("", name)):
-        ret = n.endswith("__return")
-        base = n[: -len("__return")] if ret else n
+        base = n.removesuffix("__return")
         if base in FUNCTIONS:
-            return base, FUNCTIONS[base][0], ret
+            return base, FUNCTIONS[base][0]
     return None
 
 
@@ -104,8 +104,9 @@ def recognise(formats: Mapping[str, str]) -> list[dict[str, Any]]:
     """The allocator probes among the events (`sys:name` -> tracefs format text): a `probes` list
     as `record --malloc` writes it, each with `fields` (contract name -> field) and `unknown`.
 
-    An event counts when its name is an allocator's (`X` or `X__return`) and its format is a
-    uprobe's (`__probe_ip`; returns `__probe_func`). Returns of free/delete carry nothing to pair
+    An event counts when its name is an allocator's (`X`, `X__return`, `X_N`) and its format is a
+    uprobe's: `__probe_ip` at an entry, `__probe_func` at a return (which it is comes from the
+    format: perf names a second return probe `X_1`). Returns of free/delete carry nothing to pair
     and are left out."""
     probes = []
     for event in sorted(formats):
@@ -113,13 +114,14 @@ def recognise(formats: Mapping[str, str]) -> list[dict[str, Any]]:
         hit = _function(name)
         if hit is None:
             continue
-        symbol, role, is_return = hit
+        symbol, role = hit
         try:
             fmt = tracefs.parse_format(formats[event], group)
         except tracefs.FormatError:
             continue
         fields = [f.name for f in fmt.fields if not f.common]
-        if (_PSEUDO[1] if is_return else _PSEUDO[0]) not in fields or (is_return and role == "free"):
+        is_return = "__probe_func" in fields  # a uretprobe's format; an entry has __probe_ip
+        if not (is_return or "__probe_ip" in fields) or (is_return and role == "free"):
             continue
         fmap, unknown = _field_map(symbol, is_return, [f for f in fields if f not in _PSEUDO])
         kind = "return" if is_return else "entry"

@@ -8,6 +8,7 @@
  *   leak_memalign        K_PMA x posix_memalign(&p, 64, N_PMA), one more is freed
  *   leak_aligned         K_ALIGNED x aligned_alloc(64, N_ALIGNED)
  *   leak_reallocarray    one reallocarray(NULL, RA_N, RA_SZ)
+ *   leak_memalign_valloc one memalign(32, N_MEMALIGN) and one valloc(N_VALLOC)
  * Not leaked: realloc(p, 0) (glibc frees p and returns NULL), malloc/free churn, calloc ->
  * realloc -> free, a failed malloc (NULL), blocks main allocates and another thread frees.
  * Call chains: every function is noinline and called from main, so the first user frame of a
@@ -15,6 +16,7 @@
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <malloc.h>
 #include <stdlib.h>
 
 #define NOINLINE __attribute__((noinline))
@@ -31,6 +33,8 @@
 #define N_ALIGNED 192
 #define RA_N 6
 #define RA_SZ 40
+#define N_MEMALIGN 160
+#define N_VALLOC 300
 
 void *volatile sink[64];
 void *volatile nil; /* NULL the compiler cannot see: realloc(nil, n) stays a realloc call */
@@ -53,6 +57,10 @@ NOINLINE void leak_memalign(void) {
 }
 NOINLINE void leak_aligned(void) { for (int i = 0; i < K_ALIGNED; i++) sink[21 + i] = aligned_alloc(64, N_ALIGNED); }
 NOINLINE void leak_reallocarray(void) { sink[24] = reallocarray(nil, RA_N, RA_SZ); }
+NOINLINE void leak_memalign_valloc(void) {
+    sink[25] = memalign(32, N_MEMALIGN);
+    sink[26] = valloc(N_VALLOC);
+}
 NOINLINE void realloc_zero(void) {
     for (int i = 0; i < 3; i++) {
         void *p = malloc(64);
@@ -88,6 +96,7 @@ int main(void) {
     leak_memalign();
     leak_aligned();
     leak_reallocarray();
+    leak_memalign_valloc();
     realloc_zero();
     churn();
     cross_thread();
