@@ -125,10 +125,12 @@ def recognise(formats: Mapping[str, str]) -> list[dict[str, Any]]:
             continue
         fmap, unknown = _field_map(symbol, is_return, [f for f in fields if f not in _PSEUDO])
         kind = "return" if is_return else "entry"
+        shown = [f"{c}={f}" for c, f in fmap.items() if not _WORD.match(c)]
+        words = sum(1 for c in fmap if _WORD.match(c))
+        shown += [f"w0..w{words - 1}"] if words else []
         probes.append({"event": event, "group": group, "name": name, "kind": kind, "func": role,
                        "symbol": symbol, "fields": fmap, "unknown": unknown, "source": SOURCE,
-                       "definition": f"{event}  ({SOURCE}: {symbol} {kind}"
-                                     + "".join(f" {c}={f}" for c, f in fmap.items()) + ")"})
+                       "definition": f"{event}  ({SOURCE}: {symbol} {kind} {' '.join(shown)})"})
     return probes
 
 

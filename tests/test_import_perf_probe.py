@@ -28,6 +28,7 @@ from recorder.probes import mapped_libc, tracefs_root
 
 ROOT = Path(__file__).resolve().parents[1]
 C_FILE = Path(__file__).parent / "c" / "probe_leaks.c"
+CXX_FILE = Path(__file__).parent / "c" / "probe_new.cpp"
 PERF = shutil.which("perf") or "perf"
 WORDS = " ".join(f"w{k}=+{8 * k}(%sp)" for k in range(32))
 # what a user types after `perf probe -x LIBC -a` (docs/allocators.md, "Postmortem with perf probe")
@@ -43,6 +44,9 @@ PROBES = [
     f"posix_memalign%return $retval sp=%sp {WORDS}",
     "free ptr=%di",
 ]
+# C++: perf probe --no-demangle -x LIBSTDCXX (with PROBES on libc: new calls malloc inside)
+CXX_PROBES = ["_Znwm size=%di", "_Znwm%return $retval", "_Znam size=%di", "_Znam%return $retval",
+              "_ZdlPv ptr=%di", "_ZdlPvm ptr=%di", "_ZdaPv ptr=%di"]
 BARE = ["malloc", "malloc%return $retval", "free ptr=%di"]  # no sizes: object counts only
 # reallocarray not probed: glibc's reallocarray calls realloc through libc's realloc@plt, where
 # perf probe (6.1, with libc's debug info) also puts the `calloc` probe; only the check of probe
@@ -52,9 +56,9 @@ NO_ARRAY = [s for s in PROBES if not s.startswith("reallocarray")]
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="perf probe needs root")
 
 
-def defines() -> dict[str, int]:
+def defines(path: Path = C_FILE) -> dict[str, int]:
     return {m.group(1): int(m.group(2))
-            for m in re.finditer(r"^#define (\w+) (\d+)$", C_FILE.read_text(), re.MULTILINE)}
+            for m in re.finditer(r"^#define (\w+) (\d+)$", path.read_text(), re.MULTILINE)}
 
 
 def expected() -> dict[str, tuple[int, int]]:
@@ -77,18 +81,24 @@ def uprobe_lines(group: str) -> list[str]:
     return [x for x in text.splitlines() if f":{group}/" in x]
 
 
-def perf_probe(group: str, specs: list[str]) -> None:
+def libstdcxx(exe: Path) -> str:
+    """The libstdc++ the program links (ldd)."""
+    out = subprocess.run(["ldd", str(exe)], capture_output=True, text=True, check=True).stdout
+    return next(ln.split()[2] for ln in out.splitlines() if "libstdc++" in ln)
+
+
+def perf_probe(group: str, specs: list[str], lib: str | None = None) -> None:
     """`perf probe -x LIBC -a SPEC ...`, each event named as perf names it, in our group.
 
     -f: perf probe refuses an event name that exists in ANY group (a concurrent `record --malloc`
     has `kmlo_<pid>:malloc`); forced, it names ours `malloc_1`, which import knows too."""
-    libc = mapped_libc()
+    libc = lib or mapped_libc()
     assert libc, "no libc mapped"
     args = []
     for spec in specs:
         fn = re.match(r"\w+", spec).group(0)
         args += ["-a", f"{group}:{fn}={spec}"]
-    res = subprocess.run([PERF, "probe", "-f", "-x", libc, *args], capture_output=True, text=True,
+    res = subprocess.run([PERF, "probe", "-f", "--no-demangle", "-x", libc, *args], capture_output=True, text=True,
                          timeout=300, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -112,22 +122,30 @@ def captures(tmp_path_factory) -> Iterator[dict[str, Any]]:
         flags = ["-fno-omit-frame-pointer"] if fp == "fp" else []
         subprocess.run(["gcc", "-O2", "-Wall", *flags, "-pthread", "-o", str(exes[fp]), str(C_FILE)],
                        check=True)
-    for name, specs, runs in (("full", PROBES, ("fp", "nofp")), ("bare", BARE, ("fp",)),
+    exes["cxx"] = folder / "probe_new"
+    subprocess.run(["g++", "-O2", "-Wall", "-fno-omit-frame-pointer", "-o", str(exes["cxx"]),
+                    str(CXX_FILE)], check=True)
+    cxx_group = f"kmlot_{os.getpid()}_cxxlib"
+    for name, specs, runs in (("full", PROBES, ("fp", "nofp", "cxx")), ("bare", BARE, ("fp",)),
                               ("noarray", NO_ARRAY, ("fp",))):
         group = f"kmlot_{os.getpid()}_{name}"
         try:
             perf_probe(group, specs)
+            if name == "full":
+                perf_probe(cxx_group, CXX_PROBES, libstdcxx(exes["cxx"]))
             if name == "noarray":
                 out["stubs"] = len([x for x in uprobe_lines(group) if re.search(r"/calloc(_\d+)? ", x)])
             for fp in runs:
                 data = folder / f"{name}-{fp}.data"
-                res = subprocess.run([PERF, "record", "-q", "-e", f"{group}:*", "-g", "-o", str(data),
+                events = ["-e", f"{group}:*"] + (["-e", f"{cxx_group}:*"] if fp == "cxx" else [])
+                res = subprocess.run([PERF, "record", "-q", *events, "-g", "-o", str(data),
                                       "--", str(exes[fp])], capture_output=True, text=True, timeout=300,
                                      check=False)
                 assert res.returncode == 0, res.stderr
                 out[f"{name}-{fp}"] = (data, exes[fp])
         finally:
             remove_probes(group)
+            remove_probes(cxx_group)
     yield out
 
 
@@ -162,6 +180,17 @@ def test_bytes_per_function_exact(captures, capsys, fp: str) -> None:
     assert "paired per thread like record --malloc" in imp
     assert per_function(report, exe) == expected()
     assert "perf probe:" not in err, err  # the documented set lacks nothing
+
+
+def test_cxx_operator_new(captures, capsys) -> None:
+    """operator new/delete probed in libstdc++ next to libc's allocators: each block once, at
+    the program's call of new (malloc inside new, new inside new[], free inside delete: nested)."""
+    data, exe = captures["full-cxx"]
+    report, _, err = import_and_analyze(data, capsys)
+    d = defines(CXX_FILE)
+    assert per_function(report, exe) == {"leak_new()": (d["K_NEW"] * d["BIG"], d["K_NEW"]),
+                                         "leak_array()": (d["N_ARRAY"], 1)}
+    assert "perf probe:" not in err, err
 
 
 def test_probes_on_plt_stubs_do_not_count(captures, capsys) -> None:

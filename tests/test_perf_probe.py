@@ -65,9 +65,9 @@ EVENTS = {
     "probe_libc:posix_memalign": ["memptr", "align", "size"],
     "probe_libc:posix_memalign__return": ["arg1", "sp"] + [f"w{k}" for k in range(4)],
     "probe_libc:free": ["ptr"],
-    "probe_libcxx:_Znwm": ["arg1"],                     # perf probe -x libstdc++ _Znwm %di
-    "probe_libcxx:_Znwm__return": ["arg1"],
-    "probe_libcxx:_ZdlPv": ["arg1"],
+    "probe_libstdc:_Znwm": ["arg1"],                     # perf probe -x libstdc++ _Znwm %di
+    "probe_libstdc:_Znwm__return": ["arg1"],
+    "probe_libstdc:_ZdlPv": ["arg1"],
 }
 
 
@@ -146,9 +146,9 @@ def program(stub_hit: bool = True) -> Program:
     p.hit("probe_libc:posix_memalign", 11, SITE["posix_memalign"], memptr=sp + 8, align=64, size=512)
     p.hit("probe_libc:posix_memalign__return", 11, SITE["posix_memalign"], arg1=0, sp=sp, w0=1,
           w1=0x7000, w2=2, w3=3)
-    p.call("_Znwm", 11, 0x8000, group="probe_libcxx", arg1=24,
+    p.call("_Znwm", 11, 0x8000, group="probe_libstdc", arg1=24,
            inner=lambda: p.call("malloc", 11, 0x8000, size=24))
-    p.hit("probe_libcxx:_ZdlPv", 11, SITE["_ZdlPv"], arg1=0x8000)
+    p.hit("probe_libstdc:_ZdlPv", 11, SITE["_ZdlPv"], arg1=0x8000)
     p.hit("probe_libc:free", 11, SITE["free"], ptr=0x8000)
     p.hit("probe_libc:free", 12, SITE["free"], ptr=0x1000)
     return p
@@ -179,8 +179,8 @@ def test_recognise_maps_perf_probe_fields_onto_the_pairing_names():
     assert f["probe_libc:posix_memalign__return"] == {"ret": "arg1", "sp": "sp", "w0": "w0", "w1": "w1",
                                                       "w2": "w2", "w3": "w3"}
     assert f["probe_libc:free"] == {"ptr": "ptr"}
-    assert f["probe_libcxx:_Znwm"] == {"size": "arg1"}
-    assert (probes["probe_libcxx:_Znwm"]["func"], probes["probe_libcxx:_ZdlPv"]["func"]) == ("malloc", "free")
+    assert f["probe_libstdc:_Znwm"] == {"size": "arg1"}
+    assert (probes["probe_libstdc:_Znwm"]["func"], probes["probe_libstdc:_ZdlPv"]["func"]) == ("malloc", "free")
     assert probes["probe_libc:malloc__return"]["kind"] == "return"
     assert all(p["source"] == "perf probe" and not p["unknown"] for p in probes.values())
 
