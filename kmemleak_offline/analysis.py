@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -178,6 +179,7 @@ class Analysis:
     warnings: list[str]
     expansions: list[tuple[str, str]] = field(default_factory=list)  # --alloc/--free lists, expanded
     engine: str = "in-memory"  # or "streaming" (engine/): which path analysed it
+    dsos: Any = None  # symbols.user.Dsos the analysis already read ELF files with (perf-probe sites)
 
     @property
     def start_ns(self) -> int:
@@ -264,7 +266,7 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     l_cpu = column_array(lost_t.column("cpu"), np.uint32)
     common = {"recording": rec, "metadata": meta, "roles": roles, "per_task": per_task,
               "ksyms": ksyms, "comms": comms, "side": side, "warnings": warnings,
-              "expansions": expansions}
+              "expansions": expansions, "dsos": None}
     a = None
     if not (malloc or opts.in_memory or opts.verbose >= 2):
         from .engine.streamed import streamed  # the engine builds on this module's types
@@ -326,8 +328,7 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
     stop_ns = max(rec.meta.clock.stop_ns, int(sm.time.max(initial=0)))
     if malloc:
         mode = LEAKED_BYTES
-        stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn, comms,
-                                     side)
+        stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn, common)
     else:
         stream, res = _kernel_stream(sm, order, roles, names, role_lut, lost, stop_ns, opts, warn,
                                      _expr_env(ksyms, comms, stop_ns))
@@ -381,7 +382,7 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
 
 def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRole], names: list[str],
                    lost: Lost, stop_ns: int, opts: AnalyzeOptions, warn: Callable[[str], None],
-                   comms: Machine, side: dict[str, pa.Table]) -> tuple[Stream, ReplayResult]:
+                   common: dict[str, Any]) -> tuple[Stream, ReplayResult]:
     """`record --malloc` recordings and imported perf-probe captures: pair uprobe entry/return
     per thread into alloc/free events with sizes (malloc.py), then replay those.
 
@@ -397,7 +398,7 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     if is_perf_probe(probes):  # say what the capture lacks; check where perf put the probes
         for note in probe_notes(probes):
             warn(f"note: {note}")
-        site_ok = _site_check(comms, side, opts.symfs)
+        site_ok, common["dsos"] = _site_check(common["comms"], common["side"], opts.symfs)
     try:
         ev = malloc_rows(sm, meta, site_ok)
     except MallocError as exc:
@@ -425,13 +426,15 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
 
 
 def _site_check(comms: Machine, side: dict[str, pa.Table], symfs: str | None):
-    """(pids, addrs, times) -> False where the address lies in an ELF file whose symbols were read
-    and is not the first instruction of a function there (a PLT stub); True where it is, or
-    where nothing can be said (no mapping, file unreadable)."""
+    """((pids, addrs, times) -> False where the address lies in an ELF file whose symbols were
+    read and is not the first instruction of a function there (a PLT stub); True where it is, or
+    where nothing can be said (no mapping, file unreadable)), and the Dsos it reads them with (the
+    reports reuse it: libc's tables are read once)."""
     from .symbols.callchain import UserResolver
     from .symbols.user import Dsos
 
-    user = UserResolver(comms, Dsos(side["usym"], symfs=symfs), demangle=False)
+    dsos = Dsos(side["usym"], symfs=symfs)
+    user = UserResolver(comms, dsos, demangle=False)
 
     def ok(pid: np.ndarray, addr: np.ndarray, time: np.ndarray) -> np.ndarray:
         names, offs, dsos = user.resolve(pid, addr, time, is_return=False)
@@ -440,7 +443,7 @@ def _site_check(comms: Machine, side: dict[str, pa.Table], symfs: str | None):
         at_start = np.array([x is not None for x in names.tolist()], bool) & (offs == 0)
         return at_start | ~known
 
-    return ok
+    return ok, dsos
 
 
 def _trend_parts(stream: Stream, res: ReplayResult, g: np.ndarray) -> Parts:

@@ -143,7 +143,8 @@ def user_resolver(a, symfs: Path | None):
     from ..symbols.callchain import UserResolver
     from ..symbols.user import Dsos
 
-    return UserResolver(a.comms, Dsos(a.side["usym"], symfs=str(symfs) if symfs else None))
+    dsos = a.dsos if a.dsos is not None else Dsos(a.side["usym"], symfs=str(symfs) if symfs else None)
+    return UserResolver(a.comms, dsos)
 
 
 def note_unreadable(stacks, verbose: int) -> None:
