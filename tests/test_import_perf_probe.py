@@ -215,6 +215,23 @@ def test_without_sizes_objects_are_counted(captures, capsys) -> None:
     assert notes[0].split("note: ", 1)[1] in imp  # import said it too
 
 
+def test_import_alloc_free_turns_pairing_off(captures, capsys, tmp_path) -> None:
+    """Given --alloc/--free, import reads the probes as plain tracepoints, as told."""
+    from kmemleak_offline.format.recording import open_recording
+    from kmemleak_offline.malloc import is_malloc_recording
+
+    data, _ = captures["bare-fp"]
+    import_and_analyze(data, capsys)  # the default import, for the event names perf gave
+    events = open_recording(data.with_suffix(".parquet")).metadata["events"]
+    ret = next(e for e in events if re.search(r":malloc__return(_\d+)?$", e))
+    free = next(e for e in events if re.search(r":free(_\d+)?$", e))
+    out = tmp_path / "plain.parquet"
+    assert main(["import", str(data), "-o", str(out), "--alloc", f"{ret}//ptr=arg1/stack/",
+                 "--free", f"{free}//ptr=ptr/"]) == 0
+    meta = open_recording(out).metadata
+    assert not is_malloc_recording(meta) and meta["alloc"] == [f"{ret}//ptr=arg1/stack/"]
+
+
 def test_docs_give_the_probes() -> None:
     doc = (ROOT / "docs" / "allocators.md").read_text()
     missing = [s for s in PROBES if not s.startswith("posix_memalign%return") and f"'{s}'" not in doc]
