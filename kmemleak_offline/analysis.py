@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,7 @@ class AnalyzeOptions:
     scan_ranges: int | None = None  # row-group runs read in parallel (None: from the size)
     trend: bool = False  # growth trend per leaked-bytes group (trend.py)
     kernel: KernelSymbolFile | None = None  # --kallsyms/--vmlinux: replaces the ksym rows
+    symfs: str | None = None  # --symfs: user ELF files (perf-probe sites are checked against them)
 
 
 @dataclass
@@ -177,6 +179,7 @@ class Analysis:
     warnings: list[str]
     expansions: list[tuple[str, str]] = field(default_factory=list)  # --alloc/--free lists, expanded
     engine: str = "in-memory"  # or "streaming" (engine/): which path analysed it
+    dsos: Any = None  # symbols.user.Dsos the analysis already read ELF files with (perf-probe sites)
 
     @property
     def start_ns(self) -> int:
@@ -263,7 +266,7 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
     l_cpu = column_array(lost_t.column("cpu"), np.uint32)
     common = {"recording": rec, "metadata": meta, "roles": roles, "per_task": per_task,
               "ksyms": ksyms, "comms": comms, "side": side, "warnings": warnings,
-              "expansions": expansions}
+              "expansions": expansions, "dsos": None}
     a = None
     if not (malloc or opts.in_memory or opts.verbose >= 2):
         from .engine.streamed import streamed  # the engine builds on this module's types
@@ -325,7 +328,7 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
     stop_ns = max(rec.meta.clock.stop_ns, int(sm.time.max(initial=0)))
     if malloc:
         mode = LEAKED_BYTES
-        stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn)
+        stream, res = _malloc_stream(rec, meta, sm, roles, names, lost, stop_ns, opts, warn, common)
     else:
         stream, res = _kernel_stream(sm, order, roles, names, role_lut, lost, stop_ns, opts, warn,
                                      _expr_env(ksyms, comms, stop_ns))
@@ -378,18 +381,26 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
 
 
 def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRole], names: list[str],
-                   lost: Lost, stop_ns: int, opts: AnalyzeOptions,
-                   warn: Callable[[str], None]) -> tuple[Stream, ReplayResult]:
-    """`record --malloc` recordings: pair uprobe entry/return per thread into alloc/free events
-    with sizes (malloc.py), then replay those.
+                   lost: Lost, stop_ns: int, opts: AnalyzeOptions, warn: Callable[[str], None],
+                   common: dict[str, Any]) -> tuple[Stream, ReplayResult]:
+    """`record --malloc` recordings and imported perf-probe captures: pair uprobe entry/return
+    per thread into alloc/free events with sizes (malloc.py), then replay those.
 
     Pairing reads the loaded sample columns and payloads (no second read of the recording). Each
     event is one sample row (a return for allocations, an entry for frees), so cpu, ring, seq,
     pid, tid come from that row; only what pairing computes is kept per position."""
     from .malloc import malloc_rows
+    from .perfprobe import is_perf_probe
+    from .perfprobe import notes as probe_notes
 
+    probes = meta.get("probes") or []
+    site_ok = None
+    if is_perf_probe(probes):  # say what the capture lacks; check where perf put the probes
+        for note in probe_notes(probes):
+            warn(f"note: {note}")
+        site_ok, common["dsos"] = _site_check(common["comms"], common["side"], opts.symfs)
     try:
-        ev = malloc_rows(sm, meta)
+        ev = malloc_rows(sm, meta, site_ok)
     except MallocError as exc:
         raise AnalysisError(str(exc)) from None
     if opts.verbose:
@@ -412,6 +423,27 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     stream = Stream(rows=prow, samples=sm, is_alloc_role=np.array([r.is_alloc for r in roles]),
                     per_pos=per_pos, per_row={})
     return stream, res
+
+
+def _site_check(comms: Machine, side: dict[str, pa.Table], symfs: str | None):
+    """((pids, addrs, times) -> False where the address lies in an ELF file whose symbols were
+    read and is not the first instruction of a function there (a PLT stub); True where it is, or
+    where nothing can be said (no mapping, file unreadable)), and the Dsos it reads them with (the
+    reports reuse it: libc's tables are read once)."""
+    from .symbols.callchain import UserResolver
+    from .symbols.user import Dsos
+
+    dsos = Dsos(side["usym"], symfs=symfs)
+    user = UserResolver(comms, dsos, demangle=False)
+
+    def ok(pid: np.ndarray, addr: np.ndarray, time: np.ndarray) -> np.ndarray:
+        names, offs, dsos = user.resolve(pid, addr, time, is_return=False)
+        bad = user.unreadable
+        known = np.array([d is not None and d not in bad for d in dsos.tolist()], bool)
+        at_start = np.array([x is not None for x in names.tolist()], bool) & (offs == 0)
+        return at_start | ~known
+
+    return ok, dsos
 
 
 def _trend_parts(stream: Stream, res: ReplayResult, g: np.ndarray) -> Parts:

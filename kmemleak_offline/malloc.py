@@ -355,16 +355,31 @@ def probe_roles(metadata: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
     return roles
 
 
+def probe_fields(metadata: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """event `sys:name` -> {contract name: field name} where a probe's fields are named otherwise
+    (perf probe captures: `arg1`, `bytes`, ...; perfprobe.py); identity for the others."""
+    return {p["event"]: dict(p["fields"]) for p in metadata.get("probes") or []
+            if isinstance(p, dict) and isinstance(p.get("fields"), dict) and "event" in p}
+
+
+# (pids, site addresses, times) -> True where the probe site is the function's first instruction
+SiteCheck = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 def is_malloc_recording(metadata: Mapping[str, Any]) -> bool:
     """True if the recording has allocator uprobes (record --malloc)."""
     return bool(probe_roles(metadata))
 
 
-def _pair_samples(sm: Samples, metadata: Mapping[str, Any]) -> tuple[Paired, np.ndarray | None]:
+def _pair_samples(sm: Samples, metadata: Mapping[str, Any],
+                  site_ok: SiteCheck | None = None) -> tuple[Paired, np.ndarray | None]:
     """Pair the allocator-probe rows of `sm`; (events, the sample rows pairing saw (None: all)).
 
-    Only the rows pairing asks for are decoded, straight from the loaded payloads."""
+    Only the rows pairing asks for are decoded, straight from the loaded payloads. `site_ok`, for
+    perf-probe captures: rows of probes sitting elsewhere than at a function's start are dropped
+    (perf probe with debug info also puts `calloc` on libc's realloc@plt, `realloc` on strnlen's)."""
     roles = probe_roles(metadata)
+    renames = probe_fields(metadata)
     events = metadata.get("events") or {}
     names = list(sm.event_names)
     nn = len(names)
@@ -385,12 +400,20 @@ def _pair_samples(sm: Samples, metadata: Mapping[str, Any]) -> tuple[Paired, np.
         sel = np.flatnonzero(fc >= 0)
         ev_code, fc = ev_code[sel], fc[sel]
     fmts: dict[int, tuple[tracefs.EventFormat, set[str]]] = {}
+    rename: dict[int, dict[str, str]] = {}
     for code in np.flatnonzero((counts[:nn] > 0) & (f_lut[:nn] >= 0)).tolist():
         ev = names[code]
         if ev not in events or "format" not in events[ev]:
             raise MallocError(f"recording has samples of {ev} but no format text for it")
         fmt = tracefs.parse_format(events[ev]["format"], ev.split(":", 1)[0])
-        fmts[code] = (fmt, {f.name for f in fmt.fields})
+        if ev in renames:  # contract name -> field: only what the probe fetched
+            rename[code] = renames[ev]
+            fmts[code] = (fmt, {c for c, f in renames[ev].items() if fmt.has_field(f)})
+        else:
+            fmts[code] = (fmt, {f.name for f in fmt.fields})
+    site_stats: dict[str, int] = {}
+    if rename:  # perf-probe captures: probes off a function's start, two probes on one function
+        sel, ev_code, fc, site_stats = _probe_sites(sm, sel, ev_code, fc, fmts, roles, names, site_ok)
 
     # rows of each event (ascending, so payloads are read front to back) and each row's index
     # among them: a field is decoded once per event, for all its rows, when pairing first asks
@@ -404,7 +427,8 @@ def _pair_samples(sm: Samples, metadata: Mapping[str, Any]) -> tuple[Paired, np.
 
     def column(code: int, name: str) -> np.ndarray:
         """One field of all rows of one event."""
-        return sm.decode(fmts[code][0], rows_of[code], fields=[name])[name]
+        field = rename.get(code, {}).get(name, name)
+        return sm.decode(fmts[code][0], rows_of[code], fields=[field])[field]
 
     # per field: the values of every event that has it, end to end after a 0, and per event code
     # where its values start there (0: the event has no such field, its rows read the 0)
@@ -447,14 +471,69 @@ def _pair_samples(sm: Samples, metadata: Mapping[str, Any]) -> tuple[Paired, np.
     pick = (lambda a: a) if sel is None else (lambda a: a[sel])
     p = pair_codes(pick(sm.tid), pick(sm.time), pick(sm.seq), fc, r_lut[ev_code], arg,
                    words if nw else None)
+    p.stats.update(site_stats)
     return p, sel
 
 
-def malloc_rows(sm: Samples, metadata: Mapping[str, Any]) -> MallocRows:
+def _probe_sites(sm: Samples, sel: np.ndarray | None, ev_code: np.ndarray, fc: np.ndarray,
+                 fmts: Mapping[int, tuple[tracefs.EventFormat, set[str]]],
+                 roles: Mapping[str, tuple[str, bool]], names: Sequence[str],
+                 site_ok: SiteCheck | None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, dict[str, int]]:
+    """Rows of perf-probe captures that must not be paired, by probe address (entries:
+    __probe_ip, returns: __probe_func; per process):
+
+    * off_site: `site_ok` says the address is no function's first instruction (perf probe with
+      debug info also puts `calloc` on libc's realloc@plt); each (pid, address) is judged once;
+    * alias: another probe event of the same kind sits on the same address (glibc's memalign and
+      aligned_alloc are one function): only the event with the lowest code counts there, for
+      the kernel reports both probes of one hit in the same order at entry and at return, which
+      is no nesting.
+
+    Returns the narrowed (sel, ev_code, fc) and the counts of rows dropped."""
+    n = len(fc)
+    site = np.zeros(n, np.uint64)
+    have = np.zeros(n, bool)
+    ret = np.zeros(n, bool)
+    for code, (fmt, _) in fmts.items():
+        is_ret = roles[names[code]][1]
+        field = "__probe_func" if is_ret else "__probe_ip"
+        if not fmt.has_field(field):
+            continue
+        pos = np.flatnonzero(ev_code == code)
+        rows = pos if sel is None else sel[pos]
+        site[pos] = sm.decode(fmt, rows, fields=[field])[field].astype(np.uint64, copy=False)
+        have[pos] = True
+        ret[pos] = is_ret
+    rows = np.arange(n) if sel is None else sel
+    pid = sm.pid[rows].astype(np.int64)
+    order = np.lexsort((ev_code, ret, site, pid))  # by (pid, site, kind), lowest event first
+    ps, ss, rs, cs = pid[order], site[order], ret[order], ev_code[order]
+    new_site = np.ones(n, bool)
+    new_site[1:] = (ps[1:] != ps[:-1]) | (ss[1:] != ss[:-1])
+    new_kind = new_site.copy()
+    new_kind[1:] |= rs[1:] != rs[:-1]
+    first_code = cs[np.flatnonzero(new_kind)][np.cumsum(new_kind) - 1]
+    alias = np.empty(n, bool)
+    alias[order] = cs != first_code
+    off = np.zeros(n, bool)
+    if site_ok is not None:
+        at = order[new_site]  # one row per distinct (pid, site): the checks are few
+        ok = np.asarray(site_ok(pid[at], site[at], sm.time[rows[at]]), bool)
+        off[order] = ~ok[np.cumsum(new_site) - 1]
+    off &= have
+    alias &= have & ~off
+    stats = {k: int(np.count_nonzero(v)) for k, v in (("off_site", off), ("alias", alias)) if v.any()}
+    if not stats:
+        return sel, ev_code, fc, stats
+    k = np.flatnonzero(~(off | alias))
+    return rows[k], ev_code[k], fc[k], stats
+
+
+def malloc_rows(sm: Samples, metadata: Mapping[str, Any], site_ok: SiteCheck | None = None) -> MallocRows:
     """A recording's allocator-probe samples -> alloc/free events for the replay, as the sample
     rows they come from (ascending, so (ring, seq) order within a ring) plus ptr, size, is_alloc.
-    Every other column of an event is its sample row's."""
-    p, sel = _pair_samples(sm, metadata)
+    Every other column of an event is its sample row's. `site_ok`: see _pair_samples."""
+    p, sel = _pair_samples(sm, metadata, site_ok)
     n = len(sm) if sel is None else len(sel)
     where = np.full(n, -1, np.int32 if n < (1 << 31) else np.int64)  # a row yields <= 1 event
     where[p.src] = np.arange(len(p.src), dtype=where.dtype)
@@ -464,9 +543,10 @@ def malloc_rows(sm: Samples, metadata: Mapping[str, Any]) -> MallocRows:
                       is_alloc=p.is_alloc[k], stats=p.stats)
 
 
-def malloc_events(samples: pa.Table, metadata: Mapping[str, Any]) -> tuple[pd.DataFrame, dict[str, int]]:
+def malloc_events(samples: pa.Table, metadata: Mapping[str, Any],
+                  site_ok: SiteCheck | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
     """A recording's allocator-probe samples (a table of kind=sample rows) -> alloc/free rows as a
-    DataFrame (see pair_calls)."""
+    DataFrame (see pair_calls; `site_ok`: see _pair_samples)."""
     ev, ev_names = _codes(samples.column("event"))
     cols = {"time": column_array(samples.column("time"), np.uint64),
             "cpu": column_array(samples.column("cpu"), np.uint32),
@@ -478,7 +558,7 @@ def malloc_events(samples: pa.Table, metadata: Mapping[str, Any]) -> tuple[pd.Da
     sm = Samples(time=cols["time"], cpu=cols["cpu"], ring=ring_ids(samples).astype(np.uint32),
                  seq=cols["seq"], pid=cols["pid"], tid=cols["tid"], stack_id=cols["stack_id"],
                  event=ev, event_names=ev_names, raw=list(samples.column("raw").chunks))
-    p, sel = _pair_samples(sm, metadata)
+    p, sel = _pair_samples(sm, metadata, site_ok)
     if sel is not None:
         p.src = sel[p.src]
     roles = probe_roles(metadata)
@@ -492,6 +572,12 @@ def summary(stats: Mapping[str, int]) -> Sequence[str]:
     notes = []
     if stats.get("unpaired"):
         notes.append(f"{stats['unpaired']} allocator entry/return samples without a partner (lost events?)")
+    if stats.get("off_site"):
+        notes.append(f"{stats['off_site']} probe hits at addresses that are no function's start "
+                     "ignored (perf probe put the probe on a PLT stub too)")
+    if stats.get("alias"):
+        notes.append(f"{stats['alias']} probe hits on a function another probe event also traces "
+                     "(e.g. glibc's memalign is aligned_alloc) counted once")
     if stats.get("memptr_unknown"):
         notes.append(f"{stats['memptr_unknown']} posix_memalign results not recovered "
                      "(memptr outside the fetched caller stack words)")

@@ -142,7 +142,7 @@ def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verb
     rec = load(recording)
     opts = AnalyzeOptions(alloc=split_specs(alloc), free=split_specs(free), than_ns=than_ns,
                           comm=comm, verbose=verbose, interval_ms=interval, trend=trend,
-                          **(engine or {}))
+                          symfs=str(symfs) if symfs else None, **(engine or {}))
     try:
         a = run(rec, opts)
     except AnalysisError as exc:
@@ -156,7 +156,8 @@ def user_resolver(a, symfs: Path | None):
     from ..symbols.callchain import UserResolver
     from ..symbols.user import Dsos
 
-    return UserResolver(a.comms, Dsos(a.side["usym"], symfs=str(symfs) if symfs else None))
+    dsos = a.dsos if a.dsos is not None else Dsos(a.side["usym"], symfs=str(symfs) if symfs else None)
+    return UserResolver(a.comms, dsos)
 
 
 def note_unreadable(stacks, verbose: int) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from kmemleak_offline import __version__
 
+from .. import perfprobe
 from ..format import spec as specmod
 from ..format.kernfile import KernelSymbolFile, kernel_map_pgoff
 from ..format.kernfile import check as check_kernel_file
@@ -228,6 +229,8 @@ def _metadata(pd_: PerfData, samples: dict[str, int], start: int, stop: int, all
                       for n in names if n in fmt_by_name}
     meta["counts"] = {n: {"samples": samples[n], "lost": 0} for n in names}
     a_def, f_def = default_specs(names, pd_.page_size)
+    if not (alloc or free):  # perf-probe allocator uprobes: paired like record --malloc's
+        a_def, f_def = _perf_probes(meta, a_def, f_def, note)
     meta["alloc"] = _checked(alloc, "--alloc", _tracepoints(pd_)) if alloc else a_def
     meta["free"] = _checked(free, "--free", _tracepoints(pd_)) if free else f_def
     if not meta["alloc"] or not meta["free"]:
@@ -249,6 +252,23 @@ def _metadata(pd_: PerfData, samples: dict[str, int], start: int, stop: int, all
                        "kernel_filters": {}, "command": target.command,
                        "perf_cmdline": pd_.value(F_CMDLINE), "source": str(pd_.path)}
     return meta
+
+
+def _perf_probes(meta: dict[str, Any], a_def: list[str], f_def: list[str],
+                 note: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """Allocator probes made by `perf probe` (perfprobe.py): the recording's `probes` and their
+    --alloc/--free, replacing the kernel defaults (a note says so); what they lack is noted."""
+    probes = perfprobe.recognise({n: e["format"] for n, e in meta["events"].items() if "format" in e})
+    if not probes:
+        return a_def, f_def
+    meta["probes"] = probes
+    if a_def or f_def:
+        note("kernel allocator events are in the file too: analyze pairs the perf-probe allocator "
+             "uprobes; give analyze --alloc/--free for the kernel ones")
+    note(f"perf probe: {len(probes)} allocator uprobe events, paired per thread like record --malloc")
+    for msg in perfprobe.notes(probes):
+        note(msg)
+    return perfprobe.event_specs(probes)
 
 
 def _checked(texts: list[str], option: str, available: list[str]) -> list[str]:
