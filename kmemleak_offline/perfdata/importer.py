@@ -256,6 +256,13 @@ class Formats:
         sources = ([self.dir] if self.dir is not None else []) + [fmtsrc.bundled()]
         self.guessed.update(fmtsrc.fill(self.pd_.formats, wanted, sources, self.note))
         self.pd_.name_attrs()
+        tps = [a for a in self.pd_.attrs if a.type == PERF_TYPE_TRACEPOINT]
+        if tps and not any(a.name for a in tps):
+            raise PerfDataError(
+                f"{self.pd_.path}: no tracepoint formats: not in the perf.data, and its tracepoint ids "
+                f"({', '.join(str(a.config) for a in tps)}) match none in "
+                + " or ".join(s.label for s in sources)
+                + "; give --formats DIR, a copy of the target's /sys/kernel/tracing/events")
 
     def used(self) -> list[str]:
         """Where the formats came from: `file` and the labels of the sources used."""
