@@ -31,6 +31,7 @@ from kmemleak_offline.format.recording import open_recording
 PERF = shutil.which("perf") or "perf"
 C_FILE = Path(__file__).parent / "c" / "pipe_holder.c"
 N = 43
+CHURN = 5000  # pipes opened and closed after the leak: 20000 samples, most of a file recorded with -a
 EVENTS = ["-e", "kmem:kmalloc", "-e", "kmem:kfree"]
 TRACEFS = Path("/sys/kernel/tracing/events")
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ class Walk:
     counts: collections.Counter = field(default_factory=collections.Counter)
     last_time: dict[int, int] = field(default_factory=dict)
     end: int = 0
+    lost: int = 0  # LOST records
 
     @property
     def samples(self) -> int:
@@ -82,15 +84,19 @@ def walk(path: Path) -> Walk:
             size += struct.unpack_from("<I", raw, pos + 8)[0]
         if size < 8 or pos + size > end:
             break
-        if typ == 64:  # HEADER_ATTR: attr, then its ids
+        if typ == 2:
+            out.lost += 1
+        elif typ == 64:  # HEADER_ATTR: attr, then its ids
             asz = struct.unpack_from("<I", raw, pos + 12)[0]
             config, stype = struct.unpack_from("<Q", raw, pos + 16)[0], struct.unpack_from("<Q", raw, pos + 32)[0]
             ids = struct.unpack_from(f"<{(size - 8 - asz) // 8}Q", raw, pos + 8 + asz)
             by_id |= dict.fromkeys(ids, (config, stype))
         elif typ == 9:
-            config, st = by_id[struct.unpack_from("<Q", raw, pos + 8)[0]]
-            assert st & S_IDENTIFIER
-            q = pos + 16 + 8 * sum(1 for b in (S_IP, S_TID) if st & b)
+            st = next(iter(by_id.values()))[1]  # the events here share one sample layout
+            q = pos + 8 + (8 if st & S_IDENTIFIER else 0)
+            id_at = pos + 8 if st & S_IDENTIFIER else q + 8 * sum(1 for b in (S_IP, S_TID, S_TIME, S_ADDR) if st & b)
+            config = by_id[struct.unpack_from("<Q", raw, id_at)[0]][0]
+            q += 8 * sum(1 for b in (S_IP, S_TID) if st & b)
             t = struct.unpack_from("<Q", raw, q)[0]
             q += 8 + 8 * sum(1 for b in (S_ADDR, S_ID, S_STREAM_ID) if st & b)
             cpu = struct.unpack_from("<I", raw, q)[0]
@@ -164,10 +170,13 @@ def _cut(src: Path, dst: Path, fraction: float) -> Path:
 # ---------------------------------------------------------------------------- pipe mode
 @pytest.fixture(scope="module")
 def piped(work) -> tuple[Path, Path, str]:
-    """`perf record -o - ... | tee saved | kmemleak-offline import -`: (recording, saved stream, stderr)."""
+    """`perf record -o - ... | tee saved | kmemleak-offline import -`: (recording, saved stream, stderr).
+
+    Command mode: the importer starts slower than perf writes, so perf waits on the pipe; only the
+    workload's few hundred records are in its rings, never enough to lose any."""
     d, exe, snap = work
     saved, live, pidfile = d / "saved.pipe", d / "live.parquet", d / "pipe.pid"
-    cmd = (f"{PERF} record -q -a -g {' '.join(EVENTS)} -o - -- {exe} {N} {pidfile} | tee {saved} | "
+    cmd = (f"{PERF} record -q -g {' '.join(EVENTS)} -o - -- {exe} {N} {pidfile} | tee {saved} | "
            f"{sys.executable} -m kmemleak_offline import - -o {live} --kallsyms {snap}")
     try:
         res = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=300, check=False,
@@ -185,7 +194,7 @@ def test_pipe_mode_from_stdin_and_from_a_saved_stream(piped, work, tmp_path: Pat
     assert "salvaged" not in err and "damaged" not in err, err
     want, res = _script_counts(saved)
     assert res.returncode == 0 and sum(want.values()) > 2 * N, res.stderr
-    assert walk(saved).counts == want
+    assert walk(saved).counts == want and walk(saved).lost == 0
     assert _counts(live) == dict(want)
     assert _holder_leaks(live, exe, capsys) == [N, N]
     m = open_recording(live).metadata
@@ -259,7 +268,8 @@ def filed(work) -> Path:
     d, exe, _ = work
     data, pidfile = d / "whole.data", d / "file.pid"
     try:
-        res = _perf("record", "-q", "-a", "-g", *EVENTS, "-o", str(data), "--", str(exe), str(N), str(pidfile))
+        res = _perf("record", "-q", "-a", "-g", *EVENTS, "-o", str(data), "--", str(exe), str(N), str(pidfile),
+                    str(CHURN))
     finally:
         _kill_child(pidfile)
     assert res.returncode == 0, res.stderr
@@ -270,7 +280,7 @@ def test_file_cut_at_60_percent_is_salvaged(filed, work, tmp_path: Path, capsys)
     _, _, snap = work
     cut = _cut(filed, tmp_path / "cut.data", 0.6)
     w = walk(cut)
-    assert w.samples > 0
+    assert w.samples > CHURN
     want, res = _script_counts(cut)
     if res.returncode == 0:  # perf 6.1 refuses such a file; a newer one may read it
         assert want == w.counts
@@ -336,8 +346,9 @@ def killed(work) -> Path:
     timed after the workload means all of its earlier records are in."""
     d, exe, _ = work
     data, pidfile = d / "killed.data", d / "killed.pid"
-    # --exclude-perf: perf's own writes would feed back; --no-buffering: records written at once
-    perf = subprocess.Popen([PERF, "record", "-q", "-a", "-g", "-k", "mono", "--no-buffering",
+    # --exclude-perf: perf's own writes would feed back; --no-buffering: records written at once;
+    # 8 MB rings: perf drains them at every record, nothing of the workload is lost (checked)
+    perf = subprocess.Popen([PERF, "record", "-q", "-a", "-g", "-k", "mono", "--no-buffering", "-m", "2048",
                              "-e", "kmem:kmalloc", "--exclude-perf", "-e", "kmem:kfree", "--exclude-perf",
                              "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -370,6 +381,7 @@ def test_sigkilled_perf_record_is_salvaged(killed, work, tmp_path: Path, capsys)
     res = _perf("script", "-i", str(killed))
     assert res.returncode != 0 or not res.stdout.strip()  # perf refuses it
     w = walk(killed)
+    assert w.lost == 0
     out = tmp_path / "k.parquet"
     r = _import(killed, out, snap)
     assert r.returncode == 0, r.stderr

@@ -1,7 +1,9 @@
 /* Opens N pipes in a forked child that keeps them open after the parent (perf record's workload,
  * or the test's) exits: each pipe kmallocs its pipe_inode_info and its buffer array in
  * alloc_pipe_info, so two kernel call chains leak N objects each, under the user frames
- * main <- open_pipes <- pipe. usage: pipe_holder N PIDFILE */
+ * main <- open_pipes <- pipe. With CHURN, the parent then opens and closes CHURN more pipes
+ * (allocated and freed: no leak) so that samples outweigh perf's synthesized side-band.
+ * usage: pipe_holder N PIDFILE [CHURN] */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,5 +34,10 @@ int main(int argc, char **argv) {
     FILE *f = fopen(argv[2], "w");
     fprintf(f, "%d\n", (int)pid);
     fclose(f);
+    for (int i = argc > 3 ? atoi(argv[3]) : 0; i > 0; i--) {
+        int q[2];
+        if (pipe(q)) return 2;
+        close(q[0]), close(q[1]);
+    }
     return 0;
 }
