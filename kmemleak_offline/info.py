@@ -16,6 +16,14 @@ def _human(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _salvaged(s: dict) -> str:
+    """`import` of a damaged perf.data: what was recovered and why the rest is not there."""
+    end = s.get("end_offset")
+    where = f" up to byte {end}" + (f" of {s['file_bytes']}" if s.get("file_bytes") else "") if end is not None else ""
+    return (f"salvaged:    {s.get('records')} whole records ({s.get('samples')} samples){where}; "
+            f"{s.get('reason')}; formats from {', '.join(s.get('formats') or ['?'])}")
+
+
 def summary(rec: Recording) -> str:
     m = rec.metadata
     host, clock, opts = m.get("host") or {}, m.get("clock") or {}, m.get("options") or {}
@@ -31,6 +39,7 @@ def summary(rec: Recording) -> str:
     lines = [
         f"recording:   {rec.path}{'  (PARTIAL: recorder still running or killed; parts folder)' if rec.partial else ''}",
         *([f"stopped:     {m['stopped']}"] if m.get("stopped") else []),
+        *([_salvaged(m["salvaged"])] if m.get("salvaged") else []),
         f"producer:    {m.get('producer')}  (format_version {m.get('format_version')})",
         (f"host:        {host.get('hostname', '?')}  kernel {host.get('kernel_release', '?')}  "
         f"{host.get('machine', '?')}  {host.get('ncpus', '?')} CPUs  page {host.get('page_size', '?')}"),

@@ -16,7 +16,8 @@ from .common import fail
 
 def import_(
     ctx: typer.Context,
-    perf_data: Annotated[Path, typer.Argument(metavar="PERF_DATA", help="perf.data written by perf record (tracepoints/uprobes)")],
+    perf_data: Annotated[Path, typer.Argument(metavar="PERF_DATA", help="perf.data written by perf record "
+                                              "(tracepoints/uprobes); `-`: a pipe stream on stdin (perf record -o -)")],
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                 help="recording to write (default: PERF_DATA with .parquet)")] = None,
     alloc: Annotated[list[str] | None, typer.Option("--alloc", metavar="EVENT[,EVENT...]", help="alloc events "
@@ -26,14 +27,20 @@ def import_(
                                                   "(copied as root; plain, .gz or .xz) for kernel symbols")] = None,
     vmlinux: Annotated[Path | None, typer.Option("--vmlinux", metavar="FILE",
                                                  help="the target kernel's vmlinux (with symbols) for kernel symbols")] = None,
+    formats: Annotated[Path | None, typer.Option("--formats", metavar="DIR", help="a copy of the target's "
+                                                 "/sys/kernel/tracing/events: tracepoint formats for a perf.data "
+                                                 "cut short or from a killed perf record")] = None,
 ) -> None:
     """Convert a perf.data (tracepoints and uprobes) into a recording."""
     from ..format.kernfile import KernelFileError, read_kernel_file
     from ..format.recording import RecordingError
     from ..perfdata.importer import PerfDataError, import_perf_data  # heavy: only when importing
 
+    stdin = str(perf_data) == "-"
+    if stdin and output is None:
+        fail("import -: give the recording to write with -o")
     out = output if output is not None else perf_data.with_suffix(".parquet")
-    if out.resolve() == perf_data.resolve():
+    if not stdin and out.resolve() == perf_data.resolve():
         fail(f"{out}: the output would overwrite the perf.data; give -o")
 
     def notice(msg: str) -> None:
@@ -45,7 +52,8 @@ def import_(
         fail(str(exc))
     try:
         res = import_perf_data(perf_data, out, list(alloc) if alloc else None,
-                               list(free) if free else None, notice=notice, kernel=kernel)
+                               list(free) if free else None, notice=notice, kernel=kernel,
+                               formats_dir=formats)
     except (PerfDataError, RecordingError) as exc:
         fail(str(exc))
     except OSError as exc:

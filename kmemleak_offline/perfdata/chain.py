@@ -16,6 +16,15 @@ import numpy as np
 
 from .errors import PerfDataError
 
+
+class Damaged(PerfDataError):
+    """A record header that cannot start a record (size < 8): the stream is damaged at `at`
+    (an offset in the buffer walked)."""
+
+    def __init__(self, msg: str, at: int) -> None:
+        super().__init__(msg)
+        self.at = at
+
 REC_HEADER_TRACING_DATA = 66  # pipe mode: the tracing data follows the record, outside its size
 # record types that may be candidates: kernel records 1..21, perf's user records 64..83 but the
 # tracing data (its payload is not counted in header.size)
@@ -71,7 +80,7 @@ def record_starts(buf: np.ndarray, end: int, where: str = "perf.data",
         if sz is None:
             break
         if sz < 8:
-            raise PerfDataError(f"{where}: corrupt record at offset {base + pos} (size {sz})")
+            raise Damaged(f"{where}: corrupt record at offset {base + pos} (size {sz})", pos)
         starts.append(np.array([pos], np.int64))
         ends.append(np.array([pos + sz], np.int64))
         pos += sz

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import platform
+import stat
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,11 @@ from ..format.kernfile import KernelSymbolFile, kernel_map_pgoff
 from ..format.kernfile import check as check_kernel_file
 from ..format.recording import RecordingWriter, new_metadata
 from ..format.symrows import ksym_rows
+from . import formats as fmtsrc
 from .background import BackgroundWriter
 from .cmdline import record_target
 from .errors import PerfDataError
+from .pipe import absorb
 from .reader import (
     F_ARCH,
     F_CLOCK_DATA,
@@ -37,12 +41,14 @@ from .reader import (
     F_OSRELEASE,
     F_VERSION,
     PERF_TYPE_TRACEPOINT,
+    REC_SAMPLE,
     PerfData,
     read_perf_data,
+    read_pipe_stream,
     record_windows,
 )
 from .rows import RowBuilder
-from .stream import WINDOW, Window
+from .stream import WINDOW
 
 PRODUCER = f"kmemleak-offline {__version__} import"
 CLOCK_NAMES = {0: "realtime", 1: "monotonic", 4: "monotonic_raw", 7: "boottime", 11: "tai"}
@@ -106,6 +112,9 @@ def _kernel_symbols(pd_: PerfData, osrelease: str | None) -> tuple[dict[str, Any
     if pd_.kallsyms.strip():
         return ksym_rows(pd_.kallsyms), "kernel symbols: from the kallsyms embedded in the perf.data"
     here = platform.release()
+    if osrelease is None and pd_.damage:
+        return None, ("kernel symbols: none (the damaged perf.data does not say its kernel: give "
+                      "--kallsyms or --vmlinux); kernel addresses will print as Unknown")
     if osrelease != here:
         return None, (f"kernel symbols: none (perf.data from kernel {osrelease or '?'}, this machine "
                       f"runs {here}); kernel addresses will print as Unknown")
@@ -139,10 +148,12 @@ def default_specs(names: Iterable[str], page_size: int) -> tuple[list[str], list
 
 def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = None,
             free: list[str] | None = None, notice: Callable[[str], None] | None = None,
-            kernel: KernelSymbolFile | None = None,
-            windows: Iterable[Window] | None = None) -> Converted:
-    """Write the recording for a parsed perf.data, streaming its records (`windows`, default: the
-    file's) a window at a time; PerfDataError for files with nothing to import (no file left)."""
+            kernel: KernelSymbolFile | None = None, window: int = WINDOW,
+            formats_dir: Path | None = None) -> Converted:
+    """Write the recording for a parsed perf.data, streaming its records a window at a time;
+    PerfDataError for files with nothing to import (no file left). Records of a pipe stream's
+    header (attrs, features, formats) are taken as they come; a file or stream cut short or
+    damaged is imported up to the damage and marked `salvaged`."""
     notices: list[str] = []
 
     def note(msg: str) -> None:
@@ -150,24 +161,44 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
         if notice:
             notice(msg)
 
-    for w_ in pd_.warnings:  # what the reader had to leave out of a damaged file
-        note(w_)
+    if pd_.damage:
+        note(f"damaged perf.data: {pd_.damage}; salvaging the whole records before the damage")
+    formats = Formats(pd_, formats_dir, note)
+    if not pd_.pipe:
+        formats.complete()
     if pd_.attrs:  # a bad --alloc/--free fails before any work
         _check_specs(pd_, alloc, free)
+    cuts: list[tuple[int, str]] = []
     w = RecordingWriter(output, new_metadata(PRODUCER))
     bw = BackgroundWriter(w)
+    records = 0
     try:
         rows = RowBuilder(pd_, bw)
-        for win in (record_windows(pd_) if windows is None else windows):
+        for win in record_windows(pd_, window, on_cut=lambda at, why: cuts.append((at, why))):
+            records += len(win.offs)
+            if pd_.pipe:
+                absorb(pd_, win)
+                if not pd_.attrs:
+                    raise PerfDataError(f"{pd_.path}: records before any PERF_RECORD_HEADER_ATTR: "
+                                        "not a perf record pipe stream")
+                if (win.types == REC_SAMPLE).any():
+                    formats.complete()
+            rows.guessed = formats.guessed
             rows.add(win)
+        for w_ in pd_.warnings:  # what the reader had to leave out of a damaged file
+            note(w_)
+        salvage = _salvaged(pd_, cuts, records, rows, note)
         if not rows.samples:
             raise PerfDataError(f"{pd_.path}: no tracepoint samples to import "
-                                "(record tracepoints or uprobes with perf record -e SYS:NAME)")
+                                + (f"({salvage['reason']}, after {records} whole records)" if salvage else
+                                   "(record tracepoints or uprobes with perf record -e SYS:NAME)"))
         _check_specs(pd_, alloc, free)
         if rows.skipped:
-            note(f"skipped {rows.skipped} samples of non-tracepoint events (no raw payload)")
+            note(f"skipped {rows.skipped} samples of non-tracepoint events or of events without a format")
         meta = _metadata(pd_, rows.samples, rows.start or 0, rows.stop or 0, alloc, free, note)
         meta["options"]["call_graph"] = rows.call_graph
+        if salvage:
+            meta["salvaged"] = salvage | {"formats": formats.used()}
         text_pgoff = kernel_map_pgoff(*rows.mmaps())
         ksyms, ks_note, ks_warn = kernel_symbols(pd_, meta["host"].get("kernel_release"), kernel, text_pgoff)
         note(ks_note)
@@ -203,6 +234,69 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
         raise
     return Converted(output=path, samples=dict(rows.samples), skipped=rows.skipped,
                      stacks=len(rows.stack_of), notices=notices, metadata=w.metadata)
+
+
+class Formats:
+    """Tracepoint formats the file lacks (cut, killed, early-cut stream): from --formats DIR, else
+    the bundled ones, per tracepoint attr without one; `guessed` feeds the payload check."""
+
+    def __init__(self, pd_: PerfData, formats_dir: Path | None, note: Callable[[str], None]) -> None:
+        self.pd_, self.note = pd_, note
+        self.dir = fmtsrc.events_dir(formats_dir) if formats_dir is not None else None
+        self.guessed: dict[int, fmtsrc.Guess] = {}
+        self._asked: set[int] = set()
+
+    def complete(self) -> None:
+        names = self.pd_.given_names()
+        wanted = [(a.config, names.get(a.index)) for a in self.pd_.attrs
+                  if a.type == PERF_TYPE_TRACEPOINT and a.config not in self.pd_.formats
+                  and a.config not in self._asked]
+        if not wanted:
+            return
+        self._asked.update(c for c, _ in wanted)
+        sources = ([self.dir] if self.dir is not None else []) + [fmtsrc.bundled()]
+        self.guessed.update(fmtsrc.fill(self.pd_.formats, wanted, sources, self.note))
+        self.pd_.name_attrs()
+        tps = [a for a in self.pd_.attrs if a.type == PERF_TYPE_TRACEPOINT]
+        if tps and not any(a.name for a in tps):
+            raise PerfDataError(
+                f"{self.pd_.path}: no tracepoint formats: not in the perf.data, and its tracepoint ids "
+                f"({', '.join(str(a.config) for a in tps)}) match none in "
+                + " or ".join(s.label for s in sources)
+                + "; give --formats DIR, a copy of the target's /sys/kernel/tracing/events")
+
+    def used(self) -> list[str]:
+        """Where the formats came from: `file` and the labels of the sources used."""
+        out = ["file"] if any(c not in self.guessed for c in self.pd_.formats) else []
+        return out + sorted({g.source for g in self.guessed.values()})
+
+
+def _salvaged(pd_: PerfData, cuts: list[tuple[int, str]], records: int, rows: RowBuilder,
+              note: Callable[[str], None]) -> dict[str, Any] | None:
+    """What was recovered of a damaged file or cut stream, said in one line; None if whole."""
+    if not pd_.damage and not cuts:
+        return None
+    at, why = cuts[0] if cuts else (-1, "")
+    size = pd_.file_size or None
+    if at < 0:
+        at = None if pd_.stream is not None or size is None else size
+    if pd_.pipe:
+        reason = f"the pipe stream ends inside {why}" if cuts else "the pipe stream is damaged"
+    elif cuts:
+        reason = f"{pd_.damage or 'the data section is damaged'}; the records end in {why}"
+    else:
+        reason = pd_.damage or ""
+    samples = sum(rows.samples.values()) + rows.skipped
+    span = ""
+    if rows.start is not None and rows.stop is not None:
+        span = (f", time span {rows.start / 1e9:.6f}-{rows.stop / 1e9:.6f} s "
+                f"({(rows.stop - rows.start) / 1e9:.3f} s)")
+    where = f" up to byte {at}" + (f" of {size}" if size else "") if at is not None else ""
+    then = f" (then {why})" if cuts else ""
+    note(f"salvaged: {records} whole records ({samples} samples){where}{then}{span}"
+         + ("; perf script reads a cut stream the same way" if pd_.pipe else ""))
+    return {"reason": reason, "records": records, "samples": samples, "end_offset": at,
+            "file_bytes": size, "start_ns": rows.start, "stop_ns": rows.stop}
 
 
 def _check_specs(pd_: PerfData, alloc: list[str] | None, free: list[str] | None) -> None:
@@ -243,6 +337,8 @@ def _metadata(pd_: PerfData, samples: dict[str, int], start: int, stop: int, all
     if cd is not None:
         wall, perf_ns = cd
         clock["anchor"] = {"perf_ns": perf_ns, "realtime_ns": wall}
+    elif pd_.damage:
+        note("clock: no HEADER_CLOCK_DATA (lost with the feature sections); realtime anchor left 0")
     else:
         note("clock: no HEADER_CLOCK_DATA (record with perf record -k monotonic for wall-clock "
              "times); realtime anchor left 0")
@@ -287,11 +383,22 @@ def _checked(texts: list[str], option: str, available: list[str]) -> list[str]:
 def import_perf_data(perf_data: str | os.PathLike, output: str | os.PathLike,
                      alloc: list[str] | None = None, free: list[str] | None = None,
                      notice: Callable[[str], None] | None = None,
-                     kernel: KernelSymbolFile | None = None, window: int = WINDOW) -> Converted:
-    """Parse `perf_data` and write the recording `output` (kernel symbols from `kernel` if given),
-    reading its records `window` bytes at a time."""
-    pd_ = read_perf_data(perf_data)
-    return convert(pd_, output, alloc, free, notice, kernel, record_windows(pd_, window))
+                     kernel: KernelSymbolFile | None = None, window: int = WINDOW,
+                     formats_dir: Path | None = None) -> Converted:
+    """Parse `perf_data` (`-`: a pipe stream on stdin) and write the recording `output` (kernel
+    symbols from `kernel` if given), reading its records `window` bytes at a time."""
+    return convert(open_input(perf_data), output, alloc, free, notice, kernel, window, formats_dir)
+
+
+def open_input(perf_data: str | os.PathLike) -> PerfData:
+    """A perf.data path, a saved pipe stream, or `-`: stdin (a pipe stream; or a regular file
+    redirected to it, read by its path)."""
+    if str(perf_data) != "-":
+        return read_perf_data(perf_data)
+    fd = sys.stdin.fileno()
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return read_perf_data(os.readlink(f"/proc/self/fd/{fd}"))
+    return read_pipe_stream(sys.stdin.buffer)
 
 
 def _tracepoints(pd_: PerfData) -> list[str]:

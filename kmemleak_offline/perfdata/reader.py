@@ -23,13 +23,13 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..format import tracefs
 from .errors import PerfDataError
-from .stream import WINDOW, Window, file_windows
+from .stream import WINDOW, OnCut, Window, decompressed, file_windows, read_windows
 
 MAGIC = b"PERFILE2"
 HEADER_SIZE = 104
@@ -288,14 +288,27 @@ class Attr:
         return 8 * sum(1 for b in bits if self.sample_type & b)
 
 
+def parse_attr(raw: bytes | memoryview, base: int, attr_size: int, index: int, ids: list[int]) -> Attr:
+    """The perf_event_attr of `attr_size` bytes at `base` (attrs section or HEADER_ATTR record)."""
+    typ, _sz, config, _period, stype, rfmt, flags = _u("<IIQQQQQ", raw, base, "attr")
+    clockid = _u("<i", raw, base + 92, "attr")[0] if attr_size >= 96 else 0
+    return Attr(index=index, type=typ, config=config, sample_type=stype, read_format=rfmt,
+                sample_id_all=bool(flags >> 18 & 1), use_clockid=bool(flags >> 25 & 1),
+                clockid=clockid, ids=ids)
+
+
 @dataclass
 class PerfData:
-    """A parsed perf.data header: attrs, features, tracepoint formats, and the raw data section."""
+    """A parsed perf.data header: attrs, features, tracepoint formats, and where the records are.
+
+    A pipe-mode stream (`pipe`) has none of these at first: they come as records of the stream
+    (`pipe.absorb`). `damage` says why a file is incomplete (cut short, perf record killed): its
+    records are then read up to the damage (salvaged)."""
 
     path: Path
-    buf: np.ndarray  # the whole file, uint8
+    buf: np.ndarray  # the whole file, uint8 (empty for pipe streams)
     data_offset: int
-    data_size: int
+    data_size: int | None  # None: the records run to the end of the file or stream
     attrs: list[Attr]
     features: dict[int, bytes]  # every feature section present, as bytes
     values: dict[int, Any] = field(default_factory=dict)  # parsed features (those with a parser)
@@ -304,6 +317,11 @@ class PerfData:
     kallsyms: bytes = b""  # kallsyms embedded in the tracing data (modern perf leaves it empty)
     page_size: int = 0
     threads: list[Path] = field(default_factory=list)  # perf record --threads: data.N, in order
+    pipe: bool = False  # a `perf record -o -` stream: header records in the data
+    stream: BinaryIO | None = None  # an open stream (stdin) to read the records from
+    damage: str | None = None  # why the file is incomplete, if it is
+    event_names: dict[int, str] = field(default_factory=dict)  # attr index -> name (EVENT_UPDATE)
+    file_size: int = 0
 
     def value(self, feat: int, default: Any = None) -> Any:
         """The parsed value of a feature, `default` if the file does not have it."""
@@ -318,6 +336,39 @@ class PerfData:
         """HEADER_BUILD_ID: filename -> build-id (kernel as `[kernel.kallsyms]`)."""
         return self.values.get(F_BUILD_ID, {})
 
+    def add_feature(self, feat: int, blob: bytes) -> None:
+        """Keep and parse one feature section (or pipe-mode HEADER_FEATURE record)."""
+        self.features[feat] = blob
+        spec = FEATURES.get(feat)
+        if spec is None:
+            return
+        if spec.refuse:
+            raise PerfDataError(f"{self.path}: {spec.refuse}")
+        if spec.parse is not None:
+            self.values[feat] = spec.parse(blob, self.warnings.append)
+        if feat == F_TRACING_DATA:
+            self.set_tracing_data(self.values[feat])
+
+    def set_tracing_data(self, parsed: tuple[list[tracefs.EventFormat], bytes, int]) -> None:
+        fmts, self.kallsyms, self.page_size = parsed
+        self.formats.update({f.id: f for f in fmts})
+        self.name_attrs()
+
+    def given_names(self) -> dict[int, str]:
+        """attr index -> the event name the file gives (EVENT_DESC, pipe-mode EVENT_UPDATE)."""
+        return {**self.value(F_EVENT_DESC, {}), **self.event_names}
+
+    def name_attrs(self) -> None:
+        """Tracepoints are named by their format (no format: no name, their samples are skipped:
+        payloads cannot be decoded); other events by the name the file gives."""
+        names = self.given_names()
+        for a in self.attrs:
+            if a.type == PERF_TYPE_TRACEPOINT:
+                fmt = self.formats.get(a.config)
+                a.name = fmt.full_name if fmt is not None else None
+            else:
+                a.name = names.get(a.index)
+
 
 # ------------------------------------------------------------------------------- header
 def _u(fmt: str, blob: bytes | memoryview, off: int, what: str) -> tuple:
@@ -327,12 +378,37 @@ def _u(fmt: str, blob: bytes | memoryview, off: int, what: str) -> tuple:
         raise PerfDataError(f"truncated perf.data: {what} at offset {off} runs past the end") from None
 
 
+def _pipe_header(head: bytes, where: str) -> None:
+    """Check the start of a pipe stream: magic, then its size (16)."""
+    n = min(len(head), 8)
+    if head[:8] == MAGIC[::-1]:
+        raise PerfDataError(f"{where}: big-endian perf.data is not supported")
+    if not n or head[:n] != MAGIC[:n]:
+        raise PerfDataError(f"{where}: not a perf.data file (no PERFILE2 magic)")
+    if len(head) < 16:
+        raise PerfDataError(f"{where}: truncated perf.data header ({len(head)} bytes)")
+
+
+def read_pipe_stream(f: BinaryIO, where: str = "<stdin>") -> PerfData:
+    """A pipe-mode stream (`perf record -o -`) on an open file object, read from its current position
+    without seeking: the 16-byte header now, the records (header records included) later."""
+    head = f.read(16) or b""
+    _pipe_header(head, where)
+    hsize = struct.unpack_from("<Q", head, 8)[0]
+    if hsize != 16:
+        raise PerfDataError(f"{where}: a perf.data file, not a pipe stream (header size {hsize}): "
+                            "give the file's path instead of stdin")
+    return PerfData(path=Path(where), buf=np.zeros(0, np.uint8), data_offset=16, data_size=None,
+                    attrs=[], features={}, pipe=True, stream=f)
+
+
 def read_perf_data(path: str | os.PathLike) -> PerfData:
     """Open and parse the file header, attrs and feature sections (records are parsed later).
 
     A `perf record --threads` directory is read as its `data` file (header, features, side-band)
-    with the record streams of `data.N` appended; `perf record -z` records are decompressed. After
-    this, `buf` holds an uncompressed data section either way."""
+    with the record streams of `data.N` appended; `perf record -z` records are decompressed. A
+    saved pipe stream is recognised by its 16-byte header. A file cut short or left by a killed
+    perf record is read as far as it goes (`damage` says what is missing)."""
     p = Path(path)
     threads: list[Path] = []
     if p.is_dir() and (p / "data").is_file():  # perf record --threads writes PATH/data + PATH/data.N
@@ -342,8 +418,11 @@ def read_perf_data(path: str | os.PathLike) -> PerfData:
     try:
         with open(p, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise PerfDataError(f"{p}: not a perf.data file (only {size} bytes)")
+            head = f.read(16)
+            if size < 16 or struct.unpack_from("<Q", head, 8)[0] == 16:
+                _pipe_header(head, str(p))
+                return PerfData(path=p, buf=np.zeros(0, np.uint8), data_offset=16, data_size=None,
+                                attrs=[], features={}, pipe=True, file_size=size)
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
         raise PerfDataError(f"{p}: no such file") from None
@@ -362,40 +441,42 @@ def read_perf_data(path: str | os.PathLike) -> PerfData:
         if magic == b"PERFFILE":
             raise PerfDataError(f"{p}: perf.data version 1 (PERFFILE) is not supported; re-record with perf >= 3.x")
         raise PerfDataError(f"{p}: not a perf.data file (no PERFILE2 magic)")
+    if size < HEADER_SIZE:
+        raise PerfDataError(f"{p}: truncated perf.data header ({size} bytes of {HEADER_SIZE})")
     hsize, attr_size, a_off, a_size, d_off, d_size = _u("<6Q", raw, 8, "file header")
-    if hsize == 16:
-        raise PerfDataError(f"{p}: pipe-mode perf.data is not supported; record with -o FILE")
     if hsize < HEADER_SIZE or attr_size < 80:
         raise PerfDataError(f"{p}: corrupt perf.data header (size {hsize}, attr_size {attr_size})")
     bitmap = _u("<4Q", raw, 72, "feature bitmap")
-    if d_size == 0 and not threads:
-        raise PerfDataError(f"{p}: perf.data has an empty data section (perf record did not finish?)")
-    if d_off + d_size > size or a_off + a_size > size:
-        raise PerfDataError(f"{p}: truncated perf.data: data section ends at {d_off + d_size} "
-                            f"but the file has {size} bytes")
+    if a_off + a_size > size:
+        raise PerfDataError(f"{p}: truncated perf.data: the attrs section ends at {a_off + a_size} "
+                            f"but the file has {size} bytes (cut inside the header)")
+    if d_off > size:
+        raise PerfDataError(f"{p}: truncated perf.data: the data section starts at {d_off} "
+                            f"but the file has {size} bytes (no records)")
     attrs = _read_attrs(raw, a_off, a_size, attr_size, p)
-    features = _read_features(raw, d_off + d_size, bitmap, size, p)
-    pd_ = PerfData(path=p, buf=buf, data_offset=d_off, data_size=d_size, attrs=attrs,
-                   features=features)
-    for feat, blob in features.items():
-        spec = FEATURES.get(feat)
-        if spec is None:
-            continue
-        if spec.refuse:
-            raise PerfDataError(f"{p}: {spec.refuse}")
-        if spec.parse is not None:
-            pd_.values[feat] = spec.parse(blob, pd_.warnings.append)
-    if threads and F_DIR_FORMAT not in features:
+    damage, data_size = None, d_size
+    if d_size == 0 and not threads:  # perf writes the data size when it finishes
+        damage = ("the header's data size is 0 (perf record did not finish: killed?); "
+                  "no feature sections (tracepoint formats, host, command line)")
+        data_size = None
+    elif d_off + d_size > size:
+        damage = (f"the file is cut short ({size} bytes; its data section ends at {d_off + d_size}); "
+                  "no feature sections (tracepoint formats, host, command line)")
+        data_size = None
+    pd_ = PerfData(path=p, buf=buf, data_offset=d_off, data_size=data_size, attrs=attrs, features={},
+                   damage=damage, file_size=size)
+    if damage is None:
+        features, missing = _read_features(raw, d_off + d_size, bitmap, size)
+        if missing:
+            pd_.damage = (f"the file is cut short ({size} bytes) inside its feature sections: "
+                          f"missing {', '.join(missing)}")
+        for feat, blob in features.items():
+            pd_.add_feature(feat, blob)
+    if threads and F_DIR_FORMAT not in pd_.features:
         raise PerfDataError(f"{p.parent}: a directory with data.N files but its data file has no "
                             "HEADER_DIR_FORMAT (not a perf record --threads directory?)")
     pd_.threads = threads
-    if F_TRACING_DATA in pd_.values:
-        fmts, pd_.kallsyms, pd_.page_size = pd_.values[F_TRACING_DATA]
-        pd_.formats = {f.id: f for f in fmts}
-    names = pd_.value(F_EVENT_DESC, {})
-    for a in attrs:
-        fmt = pd_.formats.get(a.config) if a.type == PERF_TYPE_TRACEPOINT else None
-        a.name = fmt.full_name if fmt is not None else names.get(a.index)
+    pd_.name_attrs()
     return pd_
 
 
@@ -407,36 +488,48 @@ def _read_attrs(raw: memoryview, off: int, size: int, attr_size: int, p: Path) -
     out = []
     for i in range(size // entry):
         base = off + i * entry
-        typ, _sz, config, _period, stype, rfmt, flags = _u("<IIQQQQQ", raw, base, "attr")
-        clockid = _u("<i", raw, base + 92, "attr")[0] if attr_size >= 96 else 0
         ids_off, ids_size = _u("<QQ", raw, base + attr_size, "attr ids")
         if ids_off + ids_size > len(raw):
             raise PerfDataError(f"{p}: truncated perf.data: attr ids at {ids_off} past the end")
         ids = list(np.frombuffer(raw, dtype="<u8", count=ids_size // 8, offset=ids_off).tolist())
-        out.append(Attr(index=i, type=typ, config=config, sample_type=stype, read_format=rfmt,
-                        sample_id_all=bool(flags >> 18 & 1), use_clockid=bool(flags >> 25 & 1),
-                        clockid=clockid, ids=ids))
+        out.append(parse_attr(raw, base, attr_size, i, ids))
     if not out:
         raise PerfDataError(f"{p}: perf.data has no events (empty attrs section)")
     return out
 
 
-def _read_features(raw: memoryview, off: int, bitmap: tuple, size: int, p: Path) -> dict[int, bytes]:
+def feature_name(feat: int) -> str:
+    spec = FEATURES.get(feat)
+    return spec.name if spec is not None else f"feature {feat}"
+
+
+def _read_features(raw: memoryview, off: int, bitmap: tuple, size: int) -> tuple[dict[int, bytes], list[str]]:
+    """The feature sections present (whole), and the names of those the file is cut before."""
     bits = [b for b in range(1, 256) if bitmap[b // 64] >> (b % 64) & 1]
-    out = {}
+    out, missing = {}, []
     for i, bit in enumerate(bits):
-        f_off, f_size = _u("<QQ", raw, off + 16 * i, "feature table")
+        if off + 16 * (i + 1) > size:
+            missing += [feature_name(b) for b in bits[i:]]
+            break
+        f_off, f_size = struct.unpack_from("<QQ", raw, off + 16 * i)
         if f_off + f_size > size:
-            raise PerfDataError(f"{p}: truncated perf.data: feature section {bit} at {f_off}+{f_size} "
-                                f"past the end ({size} bytes)")
+            missing.append(feature_name(bit))
+            continue
         out[bit] = bytes(raw[f_off:f_off + f_size])
-    return out
+    return out, missing
 
 
 # ------------------------------------------------------------------------------ records
-def record_windows(pd_: PerfData, window: int = WINDOW) -> Iterator[Window]:
+def record_windows(pd_: PerfData, window: int = WINDOW, on_cut: OnCut | None = None) -> Iterator[Window]:
     """The data section's records a window at a time (decompressed), then those of each --threads
-    `data.N` file (each its own stream, as perf reads them)."""
-    yield from file_windows(pd_.path, pd_.data_offset, pd_.data_size, window)
+    `data.N` file (each its own stream, as perf reads them). A pipe stream is read from its open
+    file object, without seeking. `on_cut(offset, why)`: the records end in a cut or damaged
+    record at `offset` of the file (the whole records before it are yielded); without it, that
+    is an error."""
+    if pd_.stream is not None:
+        yield from decompressed(read_windows(pd_.stream, None, str(pd_.path), window, on_cut, 16), window,
+                                on_cut)
+        return
+    yield from file_windows(pd_.path, pd_.data_offset, pd_.data_size, window, on_cut)
     for f in pd_.threads:
-        yield from file_windows(f, 0, None, window)
+        yield from file_windows(f, 0, None, window, on_cut)

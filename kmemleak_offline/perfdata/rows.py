@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from ..format.recording import RecordingWriter, const_column
 from .background import BackgroundWriter
 from .columns import read_at, sample_columns, side_columns, which_attr
+from .errors import PerfDataError
 from .gather import fixed_rows, groups, offsets_of, payload_bytes
 from .reader import (
     REC_COMM,
@@ -52,6 +53,7 @@ class RowBuilder:
         self.side: list[tuple[int, dict[str, Any], np.ndarray]] = []  # (type, row, time)
         self.lost_samples: dict[str, int] | None = None  # PERF_RECORD_LOST_SAMPLES sums
         self.call_graph = False
+        self.guessed: dict[int, Any] = {}  # tracepoint id -> formats.Guess (format not from the file)
 
     # ------------------------------------------------------------------ per window
     def add(self, win: Window) -> None:
@@ -99,6 +101,8 @@ class RowBuilder:
         for i, k in enumerate(np.bincount(idx, minlength=len(names)).tolist()):
             if k:
                 self.samples[names[i]] = self.samples.get(names[i], 0) + k
+        if self.guessed:
+            self._check_guessed(cols)
         flat, offs = payload_bytes(win.buf, cols["raw_start"], cols["raw_len"])
         raw = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offs.astype(np.int32)),
                                                      pa.py_buffer(np.ascontiguousarray(flat))])
@@ -110,6 +114,20 @@ class RowBuilder:
                       "tid": pa.array(cols.get("tid", np.zeros(n)), pa.int32()),
                       "event": pa.DictionaryArray.from_arrays(pa.array(idx), pa.array(names, pa.string())),
                       "raw": raw, "stack_id": self._stacks(win, cols)})
+
+    def _check_guessed(self, cols: dict[str, Any]) -> None:
+        """A format not from the file must fit the payloads: none shorter than its fixed fields."""
+        for a in self.pd_.attrs:
+            g = self.guessed.get(a.config) if a.name else None
+            if g is None:
+                continue
+            lens = cols["raw_len"][cols["attr"] == a.index]
+            if len(lens) and int(lens.min()) < g.min_size:
+                raise PerfDataError(
+                    f"{self.pd_.path}: the format of {a.name} from {g.source} (matched by {g.by}) does "
+                    f"not fit the recorded payloads ({int(lens.min())} bytes, it needs {g.min_size}): the "
+                    "target kernel's formats differ; give --formats DIR, a copy of the target's "
+                    "/sys/kernel/tracing/events")
 
     def _stacks(self, win: Window, cols: dict[str, Any]) -> pa.Array:
         """Stack id per sample (null without a call chain); rows for chains not seen before.

@@ -13,7 +13,7 @@ into windows of the same bound.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,11 +21,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .chain import record_starts
+from .chain import Damaged, record_starts
 from .errors import PerfDataError
 
 WINDOW = 32 << 20  # bytes of records per window
 REC_COMPRESSED, REC_COMPRESSED2 = 81, 83
+OnCut = Callable[[int, str], None]  # (file offset where the whole records end, what is there)
 
 
 @dataclass
@@ -71,9 +72,14 @@ def _read_full(f: BinaryIO, into: memoryview) -> int:
     return got
 
 
-def read_windows(f: BinaryIO, limit: int | None, where: str, window: int = WINDOW) -> Iterator[Window]:
+def read_windows(f: BinaryIO, limit: int | None, where: str, window: int = WINDOW,
+                 on_cut: OnCut | None = None, origin: int = 0) -> Iterator[Window]:
     """Windows of the records in the next `limit` bytes of f (to its end if None). One buffer is
-    reused: a window is valid until the next is asked for (callers copy what they keep)."""
+    reused: a window is valid until the next is asked for (callers copy what they keep).
+
+    A stream that ends inside a record, or reaches a record header that cannot be one (damage),
+    is an error; with `on_cut`, the whole records before it are yielded and on_cut(offset, why)
+    is told where they end (`origin`: the file offset of the stream's first byte)."""
     buf = np.empty(window, np.uint8)
     carry = 0  # bytes at buf's start: a record cut by the previous window's end
     base, left = 0, limit
@@ -84,13 +90,24 @@ def read_windows(f: BinaryIO, limit: int | None, where: str, window: int = WINDO
             left -= got
         n = carry + got
         eof = got < want or left == 0
-        offs, ends, consumed = record_starts(buf, n, where, base)
+        try:
+            offs, ends, consumed = record_starts(buf, n, where, base)
+        except Damaged as exc:
+            if on_cut is None:
+                raise
+            offs, ends, _ = record_starts(buf, exc.at, where, base)
+            if len(offs):
+                yield Window(buf, offs, ends, base, where)
+            on_cut(origin + base + exc.at, "a damaged record (size < 8)")
+            return
         if len(offs):
             yield Window(buf, offs, ends, base, where)
         if eof:
             if consumed < n:
-                raise PerfDataError(f"{where}: truncated perf.data: the record at offset {base + consumed} "
-                                    "ends past the end of the data")
+                if on_cut is None:
+                    raise PerfDataError(f"{where}: truncated perf.data: the record at offset {base + consumed} "
+                                        "ends past the end of the data")
+                on_cut(origin + base + consumed, f"a record cut short ({n - consumed} bytes of it)")
             return
         carry = n - consumed
         if consumed == 0:  # one record larger than the window (pipe-mode tracing data)
@@ -163,8 +180,9 @@ def _joined(pieces: list[np.ndarray], base: int, where: str) -> Iterator[Window]
     yield Window(buf, offs, ends, base, where)
 
 
-def decompressed(windows: Iterable[Window], window: int = WINDOW) -> Iterator[Window]:
-    """The windows with every COMPRESSED/COMPRESSED2 record replaced, in place, by its records."""
+def decompressed(windows: Iterable[Window], window: int = WINDOW, on_cut: OnCut | None = None) -> Iterator[Window]:
+    """The windows with every COMPRESSED/COMPRESSED2 record replaced, in place, by its records.
+    Compressed records that end inside a record are an error, or said through `on_cut`."""
     dec: Zstd | None = None
     where = ""
     for w in windows:
@@ -194,11 +212,15 @@ def decompressed(windows: Iterable[Window], window: int = WINDOW) -> Iterator[Wi
             pieces.append(w.buf[w.offs[prev]:w.ends[-1]])
         yield from _joined(pieces, w.base, w.where)
     if dec is not None and dec.pending:
+        if on_cut is not None:
+            on_cut(-1, f"compressed records ending inside a record ({len(dec.pending)} bytes of it)")
+            return
         raise PerfDataError(f"{where}: truncated perf.data: the compressed records end inside a "
                             f"record ({len(dec.pending)} bytes left over)")
 
 
-def file_windows(path: Path, offset: int, size: int | None, window: int = WINDOW) -> Iterator[Window]:
+def file_windows(path: Path, offset: int, size: int | None, window: int = WINDOW,
+                 on_cut: OnCut | None = None) -> Iterator[Window]:
     """Decompressed windows of `size` bytes of records at `offset` of a file (to its end if None)."""
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed below, after the generator's last window)
@@ -206,4 +228,4 @@ def file_windows(path: Path, offset: int, size: int | None, window: int = WINDOW
         raise PerfDataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with f:
         f.seek(offset)
-        yield from decompressed(read_windows(f, size, str(path), window), window)
+        yield from decompressed(read_windows(f, size, str(path), window, on_cut, offset), window, on_cut)
