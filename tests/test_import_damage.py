@@ -263,6 +263,30 @@ def test_pipe_stream_without_its_tracing_data_takes_formats_by_name(piped, work,
     assert _counts(out) == dict(walk(saved).counts)
 
 
+def test_compressed_pipe_stream_whole_and_cut(work, tmp_path: Path) -> None:
+    """`perf record -z -o -`: COMPRESSED records in a stream; cut inside one, the records
+    decompressed before the cut are read, as perf script reads them."""
+    _, exe, snap = work
+    data, pidfile = tmp_path / "z.pipe", tmp_path / "z.pid"
+    try:
+        with open(data, "wb") as f:
+            res = subprocess.run([PERF, "record", "-q", "-z", "-g", *EVENTS, "-o", "-", "--", str(exe), str(N),
+                                  str(pidfile), str(CHURN // 5)], stdout=f, stderr=subprocess.PIPE, timeout=120,
+                                 check=False)
+    finally:
+        _kill_child(pidfile)
+    assert res.returncode == 0, res.stderr
+    cut = _cut(data, tmp_path / "zcut.pipe", 0.6)
+    for src in (data, cut):
+        want, r = _script_counts(src)
+        assert r.returncode == 0 and sum(want.values()) > 0, r.stderr
+        out = src.with_suffix(".parquet")
+        r = _import(src, out, snap)
+        assert r.returncode == 0, r.stderr
+        assert _counts(out) == dict(want)
+        assert ("salvaged:" in r.stderr) == (src == cut)
+
+
 # ------------------------------------------------------------------------ file cut at 60 %
 @pytest.fixture(scope="module")
 def filed(work) -> Path:
@@ -308,6 +332,24 @@ def test_file_cut_at_60_percent_is_salvaged(filed, work, tmp_path: Path, capsys)
     assert r.returncode == 0, r.stderr
     assert f"from --formats {fmts} (matched by id)" in r.stderr
     assert _counts(out2) == dict(w.counts)
+
+
+def test_file_cut_inside_its_feature_sections(filed, work, tmp_path: Path) -> None:
+    """All records and the formats (the first feature section) are there; later features are not."""
+    _, _, snap = work
+    raw = filed.read_bytes()
+    d_off, d_size = struct.unpack_from("<QQ", raw, 40)
+    cut = tmp_path / "feat.data"
+    cut.write_bytes(raw[:len(raw) - 16])  # the last feature section (after the formats) cut short
+    want, res = _script_counts(filed)
+    assert res.returncode == 0
+    out = tmp_path / "feat.parquet"
+    r = _import(cut, out, snap)
+    assert r.returncode == 0, r.stderr
+    assert "inside its feature sections: missing" in r.stderr and "formats:" not in r.stderr
+    assert _counts(out) == dict(want)
+    s = open_recording(out).metadata["salvaged"]
+    assert s["formats"] == ["file"] and s["end_offset"] == d_off + d_size
 
 
 def test_formats_that_do_not_fit_are_refused(filed, work, tmp_path: Path, capsys) -> None:

@@ -277,8 +277,9 @@ def _salvaged(pd_: PerfData, cuts: list[tuple[int, str]], records: int, rows: Ro
         return None
     at, why = cuts[0] if cuts else (-1, "")
     size = pd_.file_size or None
-    if at < 0:
-        at = None if pd_.stream is not None or size is None else size
+    if at < 0:  # the records run to the end of the data section (or of the file, or the stream)
+        at = (None if pd_.stream is not None else
+              pd_.data_offset + pd_.data_size if pd_.data_size is not None else size)
     if pd_.pipe:
         reason = f"the pipe stream ends inside {why}" if cuts else "the pipe stream is damaged"
     elif cuts:
