@@ -344,9 +344,11 @@ def test_file_cut_inside_its_feature_sections(filed, work, tmp_path: Path) -> No
     want, res = _script_counts(filed)
     assert res.returncode == 0
     out = tmp_path / "feat.parquet"
-    r = _import(cut, out, snap)
+    r = _import(cut, out, snap, "--formats", str(TRACEFS))  # not needed: said, not used
     assert r.returncode == 0, r.stderr
-    assert "inside its feature sections: missing" in r.stderr and "formats:" not in r.stderr
+    assert "inside its feature sections: missing" in r.stderr
+    assert [ln.split("import: ")[1] for ln in r.stderr.splitlines() if "formats:" in ln] == [
+        f"formats: --formats {TRACEFS} not used: the perf.data has the formats of its events"]
     assert _counts(out) == dict(want)
     s = open_recording(out).metadata["salvaged"]
     assert s["formats"] == ["file"] and s["end_offset"] == d_off + d_size

@@ -198,6 +198,8 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
         meta["options"]["call_graph"] = rows.call_graph
         if salvage:
             meta["salvaged"] = salvage | {"formats": formats.used()}
+        if formats.dir is not None and formats.dir.label not in formats.used():
+            note(f"formats: {formats.dir.label} not used: the perf.data has the formats of its events")
         text_pgoff = kernel_map_pgoff(*rows.mmaps())
         ksyms, ks_note, ks_warn = kernel_symbols(pd_, meta["host"].get("kernel_release"), kernel, text_pgoff)
         note(ks_note)
