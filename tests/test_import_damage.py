@@ -263,6 +263,40 @@ def test_pipe_stream_without_its_tracing_data_takes_formats_by_name(piped, work,
     assert _counts(out) == dict(walk(saved).counts)
 
 
+def test_compressed_pipe_stream_whole_and_cut(work, tmp_path: Path) -> None:
+    """`perf record -z -o -`: COMPRESSED records in a stream; cut inside one, the records
+    decompressed before the cut are read, as perf script reads them."""
+    _, exe, snap = work
+    data, pidfile = tmp_path / "z.pipe", tmp_path / "z.pid"
+    try:
+        with open(data, "wb") as f:
+            res = subprocess.run([PERF, "record", "-q", "-z", "-g", *EVENTS, "-o", "-", "--", str(exe), str(N),
+                                  str(pidfile), str(CHURN)], stdout=f, stderr=subprocess.PIPE, timeout=120,
+                                 check=False)
+    finally:
+        _kill_child(pidfile)
+    assert res.returncode == 0, res.stderr
+    raw, pos, comp = data.read_bytes(), 16, []
+    while pos < len(raw):  # where the COMPRESSED/COMPRESSED2 records are
+        typ, _m, size = struct.unpack_from("<IHH", raw, pos)
+        if typ == 66:
+            size += struct.unpack_from("<I", raw, pos + 8)[0]
+        if typ in (81, 83):
+            comp.append((pos, size))
+        pos += size
+    assert len(comp) >= 3, comp  # the workload's 20000 samples take several
+    cut = tmp_path / "zcut.pipe"  # cut inside the last compressed record
+    cut.write_bytes(raw[:comp[-1][0] + comp[-1][1] // 2])
+    for src in (data, cut):
+        want, r = _script_counts(src)
+        assert r.returncode == 0 and sum(want.values()) > 0, r.stderr
+        out = src.with_suffix(".parquet")
+        r = _import(src, out, snap)
+        assert r.returncode == 0, r.stderr
+        assert _counts(out) == dict(want)
+        assert ("salvaged:" in r.stderr) == (src == cut)
+
+
 # ------------------------------------------------------------------------ file cut at 60 %
 @pytest.fixture(scope="module")
 def filed(work) -> Path:
@@ -308,6 +342,26 @@ def test_file_cut_at_60_percent_is_salvaged(filed, work, tmp_path: Path, capsys)
     assert r.returncode == 0, r.stderr
     assert f"from --formats {fmts} (matched by id)" in r.stderr
     assert _counts(out2) == dict(w.counts)
+
+
+def test_file_cut_inside_its_feature_sections(filed, work, tmp_path: Path) -> None:
+    """All records and the formats (the first feature section) are there; later features are not."""
+    _, _, snap = work
+    raw = filed.read_bytes()
+    d_off, d_size = struct.unpack_from("<QQ", raw, 40)
+    cut = tmp_path / "feat.data"
+    cut.write_bytes(raw[:len(raw) - 16])  # the last feature section (after the formats) cut short
+    want, res = _script_counts(filed)
+    assert res.returncode == 0
+    out = tmp_path / "feat.parquet"
+    r = _import(cut, out, snap, "--formats", str(TRACEFS))  # not needed: said, not used
+    assert r.returncode == 0, r.stderr
+    assert "inside its feature sections: missing" in r.stderr
+    assert [ln.split("import: ")[1] for ln in r.stderr.splitlines() if "formats:" in ln] == [
+        f"formats: --formats {TRACEFS} not used: the perf.data has the formats of its events"]
+    assert _counts(out) == dict(want)
+    s = open_recording(out).metadata["salvaged"]
+    assert s["formats"] == ["file"] and s["end_offset"] == d_off + d_size
 
 
 def test_formats_that_do_not_fit_are_refused(filed, work, tmp_path: Path, capsys) -> None:

@@ -199,6 +199,8 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
         meta["options"]["call_graph"] = rows.call_graph
         if salvage:
             meta["salvaged"] = salvage | {"formats": formats.used()}
+        if formats.dir is not None and formats.dir.label not in formats.used():
+            note(f"formats: {formats.dir.label} not used: the perf.data has the formats of its events")
         text_pgoff = kernel_map_pgoff(*rows.mmaps())
         ksyms, ks_note, ks_warn = kernel_symbols(pd_, meta["host"].get("kernel_release"), kernel, text_pgoff)
         note(ks_note)
@@ -278,8 +280,9 @@ def _salvaged(pd_: PerfData, cuts: list[tuple[int, str]], records: int, rows: Ro
         return None
     at, why = cuts[0] if cuts else (-1, "")
     size = pd_.file_size or None
-    if at < 0:
-        at = None if pd_.stream is not None or size is None else size
+    if at < 0:  # the records run to the end of the data section (or of the file, or the stream)
+        at = (None if pd_.stream is not None else
+              pd_.data_offset + pd_.data_size if pd_.data_size is not None else size)
     if pd_.pipe:
         reason = f"the pipe stream ends inside {why}" if cuts else "the pipe stream is damaged"
     elif cuts:
