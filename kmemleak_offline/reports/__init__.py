@@ -17,6 +17,7 @@ FORMATS = {  # --format name -> module in this package
     "text": "text",
     "json": "json_report",
     "folded": "flamegraph",
+    "html": "html",  # a self-contained page with plots (bokeh)
 }
 
 
