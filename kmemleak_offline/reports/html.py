@@ -88,8 +88,8 @@ def _summary(a: Analysis, cs: list[Chain], recording: str, utc: bool) -> str:
         ("CPUs", hp.esc(host.get("ncpus", "?"))),
         ("started", hp.esc(wall_clock(m, a.start_ns, utc).strip())),
         ("duration", f"{dur:.3f} s"),
-        ("alloc events", hp.esc(" ".join(r.spec.full_name for r in a.roles if r.is_alloc))),
-        ("free events", hp.esc(" ".join(r.spec.full_name for r in a.roles if not r.is_alloc))),
+        ("alloc events", hp.esc(_events([r.spec.full_name for r in a.roles if r.is_alloc]))),
+        ("free events", hp.esc(_events([r.spec.full_name for r in a.roles if not r.is_alloc]))),
         ("allocations", hp.num(a.result.total_alloc)),
         ("frees", hp.num(a.result.total_free)),
         ("lost events", f"{hp.num(a.lost_total)} in {len(lost.count)} LOST records"
@@ -127,6 +127,17 @@ def _summary(a: Analysis, cs: list[Chain], recording: str, utc: bool) -> str:
         warn = '<h2 style="margin-top:14px">Warnings</h2><ul>' + "".join(
             f"<li>{hp.esc(w)}</li>" for w in a.warnings) + "</ul>"
     return hp.section("summary", "Summary", hp.facts(items) + card_html + sus_html + warn)
+
+
+def _events(names: list[str]) -> str:
+    """Event names, shortened when they are one group's (a --malloc recording's uprobes: each
+    function once, its return probe implied)."""
+    groups = {n.split(":", 1)[0] for n in names}
+    if len(groups) != 1 or len(names) < 3:
+        return " ".join(names)
+    base = [n.split(":", 1)[1] for n in names]
+    short = [b for b in base if not (b.endswith("_ret") and b[:-4] in base)]
+    return f"{groups.pop()}: {' '.join(short)}"
 
 
 # ---- time plot --------------------------------------------------------------------------------

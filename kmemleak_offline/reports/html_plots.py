@@ -41,6 +41,7 @@ def time_plot(lines: Sequence[tuple[str, str, np.ndarray, np.ndarray]],
     """Outstanding bytes of some chains over time: (label, class, t in s, bytes) each; grey
     bands where events were lost, dashed lines at early reports."""
     from bokeh.models import (
+        AdaptiveTicker,
         BoxAnnotation,
         ColumnDataSource,
         CustomJSTickFormatter,
@@ -57,6 +58,8 @@ def time_plot(lines: Sequence[tuple[str, str, np.ndarray, np.ndarray]],
                y_axis_label="outstanding bytes")
     _style(p)
     p.yaxis.formatter = CustomJSTickFormatter(code=BYTES_TICKS)
+    p.yaxis.ticker = AdaptiveTicker(base=2, mantissas=[1, 1.5], min_interval=1,
+                                    desired_num_ticks=6)  # round binary sizes: 16 KiB, 24 KiB...
     items = []
     renderers = []
     for i, (label, cls, t, y) in enumerate(lines):
@@ -185,7 +188,13 @@ def icicle_plot(ic: Icicle, what: str = "leaked bytes", unit: str = "bytes"):
 def diff_bars(labels: Sequence[str], base: Sequence[float], new: Sequence[float],
               status: Sequence[str], base_name: str, new_name: str):
     """Leaked bytes per chain in both runs, one pair of bars per chain (largest changes first)."""
-    from bokeh.models import ColumnDataSource, CustomJSTickFormatter, FactorRange, HoverTool
+    from bokeh.models import (
+        AdaptiveTicker,
+        ColumnDataSource,
+        CustomJSTickFormatter,
+        FactorRange,
+        HoverTool,
+    )
     from bokeh.plotting import figure
     from bokeh.transform import dodge
 
@@ -196,6 +205,7 @@ def diff_bars(labels: Sequence[str], base: Sequence[float], new: Sequence[float]
                x_axis_label="leaked bytes")
     _style(p)
     p.xaxis.formatter = CustomJSTickFormatter(code=BYTES_TICKS)
+    p.xaxis.ticker = AdaptiveTicker(base=2, mantissas=[1, 1.5], min_interval=1)
     b = p.hbar(y=dodge("y", 0.18, range=p.y_range), right="base", height=0.34, source=src,
                color="#9aa7bd", legend_label=f"base: {base_name}")
     n = p.hbar(y=dodge("y", -0.18, range=p.y_range), right="new", height=0.34, source=src,
