@@ -132,7 +132,8 @@ class Browser:
             e = p.get("entry", {})
             self.log.console.append((e.get("level", ""), e.get("text", "")))
         elif m == "Network.requestWillBeSent":
-            self.log.requests.append(p.get("request", {}).get("url", ""))
+            url = p.get("request", {}).get("url", "")
+            self.log.requests.append(url[:60] + "..." if url.startswith("data:") else url)
 
     def call(self, method: str, params: dict | None = None, timeout: float | None = None,
              session: bool = True) -> dict:
@@ -171,6 +172,7 @@ class Browser:
 
     def open(self, path: Path) -> float:
         """Load a local file; returns the seconds until its load event."""
+        self.log = PageLog()
         t0 = time.monotonic()
         self.call("Page.navigate", {"url": Path(path).resolve().as_uri()})
         self.wait_event("Page.loadEventFired")

@@ -19,7 +19,9 @@ def diff(
     free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="re-interpret recordings: free events")] = None,
     than: Annotated[str | None, typer.Option("--than", metavar="T", help="recordings: only leaks older than T: N[s|ms|us|ns]")] = None,
     top: Annotated[int | None, typer.Option("--top", metavar="N", help="show the N biggest changes")] = None,
-    fmt: Annotated[str, typer.Option("--format", metavar="text|json", help="output format")] = "text",
+    fmt: Annotated[str, typer.Option("--format", metavar="text|json|html", help="output format "
+                                     "(html: a page with both runs, give -o FILE)")] = "text",
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE", help="write the diff here")] = None,
     symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
 ) -> None:
     """Compare the leaks of two recordings or reports: per call chain, what grew, appeared or went away.
@@ -32,8 +34,11 @@ def diff(
     from .. import diff as diffmod
     from ..format.spec import SpecError, parse_duration
 
-    if fmt not in ("text", "json"):
-        fail(f"--format must be text or json, not {fmt!r}")
+    if fmt not in ("text", "json", "html"):
+        fail(f"--format must be text, json or html, not {fmt!r}")
+    if fmt == "html" and output is None and sys.stdout.isatty():
+        fail("--format html writes a page to open in a browser: give -o FILE "
+             "(or redirect stdout to a file)")
     if than is not None:
         try:
             parse_duration(than)
@@ -54,12 +59,23 @@ def diff(
                          f"{' and '.join(reports)} compared as analysed\n")
     for i, path in enumerate((base, new)):
         if tables[i] is None:
-            a, stacks = run_analysis(path, alloc, free, than, symfs=symfs)
+            a, stacks = run_analysis(path, alloc, free, than, symfs=symfs, trend=fmt == "html")
             tables[i] = diffmod.recording_table(str(path), a, stacks)
     ta, tb = tables
     changes = diffmod.compare(ta.leaks, tb.leaks)
+    if fmt == "json":
+        text = json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n"
+    elif fmt == "html":
+        from ..reports import diff_html
+
+        text = diff_html.build(ta, tb, changes, top)
+    else:
+        text = diffmod.render_text(ta, tb, changes, top)
+    if output is not None:
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            fail(f"-o {output}: {exc.strerror or exc}")
+        return
     with reader_may_leave():
-        if fmt == "json":
-            sys.stdout.write(json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n")
-        else:
-            sys.stdout.write(diffmod.render_text(ta, tb, changes, top))
+        sys.stdout.write(text)

@@ -59,12 +59,17 @@ def frame_name(f: Frame) -> str:
 
 def headline(frames: list[Frame]) -> str:
     """The first frame that is not the allocator (the leaf when all are)."""
-    if not frames:
+    return pick_headline([frame_name(f) for f in frames])
+
+
+def pick_headline(names: list[str]) -> str:
+    """Of frame names leaf first: the first named one that is not the allocator."""
+    if not names:
         return "(no call chain recorded)"
-    for f in frames:
-        if f.symbol and not ALLOCATOR.match(f.symbol):
-            return f.symbol
-    return frame_name(frames[0])
+    for n in names:
+        if n != "Unknown" and not n.startswith("[") and not ALLOCATOR.match(n):
+            return n
+    return names[0]
 
 
 def chains(a: Analysis, stacks: StackResolver, sort: str = "bytes") -> list[Chain]:
