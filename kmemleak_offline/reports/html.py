@@ -51,7 +51,8 @@ def build(a: Analysis, stacks: StackResolver, recording: str, *, sort: str = "by
 
         what = "leaked bytes" if sized else "leaked objects"
         roots["flame"] = icicle_plot(ic, what, "bytes" if sized else "objects")
-        dropped = f" {ic.dropped:,} frames narrower than 0.01% are left out." if ic.dropped else ""
+        dropped = (f" {ic.dropped:,} frame{'s' * (ic.dropped != 1)} narrower than 0.01% {'are' if ic.dropped != 1 else 'is'} "
+                   "left out.") if ic.dropped else ""
         body.append(hp.section(
             "flame", f"Flame graph of {what} (icicle)", "{{plot:flame}}",
             "Callers above callees, from the root of each call chain down to the allocator; width "

@@ -87,7 +87,7 @@ def stack_cell(headline: str, lines: Sequence[str], shown: int = 3) -> str:
     first = "\n".join(esc(x) for x in lines[:shown])
     if len(lines) <= shown:
         return f'<td class="stack">{head}<pre>{first}</pre></td>'
-    rest = "\n".join(esc(x) for x in lines)
+    rest = "\n".join(esc(x) for x in lines[shown:])
     return (f'<td class="stack">{head}<details><summary><pre class="inline">{first}</pre>'
             f'<span class="more">+{len(lines) - shown} frames</span></summary>'
             f"<pre>{rest}</pre></details></td>")
