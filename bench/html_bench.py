@@ -34,7 +34,7 @@ READY = "window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idl
 def composition(html: str) -> list[tuple[str, int]]:
     """Bytes of the page by part: bokeh's inlined JavaScript, the plots' data, the tables."""
     scripts = re.findall(r"<script[^>]*>(.*?)</script>", html, re.DOTALL)
-    lib = sum(len(s) for s in scripts if len(s) > 100_000 and "Bokeh" in s[:2000])
+    lib = sum(len(s) for s in scripts if s.lstrip().startswith("/* BEGIN bokeh"))
     data = sum(len(s) for s in scripts) - lib
     tables = sum(len(m) for m in re.findall(r"<table.*?</table>", html, re.DOTALL))
     return [("bokeh JavaScript", lib), ("plot data", data), ("tables", tables),

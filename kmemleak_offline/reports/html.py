@@ -15,7 +15,7 @@ from .chains import Chain, chains, frame_name, processes
 from .events import wall_clock
 from .icicle import layout
 
-MAX_ROWS = 500  # chains listed in the table (the rest are summed in one line)
+MAX_ROWS = 200  # chains listed in the table (the rest are summed in one line)
 TOP_LINES = 8  # chains drawn in the time plot
 MAX_SUSPECTS = 5
 NO_END = 0xFFFFFFFFFFFFFFFF

@@ -118,7 +118,7 @@ const n = d.name.length, label = new Array(n), lx = new Array(n);
 for (let i = 0; i < n; i++) {
   const a = Math.max(d.x0[i], s), b = Math.min(d.x1[i], e), c = Math.floor(((b - a) * k - 6) / 7);
   const nm = d.name[i];
-  label[i] = c < 3 ? "" : nm.length <= c ? nm : nm.slice(0, c - 2) + "..";
+  label[i] = c < 4 ? "" : nm.length <= c ? nm : nm.slice(0, c - 2) + "..";
   lx[i] = a;
 }
 src.data = Object.assign({}, d, {label: label, lx: lx});

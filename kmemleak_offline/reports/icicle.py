@@ -60,7 +60,7 @@ class Icicle:
 
 
 def layout(paths: Iterable[tuple[list[tuple[str, str]], float, bool]], *,
-           min_frac: float = 1e-4, max_nodes: int = 8000) -> Icicle:
+           min_frac: float = 1e-4, max_nodes: int = 4000) -> Icicle:
     """`paths`: ([(frame name, dso), ...] root first, weight, from a growing chain)."""
     root = _Node(ROOT, "")
     for frames, w, growing in paths:
