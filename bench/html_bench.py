@@ -46,7 +46,6 @@ def render_times(path: Path, repeat: int) -> tuple[list[float], list[float], lis
     loads, idles, errors = [], [], []
     with Browser(width=1400, height=1000, timeout=120) as b:
         for _ in range(repeat):
-            b.call("Page.navigate", {"url": "about:blank"})
             load = b.open(path)
             idle = load + b.wait_for(READY, timeout=120, poll=0.01)
             loads.append(load)

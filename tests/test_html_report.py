@@ -226,6 +226,16 @@ def test_lost_events_and_early_reports_are_shown(tmp_path):
     assert "lost events 7 in 1 LOST records, 1 early report" in text
 
 
+def test_nothing_leaked_is_a_page_too(sites, tmp_path):
+    """A filter that keeps no allocation: the summary, and no plots (no script at all)."""
+    out = analyze_html(sites, tmp_path / "none.html", "--alloc",
+                       "kmem:kmalloc/bytes_alloc>100000/ptr=ptr/size=bytes_alloc/stack/")
+    p = parse(out)
+    assert not [t for t, _ in p.tags if t == "script"]
+    text = text_of(p)
+    assert "allocations 0 " in text and text.count("no leaks") == 2
+
+
 def test_event_list_recording_lists_objects(tmp_path):
     """Page allocations have no size: perf-prof's event-list mode; the page counts objects."""
     b = RecordingBuilder()

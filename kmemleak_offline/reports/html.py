@@ -208,7 +208,8 @@ def _chain_table(a: Analysis, cs: list[Chain], sized: bool) -> str:
             "suspect); bounded = rose, then stayed level (cache, pool, start-up); insufficient = "
             "too few allocations or too short a recording. Slope: over the second half of the "
             "recording. Click a chain to see all its frames.")
-    return hp.section("chains", "Call chains", hp.table(head, rows, "chains"), note)
+    body = hp.table(head, rows, "chains") if rows else '<p class="muted">no leaks</p>'
+    return hp.section("chains", "Call chains", body, note)
 
 
 def _process_table(a: Analysis, sized: bool) -> str:
