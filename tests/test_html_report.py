@@ -226,6 +226,25 @@ def test_lost_events_and_early_reports_are_shown(tmp_path):
     assert "lost events 7 in 1 LOST records, 1 early report" in text
 
 
+def test_frame_names_are_text_not_markup(tmp_path):
+    """A symbol name with markup in it (symbols come from the traced machine) stays text."""
+    evil = '</script><script>alert("x")</script>&<b>'
+    b = RecordingBuilder()
+    ids = b.add_stacks([[PERF_CONTEXT_KERNEL, K + 0x1010, K + 0x2010]])
+    b.add_ksyms([K + 0x1000, K + 0x2000, K + 0x10000], [evil, "do_work", "_etext"])
+    t = START + np.arange(1, 51) * SEC // 10
+    ptr = 0xFFFF888000000000 + 64 * np.arange(50, dtype=np.uint64)
+    b.add_samples("kmem:kmalloc", t, 0, 1, 1, {"ptr": ptr, "bytes_alloc": 64, "bytes_req": 1,
+                                               "gfp_flags": 0, "call_site": 0}, stack_id=ids[0])
+    b.add_samples("kmem:kfree", t[:5] + 1000, 0, 1, 1, {"ptr": ptr[:5], "call_site": 0})
+    rec = b.write(tmp_path / "evil.parquet", ALLOC, FREE, start_ns=START, stop_ns=START + 6 * SEC)
+    out = analyze_html(rec, tmp_path / "evil.html")
+    p = parse(out)
+    assert len([t for t, _ in p.tags if t == "script"]) == 4  # bokeh's 3 and the plots'
+    assert evil in " ".join(p.text)
+    assert "<script>alert" not in out.read_text()
+
+
 def test_nothing_leaked_is_a_page_too(sites, tmp_path):
     """A filter that keeps no allocation: the summary, and no plots (no script at all)."""
     out = analyze_html(sites, tmp_path / "none.html", "--alloc",
