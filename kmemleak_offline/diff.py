@@ -44,10 +44,33 @@ def frame_key(symbol: str | None, offset: int, dso: str | None) -> FrameKey:
 
 
 @dataclass
+class Series:
+    """A chain's growth trend on one side (from the recording's analysis or the JSON report)."""
+
+    cls: str
+    t_ns: np.ndarray
+    bytes: np.ndarray
+
+
+@dataclass
 class Side:
     bytes: int = 0
     objects: int = 0
     lines: tuple[str, ...] = ()  # display lines of the chain (first group seen), leaf first
+    # trends of the groups keyed to this chain, once per source chain (stack id, or a JSON
+    # group's addresses): several reports of one chain are not counted twice
+    trends: dict[object, Series] = field(default_factory=dict)
+
+    def trend(self) -> Series | None:
+        """The chain's trend: its groups' series added up; growing when any of them grows."""
+        ts = list(self.trends.values())
+        if not ts:
+            return None
+        n = min(len(t.bytes) for t in ts)
+        y = np.sum([t.bytes[:n] for t in ts], axis=0)
+        classes = {t.cls for t in ts}
+        cls = next((c for c in ("growing", "bounded") if c in classes), "insufficient")
+        return Series(cls, ts[0].t_ns[:n], y)
 
 
 @dataclass
@@ -60,12 +83,15 @@ class Table:
     leaks: dict[ChainKey, Side] = field(default_factory=dict)
     mode: str = LEAKED_BYTES  # EVENT_LIST: no sizes, bytes are all 0
 
-    def add(self, key: ChainKey, lines: tuple[str, ...], b: int, n: int) -> None:
+    def add(self, key: ChainKey, lines: tuple[str, ...], b: int, n: int,
+            trend: tuple[object, Series] | None = None) -> None:
         side = self.leaks.get(key)
         if side is None:
             side = self.leaks[key] = Side(lines=lines or NO_CHAIN)
         side.bytes += b
         side.objects += n
+        if trend is not None:
+            side.trends.setdefault(*trend)
 
 
 @dataclass
@@ -113,8 +139,11 @@ def recording_table(name: str, a: Analysis, stacks: StackResolver) -> Table:
     t = Table(name, a.result.total_alloc, a.result.total_free, mode=a.mode)
     chains: dict[tuple[int, int], tuple[ChainKey, tuple[str, ...]]] = {}  # per (stack, pid)
     for r in a.reports:
+        trend_of: dict[int, tuple[object, Series]] = {}
         if a.mode == LEAKED_BYTES:
             items = [(g.stack_id, g.pid, g.bytes, g.objects) for g in r.groups]
+            trend_of = {g.stack_id: (g.stack_id, Series(g.trend.cls, g.trend.t_ns, g.trend.bytes))
+                        for g in r.groups if g.trend is not None}
         else:  # one item per distinct (stack, pid), in order of first appearance, with its count
             ents = r.entries[r.entries["selected"]]
             sids, pids = ents["stack_id"].to_numpy(), ents["pid"].to_numpy()
@@ -128,7 +157,7 @@ def recording_table(name: str, a: Analysis, stacks: StackResolver) -> Table:
             if ck is None:  # frames of a (stack, pid) resolve once (the first time asked)
                 ck = chains[(sid, pid)] = (_chain(stacks.frames(sid, pid, r.time_ns)) if sid >= 0
                                            else ((), NO_CHAIN))
-            t.add(ck[0], ck[1], b, n)
+            t.add(ck[0], ck[1], b, n, trend_of.get(sid))
     return t
 
 
@@ -189,6 +218,23 @@ def _json_chain(stack: list, where: str) -> tuple[ChainKey, tuple[str, ...]]:
     return tuple(keys), tuple(lines)
 
 
+def _json_trend(g: dict, stack: list) -> tuple[object, Series] | None:
+    """A JSON group's `trend` (docs/json-report.md), keyed by its addresses; None when absent or
+    not in that shape (reports from before trends were added still compare)."""
+    tr = g.get("trend")
+    if not isinstance(tr, dict) or not isinstance(tr.get("series"), dict):
+        return None
+    try:
+        t = np.asarray(tr["series"]["t_ns"], np.int64)
+        y = np.asarray(tr["series"]["bytes"], np.int64)
+        cls = str(tr["class"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if t.shape != y.shape or t.ndim != 1:
+        return None
+    return tuple(fr.get("addr") for fr in stack), Series(cls, t, y)
+
+
 def report_table(name: str, doc: Any) -> Table:
     """Leaks per chain of an `analyze --format json` report (version 1)."""
     try:
@@ -217,8 +263,9 @@ def _report_table(name: str, doc: Any) -> Table:
             for gi, g in enumerate(_need(r, "groups", list, where)):
                 gw = f"{where}.groups[{gi}]"
                 b, n = _need(g, "bytes", int, gw), _need(g, "objects", int, gw)
-                key, lines = _json_chain(_need(g, "stack", list, gw), gw)
-                t.add(key, lines, b, n)
+                stack = _need(g, "stack", list, gw)
+                key, lines = _json_chain(stack, gw)
+                t.add(key, lines, b, n, _json_trend(g, stack))
         else:
             for ei, e in enumerate(_need(r, "events", list, where)):
                 ew = f"{where}.events[{ei}]"

@@ -46,7 +46,9 @@ def analyze(
     flame_graph: Annotated[str | None, typer.Option("--flame-graph", metavar="FILE", help="write folded stacks to FILE(.folded)")] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v: event list too; -vv: every sample")] = 0,
     interval: Annotated[int | None, typer.Option("-i", "--interval", metavar="MS", help="stats every MS of trace time")] = None,
-    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text (perf-prof's), json, folded, pprof (gzipped profile.proto: give -o) or speedscope")] = "text",
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="text (perf-prof's), json, folded, "
+                                     "pprof (gzipped profile.proto: give -o), speedscope or html "
+                                     "(a page with plots: give -o FILE)")] = "text",
     trend: Annotated[bool, typer.Option("--trend", help="text: a growth-trend line per call chain "
                                         "(growing/bounded/insufficient, docs/trends.md)")] = False,
     sort: Annotated[str, typer.Option("--sort", metavar="ORDER", help="call chains by bytes "
@@ -86,6 +88,9 @@ def analyze(
              "not a terminal")
     if interval is not None and not 0 < interval <= MAX_INTERVAL_MS:
         fail(f"-i/--interval must be 1..{MAX_INTERVAL_MS} milliseconds, not {interval}")
+    if fmt == "html" and output is None and sys.stdout.isatty():
+        fail("--format html writes a page to open in a browser: give -o FILE "
+             "(or redirect stdout to a file)")
     _terminate_cleanly()
     if jobs is not None and jobs < 1:
         fail(f"-j/--jobs must be at least 1, not {jobs}")
@@ -102,7 +107,7 @@ def analyze(
             fail(str(exc))
     a, stacks = run_analysis(recording, alloc, free, than, comm=comm, verbose=verbose,
                           interval=interval, symfs=symfs, engine=engine,
-                          trend=trend or sort == "growth" or fmt == "json")
+                          trend=trend or sort == "growth" or fmt in ("json", "html"))
     if a.result.total_alloc == 0 and fmt == "text":  # perf-prof prints nothing then: say why
         names = ", ".join(r.spec.full_name for r in a.roles if r.is_alloc)
         sys.stderr.write(f"kmemleak-offline: note: no allocations to report ({names}: none "

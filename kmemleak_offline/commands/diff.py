@@ -19,8 +19,10 @@ def diff(
     free: Annotated[list[str] | None, typer.Option("--free", metavar="EVENT[,EVENT...]", help="re-interpret recordings: free events")] = None,
     than: Annotated[str | None, typer.Option("--than", metavar="T", help="recordings: only leaks older than T: N[s|ms|us|ns]")] = None,
     top: Annotated[int | None, typer.Option("--top", metavar="N", help="show the N biggest changes")] = None,
-    fmt: Annotated[str, typer.Option("--format", metavar="text|json|markdown", help="output format (markdown: a pull-request comment)")] = "text",
+    fmt: Annotated[str, typer.Option("--format", metavar="text|json|markdown|html", help="output format "
+                                     "(markdown: a pull-request comment; html: a page with both runs, give -o FILE)")] = "text",
     fail_on_growth: Annotated[str | None, typer.Option("--fail-on-growth", metavar="SIZE", help="exit 1 when a call chain's leaked bytes grew by more than SIZE: bytes, or with K/M/G (1024-based) or kB/MB/GB")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE", help="write the diff here")] = None,
     symfs: Annotated[Path | None, typer.Option("--symfs", metavar="DIR", help="look for user ELF files under DIR")] = None,
 ) -> None:
     """Compare the leaks of two recordings or reports: per call chain, what grew, appeared or went away.
@@ -34,8 +36,11 @@ def diff(
     from .. import diff as diffmod
     from ..format.spec import SpecError, parse_duration
 
-    if fmt not in ("text", "json", "markdown"):
-        fail(f"--format must be text, json or markdown, not {fmt!r}")
+    if fmt not in ("text", "json", "markdown", "html"):
+        fail(f"--format must be text, json, markdown or html, not {fmt!r}")
+    if fmt == "html" and output is None and sys.stdout.isatty():
+        fail("--format html writes a page to open in a browser: give -o FILE "
+             "(or redirect stdout to a file)")
     limit = None
     if fail_on_growth is not None:
         try:
@@ -62,7 +67,7 @@ def diff(
                          f"{' and '.join(reports)} compared as analysed\n")
     for i, path in enumerate((base, new)):
         if tables[i] is None:
-            a, stacks = run_analysis(path, alloc, free, than, symfs=symfs)
+            a, stacks = run_analysis(path, alloc, free, than, symfs=symfs, trend=fmt == "html")
             tables[i] = diffmod.recording_table(str(path), a, stacks)
     ta, tb = tables
     if limit is not None:
@@ -73,15 +78,26 @@ def diff(
                  "nothing to compare bytes of")
     changes = diffmod.compare(ta.leaks, tb.leaks)
     failing = diffmod.over_limit(changes, limit) if limit is not None else []
-    with reader_may_leave():
-        if fmt == "json":
-            sys.stdout.write(json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n")
-        elif fmt == "markdown":
-            from .. import diff_markdown
+    if fmt == "json":
+        text = json.dumps(diffmod.to_json(str(base), str(new), changes), indent=1) + "\n"
+    elif fmt == "markdown":
+        from .. import diff_markdown
 
-            sys.stdout.write(diff_markdown.render(ta, tb, changes, top, limit, failing))
-        else:
-            sys.stdout.write(diffmod.render_text(ta, tb, changes, top))
+        text = diff_markdown.render(ta, tb, changes, top, limit, failing)
+    elif fmt == "html":
+        from ..reports import diff_html
+
+        text = diff_html.build(ta, tb, changes, top)
+    else:
+        text = diffmod.render_text(ta, tb, changes, top)
+    if output is not None:
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            fail(f"-o {output}: {exc.strerror or exc}")
+    else:
+        with reader_may_leave():
+            sys.stdout.write(text)
     if failing:
         worst = failing[0]
         fail(f"leak gate: {len(failing)} call chain{'s' if len(failing) != 1 else ''} grew by more "

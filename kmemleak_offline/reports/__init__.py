@@ -20,6 +20,7 @@ FORMATS = {  # --format name -> module in this package
     "folded": "flamegraph",
     "pprof": "pprof",
     "speedscope": "speedscope",
+    "html": "html",  # a self-contained page with plots (bokeh)
 }
 
 
