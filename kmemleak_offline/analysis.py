@@ -372,7 +372,7 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
     res = replay_ordered(time=t, is_alloc=is_alloc_role[role_s], key=key_s, lost=lost,
                          stop_ns=stop_ns, than_ns=opts.than_ns,
-                         want_death=bool(opts.interval_ms) or opts.trend)
+                         want_death=bool(opts.interval_ms), want_next=opts.trend)
     stream = Stream(rows=st, samples=sm, is_alloc_role=is_alloc_role,
                     per_pos={"time": res.time, "kept": res.kept, "role": role_s, "ptr": key_s,
                              "size": size_s},
@@ -413,7 +413,7 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     key = process_keys(sm.pid[rows[p]], ptr)
     res = replay_ordered(time=o.time, is_alloc=is_alloc, key=key, lost=lost,
                          stop_ns=stop_ns, than_ns=opts.than_ns,
-                         want_death=bool(opts.interval_ms) or opts.trend)
+                         want_death=bool(opts.interval_ms), want_next=opts.trend)
     prow = rows[p]
     # role code per event-name code (its first role); the last entry is for null events
     role_lut = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
@@ -447,19 +447,18 @@ def _site_check(comms: Machine, side: dict[str, pa.Table], symfs: str | None):
 
 
 def _trend_parts(stream: Stream, res: ReplayResult, g: np.ndarray) -> Parts:
-    """Every kept allocation, ending where it is freed, replaced or reclaimed (res.death)."""
+    """Every kept allocation, ending where the next event of its key frees or replaces it, in
+    whatever epoch: an early report empties the tree, not the process's memory."""
     ap = np.flatnonzero(stream.kept & stream.column("is_alloc"))
-    death = res.death[ap]
-    ends = death < len(stream)
+    nxt = res.next_pos[ap]
+    ends = nxt < len(stream)
     return contributions(g, stream.column("stack_id", ap), stream.column("size", ap), res.time[ap],
-                         res.time[death[ends]], ends)
+                         res.time[nxt[ends]], ends)
 
 
 def attach_trends(reports: list[ReportView], parts: Parts, g: np.ndarray, start: int) -> None:
-    """Each leaked-bytes group's Trend, judged after the last early report (the tree is
-    emptied there)."""
-    resets = [r.time_ns for r in reports if r.reason == "lost"]
-    by_sid = trends(parts, sorted({gr.stack_id for r in reports for gr in r.groups}), g, start, resets)
+    """Each leaked-bytes group's Trend over the whole recording."""
+    by_sid = trends(parts, sorted({gr.stack_id for r in reports for gr in r.groups}), g, start)
     for r in reports:
         for gr in r.groups:
             gr.trend = by_sid.get(gr.stack_id)

@@ -58,6 +58,8 @@ class ReplayResult:
     total_free: int
     lost: Lost
     death: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per stream pos
+    # per stream pos: the next kept event of its key in any epoch, n if none (trends)
+    next_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def ring_seq_key(ring: np.ndarray, seq: np.ndarray) -> np.ndarray:
@@ -193,17 +195,19 @@ def _first_seq_at_least(by_ring: np.ndarray, seq: np.ndarray, lo: int, hi: int, 
 
 def replay(*, ring: np.ndarray, seq: np.ndarray, time: np.ndarray, is_alloc: np.ndarray,
            key: np.ndarray, lost: Lost, stop_ns: int, than_ns: int = 0,
-           want_death: bool = False) -> ReplayResult:
+           want_death: bool = False, want_next: bool = False) -> ReplayResult:
     """Order, then replay (convenience for callers holding unordered rows)."""
     o = order_samples(ring, seq, time)
     res = replay_ordered(time=o.time, is_alloc=is_alloc[o.stream], key=key[o.stream], lost=lost,
-                         stop_ns=stop_ns, than_ns=than_ns, want_death=want_death)
+                         stop_ns=stop_ns, than_ns=than_ns, want_death=want_death,
+                         want_next=want_next)
     res.order = o.stream
     return res
 
 
 def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, lost: Lost,
-                   stop_ns: int, than_ns: int = 0, want_death: bool = False) -> ReplayResult:
+                   stop_ns: int, than_ns: int = 0, want_death: bool = False,
+                   want_next: bool = False) -> ReplayResult:
     """Replay alloc/free samples already in stream order (clamped times) and compute every report.
 
     `lost` windows must come from `lost_windows` over ALL sample rows (the ring really held them).
@@ -239,6 +243,13 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
         live_parts.append(kpos[_live_allocs(k[kpos], alloc[kpos])])
 
     death = _death_positions(kept, k, bounds, n) if want_death else np.zeros(0, np.int64)
+    next_pos = np.zeros(0, np.int64)
+    if want_next:
+        kpos = np.flatnonzero(kept)
+        nx = successors(k[kpos])
+        has = nx >= 0
+        next_pos = np.full(n, n, np.int64)
+        next_pos[kpos[has]] = kpos[nx[has]]
 
     ka = kept & alloc
     kf = kept & ~alloc
@@ -262,7 +273,8 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
                               leaked=entries, selected=selected, total_alloc=ta, total_free=tf,
                               **({} if final else {"lost_idx": windows_of[i]})))
     return ReplayResult(order=np.arange(n), time=t, kept=kept, reports=reports,
-                        total_alloc=cum_alloc[-1], total_free=cum_free[-1], lost=lost, death=death)
+                        total_alloc=cum_alloc[-1], total_free=cum_free[-1], lost=lost, death=death,
+                        next_pos=next_pos)
 
 
 def dropped_mask(t: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:

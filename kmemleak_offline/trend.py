@@ -120,14 +120,6 @@ def _cells_piece(p: Parts, w: int) -> tuple[np.ndarray, np.ndarray]:
     return (p.sid + 1) * w + p.col, p.val
 
 
-def ended(g: np.ndarray, sid: np.ndarray, size: np.ndarray, t: int) -> Parts:
-    """Allocations that all end at time t (reclaimed by an early report), summed per chain."""
-    w = len(g) + 2
-    col = int(np.searchsorted(g, np.int64(t), side="left"))
-    return _sum_cells([((np.asarray(sid, np.int64) + 1) * w + col,
-                        -np.asarray(size).astype(np.float64))], w)
-
-
 DENSE_CELLS = 1 << 23  # (chain, column) cells summed in one dense array below this (64 MB)
 
 
@@ -208,9 +200,9 @@ def classify(y: np.ndarray, t_s: np.ndarray, allocs: np.ndarray,
 
 
 def trends(parts: Parts, stacks: list[int], g: np.ndarray, start: int,
-           resets: list[int]) -> dict[int, Trend]:
-    """The Trend of every stack id in `stacks`, judged after the last of `resets` (early report
-    times)."""
+           resets: list[int] | None = None) -> dict[int, Trend]:
+    """The Trend of every stack id in `stacks`, judged after the last of `resets` (times) if
+    any."""
     if not stacks:
         return {}
     ids = np.unique(np.asarray(stacks, np.int64))

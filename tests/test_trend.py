@@ -92,7 +92,7 @@ def test_rule_judges_after_the_last_early_report():
 CHAINS = {"leak": 1, "cache": 2, "burst": 3, "few": 4, "churn": 5}
 
 
-def _three_sites(path: Path, seconds: int = 60) -> tuple[Path, dict]:
+def _three_sites(path: Path, seconds: int = 60, lost_at: int | None = None) -> tuple[Path, dict]:
     """A steady leak (one 64-byte object every 100 ms), an LRU cache of 50 entries (one insert
     every 50 ms, evicting the oldest once full), a burst of 100 at start-up, 3 stray objects,
     and alloc/free churn. Returns the path and each allocation's (chain, size, t_alloc, t_free)."""
@@ -121,6 +121,8 @@ def _three_sites(path: Path, seconds: int = 60) -> tuple[Path, dict]:
     fr = [i for i, a in enumerate(allocs) if a[3] is not None]
     b.add_samples("kmem:kfree", [allocs[i][3] for i in fr], 1, 1, 1,
                   {"ptr": ptr[fr], "call_site": 0})
+    if lost_at is not None:
+        b.add_lost(START + lost_at, 0, 7)
     b.write(path, ALLOC, FREE, start_ns=START, stop_ns=START + span)
     return path, {"allocs": allocs}
 
@@ -128,7 +130,7 @@ def _three_sites(path: Path, seconds: int = 60) -> tuple[Path, dict]:
 def _classes(a) -> dict[str, tuple[str, np.ndarray]]:
     names = {KERNEL_TEXT_START + 0x100 * c: n for n, c in CHAINS.items()}
     out = {}
-    for g in a.reports[-1].groups:
+    for g in (g for r in a.reports for g in r.groups):  # early reports' groups too
         leaf = int(a.stacks[g.stack_id][1])
         out[names[leaf]] = g.trend
     return out
@@ -181,6 +183,23 @@ def test_engines_agree_on_trends_with_lost_windows(tmp_path):
         got.append(trs)
     assert got[0] == got[1] == got[2]
     assert got[0][-1][0] == "growing"
+
+
+def test_an_early_report_late_in_the_recording_does_not_make_caches_grow(tmp_path):
+    """Lost events at 80 % of the recording empty perf-prof's tree (an early report), not the
+    process's memory: the cache and the start-up burst stay bounded and their series do not
+    drop to zero there (the frees after the window still end the cache's entries)."""
+    path, _ = _three_sites(tmp_path / "late-lost.parquet", lost_at=48 * SEC)
+    regroup(path, 500)
+    for engine in ENGINES:
+        a = analyze(open_recording(path), AnalyzeOptions(trend=True, warn=lambda m: None, **engine))
+        assert a.reports[0].reason == "lost"
+        tr = _classes(a)  # churn in flight at the early report is one of its groups: bounded
+        assert {k: t.cls for k, t in tr.items()} == {"leak": "growing", "cache": "bounded",
+                                                      "burst": "bounded", "few": "insufficient",
+                                                      "churn": "bounded"}, engine
+        assert tr["burst"].bytes[-1] == 100 * 4096
+        assert tr["cache"].bytes.max() <= 51 * 512
 
 
 def test_cli_trend_line_sort_growth_and_json(three, capsys):

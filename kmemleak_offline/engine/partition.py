@@ -110,19 +110,29 @@ def replay_part(setup: ReplaySetup, part: int,
     tg = setup.trend_grid
     # stream order is time order (clamped times: a running max per ring), checked, not assumed
     tcol = trend.columns(tg, t, t_sorted=bool((t[1:] >= t[:-1]).all())) if tg is not None else None
+    if tg is not None:
+        # one sort over every epoch: trends follow a key across early reports (an allocation
+        # made before a lost window and freed after it ends at that free), while what each
+        # epoch leaves in the tree is what the replay keeps: no later event in the same epoch
+        kall = np.flatnonzero(kept)
+        nxt = successors(key[kall])
+        a = alloc[kall]
+        ends = nxt[a] >= 0
+        tparts.append(_trend_part(len(tg), cols, order, tcol, kall[a], ends, kall[nxt[a][ends]]))
+        kb = np.searchsorted(kall, eb)  # each epoch's stretch of kall
+        later = nxt >= 0
+        later[later] = nxt[later] < np.repeat(kb[1:], np.diff(kb))[later]
+        survivors = kall[a & ~later]
     for e in range(ne):
         lo, hi = int(eb[e]), int(eb[e + 1])
         if hi == lo:
             live.append({k: v[:0] for k, v in cols.items()})
             continue
-        kpos = lo + np.arange(hi - lo) if kept[lo:hi].all() else lo + np.flatnonzero(kept[lo:hi])
-        if setup.trend_grid is None:
+        if tg is not None:
+            pos = survivors[np.searchsorted(survivors, lo):np.searchsorted(survivors, hi)]
+        else:
+            kpos = lo + np.arange(hi - lo) if kept[lo:hi].all() else lo + np.flatnonzero(kept[lo:hi])
             pos = kpos[_live_allocs(key[kpos], alloc[kpos])]
-        else:  # one sort gives both the live entries and where the others end
-            nxt = successors(key[kpos])
-            a = alloc[kpos]
-            pos = kpos[a & (nxt < 0)]
-            tparts.append(_trend_part(len(tg), cols, order, tcol, kpos[a], nxt[a], kpos))
         src = order[pos]  # only the live entries' other columns are gathered
         live.append({k: (t[pos] if k == "time" else v[src]) for k, v in cols.items()})
     res = PartResult(part=part, events=events, first_time=first,
@@ -137,14 +147,13 @@ def replay_part(setup: ReplaySetup, part: int,
 
 
 def _trend_part(p: int, cols: dict[str, np.ndarray], order: np.ndarray, col: np.ndarray,
-                apos: np.ndarray, nxt: np.ndarray, kpos: np.ndarray) -> trend.Parts:
-    """Kept allocs at stream positions `apos`; `nxt`: index into `kpos` of the event that frees or
-    replaces each one in its epoch (-1: still there at the epoch's end); `col`: each stream
-    position's grid column."""
+                apos: np.ndarray, ended: np.ndarray, epos: np.ndarray) -> trend.Parts:
+    """Kept allocs at stream positions `apos`; `ended`: those freed or replaced later, at
+    positions `epos` (the others are still there at the end); `col`: each stream position's
+    grid column."""
     src = order[apos]
-    ends = nxt >= 0
     return trend.column_contributions(p, cols["stack_id"][src], cols["size"][src], col[apos],
-                                      col[kpos[nxt[ends]]], ends)
+                                      col[epos], ended)
 
 
 def _interval_parts(t: np.ndarray, key: np.ndarray, size: np.ndarray, ka: np.ndarray,

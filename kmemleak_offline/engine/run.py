@@ -286,7 +286,6 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
     offset = 0
     prev = -1  # last non-empty fine epoch
     early: list[tuple[int, int, int]] = []  # (time, objects, bytes) reclaimed by early reports
-    reclaimed: list[trend.Parts] = []
 
     def add(reason: str, t: int, epoch: int, upto: int, lost_idx: np.ndarray) -> None:
         nonlocal offset
@@ -301,8 +300,6 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
         offset += k
         if reason == "lost":
             early.append((t, k, int(sum(int(p["size"].astype(np.int64).sum()) for p in mine))))
-            if tgrid is not None:  # reclaimed here: their trend ends at the report
-                reclaimed.extend(trend.ended(tgrid, p["stack_id"], p["size"], t) for p in mine)
 
     for m in range(ne):
         if events[m] == 0:
@@ -320,7 +317,7 @@ def _merge(results: list[partition.PartResult], lost: Lost, starts: np.ndarray,
     if bounds is not None:
         merged.interval_stats = _intervals(results, bounds, early)
     if tgrid is not None:
-        merged.trend = trend.Parts.concat([r.trend for r in results if r.trend is not None] + reclaimed)
+        merged.trend = trend.Parts.concat([r.trend for r in results if r.trend is not None])
         merged.trend_grid = tgrid
     return merged
 
