@@ -18,7 +18,7 @@ GRID_POINTS = 200  # automatic grid: points from the recording's start to its st
 MAX_POINTS = 1000  # an -i grid longer than this is thinned (the JSON series stays small)
 MIN_POINTS = 20  # grid points after the last early report needed to classify
 MIN_ALLOCS = 10  # allocations of a chain needed to classify
-RISE = 0.05  # of the peak: new highs in the second half beyond this make a chain grow
+RISE = 0.10  # of the peak: the second half's new highs, and its fitted rise, must exceed this
 NEAR_END = 0.75  # ... and only if it ends within this fraction of its peak
 
 
@@ -188,12 +188,12 @@ def classify(y: np.ndarray, t_s: np.ndarray, allocs: np.ndarray,
     ss_res = ((yy - slope[:, None] * x) ** 2).sum(axis=1)
     r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
     enough = (allocs >= MIN_ALLOCS) & (peak > 0)
-    growing = enough & (hi2 > hi1 + RISE * peak) & (late > early) & (slope > 0) \
+    span = float(ts[-1] - ts[h]) if m > h else 0.0
+    growing = enough & (hi2 > hi1 + RISE * peak) & (late > early) & (slope * span > RISE * peak) \
         & (seg[:, -1] >= NEAR_END * peak)
     bounded = enough & ~growing
     cls[growing] = "growing"
     cls[bounded] = "bounded"
-    span = float(ts[-1] - ts[h]) if m > h else 0.0
     flat = 1 - np.minimum(1.0, np.abs(slope) * span / np.where(peak > 0, peak, 1))
     conf = np.where(growing, np.clip(r2, 0, 1), np.where(bounded, np.clip(flat, 0, 1), 0.0))
     return cls.tolist(), slope, conf
