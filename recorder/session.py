@@ -506,6 +506,7 @@ class Session:
             self._realtime(True)
             try:
                 self._enable()
+                self.writer.events_enabled()
                 self._t0 = time.monotonic()
                 self._announce()
                 self.release_child()
@@ -525,6 +526,7 @@ class Session:
                 sys.stderr.write("\r\033[K")
             if cfg.verbose:
                 print(self._stats(), f"(stopped: {self.stop_reason})", file=sys.stderr)
+            self._release_events()  # uprobes gone now: symbols and the stitch take seconds
             self._embed_symbols()
             self.writer.close()
             if cfg.verbose:
@@ -624,6 +626,29 @@ class Session:
         except (ProcessLookupError, ChildProcessError):
             pass
 
+    def _release_events(self) -> None:
+        """Unmap the rings, close every perf fd, then remove the uprobes (not before: EBUSY)."""
+        for ring in self.rings:
+            try:
+                ring.close()
+            except (BufferError, ValueError):
+                pass
+        self.rings.clear()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        self._remove_uprobes()
+
+    def _remove_uprobes(self) -> None:
+        if self.uprobes is not None:
+            try:
+                self.uprobes.remove()
+            except ProbeError as exc:
+                raise RecordError(f"{exc} (remove them by hand: see {self.tracefs}/uprobe_events)") from None
+
     def _cleanup(self) -> None:
         for ring in self.rings:
             try:
@@ -646,8 +671,4 @@ class Session:
                 os.waitpid(self.child, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-        if self.uprobes is not None:  # after the fds are closed (else EBUSY)
-            try:
-                self.uprobes.remove()
-            except ProbeError as exc:
-                raise RecordError(f"{exc} (remove them by hand: see {self.tracefs}/uprobe_events)") from None
+        self._remove_uprobes()  # after the fds are closed (else EBUSY)

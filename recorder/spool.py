@@ -70,6 +70,7 @@ class Converter:
         self.done = -1  # last converted segment number
         self.stopped: str | None = None  # set when the recorder did not stop cleanly
         self.orphaned = orphaned  # run once the recorder died (uprobe removal)
+        self.events_on = False  # the recorder said it enabled the events
 
     def convert(self, path: Path) -> None:
         """One segment -> one part. The segment is mapped, not read: each ring's records are split
@@ -129,33 +130,64 @@ class Converter:
             self.done = max(self.done, int(path.stem.split("-")[1]))
 
     def serve(self, folder: Path, ctrl: int, ack: int) -> None:
-        """Follow the recorder's commands: `seg N`, `sync N` (answer when done), `stop N`."""
+        """Follow the recorder's commands: `seg N`, `sync N` (answer when done), `stop N`.
+
+        A vanished recorder (its control pipe closed, or its reply pipe broken: EPIPE) is never
+        fatal here: its uprobes are removed first, then the spool is saved with the reason."""
         pending = b""
         while True:
-            chunk = os.read(ctrl, 4096)
+            try:
+                chunk = os.read(ctrl, 4096)
+            except OSError:
+                chunk = b""
             if not chunk:  # the recorder died: its uprobes go, what it spooled becomes parts
-                self.stopped = "recorder killed"
-                if self.orphaned is not None:
-                    try:
-                        self.orphaned()
-                    except Exception as exc:  # noqa: BLE001 - still save the data
-                        sys.stderr.write(f"kmemleak-offline record: converter: {exc}\n")
-                self.catch_up(folder, None)
+                self._recorder_gone(folder)
                 return
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 cmd, n = line.decode().split()
+                if cmd == "on":  # the events are enabled: a death from now on loses no start-up
+                    self.events_on = True
+                    continue
                 if cmd == "abandon":  # the recorder failed and cleans up itself: save the spool
                     self.stopped = "recorder failed"
-                    self.catch_up(folder, None)
+                    self.save(folder)
                     return
                 self.catch_up(folder, int(n))
                 if cmd == "sync":
-                    os.write(ack, b"ok\n")
+                    try:
+                        os.write(ack, b"ok\n")
+                    except OSError:  # EPIPE: the recorder died waiting for this answer
+                        self._recorder_gone(folder)
+                        return
                 elif cmd == "stop":
                     self.finish()
                     return
+
+    def _recorder_gone(self, folder: Path) -> None:
+        """The recorder was killed: remove its uprobes at once, then save the spool."""
+        self.stopped = self.stopped or self._killed_reason()
+        if self.orphaned is not None:
+            try:
+                self.orphaned()
+            except Exception as exc:  # noqa: BLE001 - still save the data
+                sys.stderr.write(f"kmemleak-offline record: converter: {exc}\n")
+        self.save(folder)
+
+    def _killed_reason(self) -> str:
+        """'recorder killed', saying so when it never said its events were on (the recording
+        then holds the start-up state only)."""
+        return "recorder killed" if self.events_on else "recorder killed before the events were enabled"
+
+    def save(self, folder: Path) -> None:
+        """Convert every segment left, then write the final metadata (the stop reason) as a part
+        of its own when no segment was left to carry it."""
+        before = self.writer.parts_written
+        self.catch_up(folder, None)
+        if self.writer.parts_written == before:
+            self._apply_meta()
+            self.writer.flush_part(force=True)
 
 
 class SpooledRecording:
@@ -212,6 +244,17 @@ class SpooledRecording:
             w.write_table(table)
         self._frame(ROWS, sink.getvalue().to_pybytes())
 
+    def events_enabled(self) -> None:
+        """Tell the converter the events are on (a later death is then 'recorder killed')."""
+        self._command("on 0")
+
+    def _command(self, line: str) -> None:
+        try:
+            os.write(self._ctrl, f"{line}\n".encode())
+        except BrokenPipeError:
+            raise RecordError(f"the converter process died; the data spooled so far is in "
+                              f"{self.parts_dir}") from None
+
     def write_metadata(self) -> None:
         """Spool the metadata as known now (the converter applies it to what follows)."""
         self._frame(META, json.dumps(self.metadata).encode())
@@ -224,11 +267,7 @@ class SpooledRecording:
         self.seg += 1
         if cmd != "stop":
             self.fd = self._open(self.seg)
-        try:
-            os.write(self._ctrl, f"{cmd} {done}\n".encode())
-        except BrokenPipeError:
-            raise RecordError(f"the converter process died; the data spooled so far is in "
-                              f"{self.parts_dir}") from None
+        self._command(f"{cmd} {done}")
 
     def flush_part(self) -> None:
         """Everything spooled so far is in part files when this returns."""

@@ -224,10 +224,15 @@ class RecordingWriter:
             _write_rows(self._open_single(), samples, self.row_group_rows)
         self._side.extend(side)
 
-    def flush_part(self) -> Path | None:
-        """Parts mode: write what is queued as one complete part file (atomically renamed)."""
+    @property
+    def parts_written(self) -> int:
+        return self._part_no
+
+    def flush_part(self, force: bool = False) -> Path | None:
+        """Parts mode: write what is queued as one complete part file (atomically renamed).
+        `force`: even with nothing queued (a part that carries new metadata only)."""
         tables = self._take_pending()
-        if not tables and self._part_no:  # nothing new; the first part is written even empty
+        if not tables and self._part_no and not force:  # the first part is written even empty
             return None
         final = self.parts_dir / f"part-{self._part_no:05d}.parquet"
         tmp = self.parts_dir / f".part-{self._part_no:05d}.tmp"
