@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kmemleak_offline.format.integrity import seal
 from kmemleak_offline.format.recording import METADATA_KEY, RecordingWriter
 from tests.test_analyze_cli import (
     COMMS_A,
@@ -53,6 +54,7 @@ def with_metadata(src: Path, dst: Path, edit) -> Path:
     meta = json.loads(t.schema.metadata[METADATA_KEY])
     edit(meta)
     pq.write_table(t.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), dst)
+    seal(dst)  # edited by hand: sealed again, as a writer would
     return dst
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .common import fail, load, reader_may_leave, split_specs
+from .common import fail, load, reader_may_leave, split_specs, writing
 
 MAX_INTERVAL_MS = (1 << 63) // 1_000_000 - 1  # the grid is in int64 nanoseconds
 
@@ -98,13 +98,17 @@ def analyze(
         names = ", ".join(r.spec.full_name for r in a.roles if r.is_alloc)
         sys.stderr.write(f"kmemleak-offline: note: no allocations to report ({names}: none "
                          "recorded or all filtered out)\n")
-    out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
-    with reader_may_leave():
+    try:
+        out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        fail(f"-o {output}: cannot write the report there ({exc.strerror or exc})")
+    with reader_may_leave(), writing("the report", output):
         try:
             reporter(fmt)(a, stacks, out, ReportOptions(recording=str(recording), verbose=verbose,
                                                         comm=comm, utc=utc, trend=trend, sort=sort))
             if flame_graph is not None:
-                path = flamegraph.write_folded(a, stacks, flame_graph)
+                with writing("the flame graph", flamegraph.folded_path(flame_graph)):
+                    path = flamegraph.write_folded(a, stacks, flame_graph)
                 if path is not None and fmt == "text":
                     out.write(flamegraph.hint(path))
         finally:

@@ -45,6 +45,19 @@ def reader_may_leave() -> Iterator[None]:
         raise typer.Exit(0) from None
 
 
+@contextlib.contextmanager
+def writing(what: str, path: Path | str | None) -> Iterator[None]:
+    """An output that cannot be written (no such folder, a directory, a full disk) is one line,
+    exit 2, not an internal error. A closed pipe is left to `reader_may_leave`."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        where = path if path is not None else "stdout"
+        fail(f"cannot write {what} to {where} ({exc.strerror or exc})")
+
+
 def load(path: Path):
     """Open a recording file or parts folder; bad input is a CommandError."""
     from ..format.recording import RecordingError, open_recording
