@@ -21,6 +21,7 @@ from .commands.common import CommandError, silence_stdout
 from .commands.diff import diff
 from .commands.import_ import import_
 from .commands.info import info
+from .format.text import printable
 
 app = typer.Typer(
     add_completion=False,
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except CommandError as exc:
-        msg = str(exc)
+        msg = printable(str(exc))
         sys.stderr.write(f"kmemleak-offline: {msg.rstrip()}\n" if "\n" not in msg.strip()
                          else msg.rstrip() + "\n")
         return exc.code
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(ctx.get_help() + "\n")
             return 0
         where = f" ({ctx.command_path})" if ctx is not None else ""
-        sys.stderr.write(f"kmemleak-offline: {exc.format_message()}{where}\n")
+        sys.stderr.write(printable(f"kmemleak-offline: {exc.format_message()}{where}") + "\n")
         return 2
     except typer.Abort:
         sys.stderr.write("kmemleak-offline: aborted\n")
@@ -100,10 +101,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         recording = sys.modules.get(f"{__package__}.format.recording")  # loaded if it could have raised
         if recording is not None and isinstance(exc, recording.RecordingError):
-            sys.stderr.write(f"kmemleak-offline: {exc}\n")  # corrupt data found mid-analysis
+            sys.stderr.write(printable(f"kmemleak-offline: {exc}") + "\n")  # damage found mid-analysis
             return 2
-        sys.stderr.write(f"kmemleak-offline: internal error: {type(exc).__name__}: {exc}"
-                         " (set KMEMLEAK_OFFLINE_DEBUG=1 for a traceback)\n")
+        if isinstance(exc, OSError):  # the environment: a path, a permission, a full disk
+            what = f"{exc.filename}: " if exc.filename is not None else ""
+            text = printable(f"kmemleak-offline: {what}{exc.strerror or exc}")
+            sys.stderr.write(text.splitlines()[0][:400] + "\n")
+            return 2
+        sys.stderr.write(printable(f"kmemleak-offline: internal error: {type(exc).__name__}: {exc}"
+                                   " (set KMEMLEAK_OFFLINE_DEBUG=1 for a traceback)") + "\n")
         return 1
     return rc if isinstance(rc, int) else 0  # non-standalone mode returns typer.Exit's code
 

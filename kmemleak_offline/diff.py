@@ -138,8 +138,11 @@ def read_report(path: Path) -> dict[str, Any] | None:
     Raises ReportError for a file that starts like JSON but does not parse.
     """
     p = Path(path)
-    if not p.is_file():
-        return None
+    try:
+        if not p.is_file():
+            return None
+    except OSError:
+        return None  # the recording loader reports it
     try:
         with open(p, "rb") as f:
             head = f.read(4096).lstrip()

@@ -387,9 +387,13 @@ def _pair_samples(sm: Samples, metadata: Mapping[str, Any]) -> tuple[Paired, np.
     fmts: dict[int, tuple[tracefs.EventFormat, set[str]]] = {}
     for code in np.flatnonzero((counts[:nn] > 0) & (f_lut[:nn] >= 0)).tolist():
         ev = names[code]
-        if ev not in events or "format" not in events[ev]:
+        text = (events.get(ev) or {}).get("format")
+        if not text:
             raise MallocError(f"recording has samples of {ev} but no format text for it")
-        fmt = tracefs.parse_format(events[ev]["format"], ev.split(":", 1)[0])
+        try:
+            fmt = tracefs.parse_format(text, ev.split(":", 1)[0])
+        except tracefs.FormatError as exc:
+            raise MallocError(f"recording metadata: bad format text for {ev}: {exc}") from None
         fmts[code] = (fmt, {f.name for f in fmt.fields})
 
     # rows of each event (ascending, so payloads are read front to back) and each row's index

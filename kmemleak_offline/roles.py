@@ -156,16 +156,17 @@ def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_l
     return Evaluated(role=role_r, key=key, size=size, keep=keep, fail_counts=fail_counts)
 
 
-def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str], None]) -> None:
+def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str], None],
+                  fate: str = "left out of the report") -> None:
     """One line per event and kind of failure: expressions that failed, values no kernel
     produces (docs/behaviour.md)."""
     for (ev, what), cnt in sorted(fail_counts.items(), key=lambda kv: (kv[0][1] in _DAMAGE, kv[0])):
         if what == "huge size":
             warn(f"warning: {ev}: {cnt} samples with a size past {SIZE_LIMIT:,} bytes (128 TiB: "
-                 "no allocator returns that; damaged or foreign data?): left out of the report")
+                 f"no allocator returns that; damaged or foreign data?): {fate}")
         elif what == "time":
             warn(f"warning: {ev}: {cnt} samples timed more than 10 s after the recording's stop "
-                 "(damaged or foreign data?): left out of the report")
+                 f"(damaged or foreign data?): {fate}")
         else:
             warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
 

@@ -106,10 +106,15 @@ def signature(text: str) -> str:
     return _NUM.sub("N", _PATH.sub("<P>", line))[:160]
 
 
+_INFO_SIZE = re.compile(r"^size: .*$", re.MULTILINE)
+
+
 def _norm(text: str, paths: list[str]) -> str:
+    """An output with the input's paths masked, and `info`'s file size line (a rewritten file's
+    size differs; what it holds is compared on the other lines)."""
     for p in sorted(paths, key=len, reverse=True):
         text = text.replace(p, "<P>")
-    return text
+    return _INFO_SIZE.sub("size: <S>", text)
 
 
 def classify(res: Result, base: Result | None, case: Case) -> str:

@@ -80,7 +80,11 @@ def analyze(
     _terminate_cleanly()
     if jobs is not None and jobs < 1:
         fail(f"-j/--jobs must be at least 1, not {jobs}")
-    if tmpdir is not None and not tmpdir.is_dir():
+    try:
+        tmp_ok = tmpdir is None or tmpdir.is_dir()
+    except OSError as exc:  # a name too long, a loop of links...
+        fail(f"--tmpdir {tmpdir}: {exc.strerror}")
+    if not tmp_ok:
         fail(f"--tmpdir {tmpdir}: not a directory")
     engine = {"jobs": jobs, "tmpdir": str(tmpdir) if tmpdir else None, "partitions": partitions,
               "scan_ranges": scan_ranges, "in_memory": in_memory}

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from ..format.text import printable  # noqa: F401 - re-exported for the commands
+
 
 class CommandError(Exception):
     """Bad input or a failed step: its message (one line, or an expression's caret block) goes to
@@ -66,6 +68,8 @@ def load(path: Path):
         return open_recording(path)
     except RecordingError as exc:
         fail(str(exc))
+    except OSError as exc:  # a name too long, a loop of links...
+        fail(f"{path}: {exc.strerror or exc}")
 
 
 def split_specs(values: list[str] | None) -> list[str] | None:

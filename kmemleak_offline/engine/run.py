@@ -21,6 +21,7 @@ from ..format.recording import (
     RecordingError,
     _conform,
     _group_kind,
+    _short,
     kind_mask,
     open_parquet,
 )
@@ -85,7 +86,7 @@ def sample_units(rec: Recording) -> tuple[list[scan.Unit], int | None]:
                 try:
                     kind = pf.read_row_group(g, columns=["kind"]).column("kind")
                 except (OSError, pa.ArrowException) as exc:
-                    raise RecordingError(f"{f}: cannot read recording data ({str(exc).strip()[:160]}); "
+                    raise RecordingError(f"{f}: cannot read recording data ({_short(exc)}); "
                                          "the file is truncated or corrupt") from None
                 m = kind_mask(kind, ["sample"])
                 mask = m.to_numpy(zero_copy_only=False)

@@ -74,12 +74,12 @@ def partition_of(key: np.ndarray, bits: int) -> np.ndarray:
 
 
 def read_unit(u: Unit, columns: list[str]) -> pa.Table:
-    from ..format.recording import RecordingError, open_parquet
+    from ..format.recording import RecordingError, _short, open_parquet
 
     try:
         t = open_parquet(u.file).read_row_group(u.group, columns=columns, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
-        raise RecordingError(f"{u.file}: cannot read recording data ({str(exc).strip()[:160]}); "
+        raise RecordingError(f"{u.file}: cannot read recording data ({_short(exc)}); "
                              "the file is truncated or corrupt") from None
     if u.mask is not None:
         t = t.filter(pa.array(u.mask))
