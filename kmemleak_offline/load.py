@@ -34,14 +34,19 @@ RING_ID_LIMIT = 1 << 16  # replay.ring_seq_key keeps the ring in 16 bits
 # Values no kernel produces (docs/behaviour.md, "Values the kernel cannot produce"): samples
 # holding them are left out of the replay and counted in a warning, never summed silently.
 SIZE_LIMIT = 1 << 47  # 128 TiB: x86-64's user address space (4-level paging), more than any RAM
-TIME_SLACK_NS = 10 * 1_000_000_000  # a sample this long after the recording's stop
+TIME_SLACK_NS = 10 * 1_000_000_000  # recordings of older versions: see time_limit
 
 
-def time_limit(stop_ns: int) -> int | None:
-    """The latest plausible sample time of a recording that stopped at `stop_ns` (None: unknown
-    stop). The slack covers older recorders, whose last metadata could predate their last
-    segment by about a second."""
-    return stop_ns + TIME_SLACK_NS if stop_ns else None
+def time_limit(rec: Recording) -> int | None:
+    """The latest plausible sample time of a recording (None: its stop is unknown). Writers of
+    this version never write a stop older than the last record; older recorders' last metadata
+    could predate their last segment by about a second, so theirs get 10 s of slack."""
+    from .format.integrity import claims
+
+    stop = rec.meta.clock.stop_ns
+    if not stop:
+        return None
+    return stop if claims(rec.metadata) else stop + TIME_SLACK_NS
 
 
 @dataclass
@@ -224,7 +229,7 @@ def load_side(rec: Recording) -> dict[str, pa.Table]:
 def load(rec: Recording, side: dict[str, pa.Table] | None = None) -> Loaded:
     """Sample columns, then the side-band rows (readers skip the row groups of the other)."""
     t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
-    samples = samples_from_table(t, time_limit(rec.meta.clock.stop_ns))
+    samples = samples_from_table(t, time_limit(rec))
     del t
     # Arrow's allocator keeps the pages it decompressed and concatenated into (here about as much
     # as the table itself) for reuse; nothing Arrow reads later needs them: give them back

@@ -37,7 +37,7 @@ def implausible(rec: Recording) -> dict[tuple[str, str], int]:
         names = [r.spec.full_name for r in roles]
         if not any(r.size is not None for r in roles):
             roles = None
-    latest = time_limit(rec.meta.clock.stop_ns)
+    latest = time_limit(rec)
     out: dict[tuple[str, str], int] = {}
     units, _ = sample_units(rec)
     for u in units:

@@ -165,7 +165,7 @@ def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str],
             warn(f"warning: {ev}: {cnt} samples with a size past {SIZE_LIMIT:,} bytes (128 TiB: "
                  f"no allocator returns that; damaged or foreign data?): {fate}")
         elif what == "time":
-            warn(f"warning: {ev}: {cnt} samples timed more than 10 s after the recording's stop "
+            warn(f"warning: {ev}: {cnt} samples timed after the recording's stop "
                  f"(damaged or foreign data?): {fate}")
         else:
             warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")

@@ -685,7 +685,7 @@ def test_samples_timed_long_after_the_stop_are_left_out_with_a_warning(tmp_path,
     assert "Leak of 192 bytes in 2 objects" not in out
     assert "Leak of 64 bytes in 1 objects" in out and "Leak of 128 bytes in 1 objects" in out
     assert "TOTAL alloc 2 free 1" in out
-    assert "kmem:kmalloc: 1 samples timed more than 10 s after the recording's stop" in err
+    assert "kmem:kmalloc: 1 samples timed after the recording's stop" in err
     assert ts(START + 1000 * MS) in out  # the final report is at the recorded stop, not an hour on
 
 
@@ -742,6 +742,10 @@ def test_stop_time_older_than_the_last_sample_is_not_used_for_than(tmp_path, cap
     """A killed recorder's last metadata can say stop < last sample: --than must measure from the
     last sample then, not wrap around and call young allocations old."""
     rec = build(EVENTS_C, tmp_path / "s.parquet", stop_ms=50)  # every sample is after "stop"
+    # as an older version wrote it (this one never writes a stop older than its last record)
+    meta = open_recording(rec).metadata
+    del meta["integrity"]
+    pq.write_table(pq.read_table(rec).replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), rec)
     code, out, err = run(capsys, "analyze", rec, "--than", "10s")
     assert code == 0, err
     assert "Leak of" not in out  # nothing is 10 s old: the recording spans 0.7 s

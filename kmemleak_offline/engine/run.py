@@ -125,7 +125,7 @@ def make_plan(rec: Recording, jobs: int | None, partitions: int | None = None,
     else:
         nr = max(1, min(ranges, len(units)))
     return Plan(units=units, samples=total, max_time=tmax, part_bits=bits, ranges=_split(units, nr), jobs=jobs,
-                spill=bits > 0 or nr > 1, latest=time_limit(rec.meta.clock.stop_ns))
+                spill=bits > 0 or nr > 1, latest=time_limit(rec))
 
 
 def _split(units: list[scan.Unit], k: int) -> list[list[scan.Unit]]:
