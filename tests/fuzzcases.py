@@ -682,7 +682,10 @@ BUILDERS = {"bytes": case_bytes, "parts": case_parts, "meta": case_meta, "values
 
 def run_case(bases: Bases, family: str, rng: random.Random, work: Path,
              timeout_s: float = 0) -> tuple[Case, Result, str]:
-    """Build one case of `family` in the empty folder `work`, run it, classify it."""
+    """Build one case of `family` in the empty folder `work`, run it, classify it. A foreign
+    random source (hypothesis's) seeds a plain one: cases make thousands of draws."""
+    if type(rng) is not random.Random:
+        rng = random.Random(rng.getrandbits(64))
     case = BUILDERS[family](bases, rng, work)
     res = run_cli(case.argv, timeout_s)
     base = bases.baseline(case.base_argv) if case.base_argv else None
