@@ -35,7 +35,7 @@ def _summary(rec: Recording, warnings: list[str]) -> str:
     lost_rows = rec.table(kinds=["lost"], columns=["lost"]).column("lost")
     lost_sum = int(np.nansum(lost_rows.to_numpy(zero_copy_only=False).astype(float))) if len(lost_rows) else 0
     lines = [
-        f"recording:   {rec.path}{'  (PARTIAL: recorder still running or killed; parts folder)' if rec.partial else ''}",
+        f"recording:   {rec.path}{'  (PARTIAL: a parts folder: recorder running, killed or out of room)' if rec.partial else ''}",
         *([f"stopped:     {m['stopped']}"] if m.get("stopped") else []),
         f"producer:    {m.get('producer')}  (format_version {m.get('format_version')})",
         (f"host:        {host.get('hostname', '?')}  kernel {host.get('kernel_release', '?')}  "

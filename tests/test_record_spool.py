@@ -134,7 +134,9 @@ def test_converter_in_process_catch_up(tmp_path: Path) -> None:
     assert not segment_path(w.parts_dir, 0).exists()
     rec = open_recording(w.parts_dir)
     assert rec.table(["sample"], ["raw"]).column("raw").to_pylist() == raws
-    conv.finish()
+    r, ack = os.pipe()
+    conv.finish(w.parts_dir, ack)
+    assert os.read(r, 16) == b"done\n"
     lost = open_recording(tmp_path / "c.parquet").table(["lost"], ["cpu", "lost"]).to_pylist()
     assert lost == [{"cpu": 3, "lost": 3}]  # a LOST row carries its ring's CPU
 

@@ -222,6 +222,14 @@ class RecordingWriter:
         tables, self._pending, self._pending_rows = self._pending, [], 0
         return tables
 
+    def take_pending(self) -> list[pa.Table]:
+        """The rows queued and not yet written (they are no longer queued)."""
+        return self._take_pending()
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
     def _open_single(self) -> pq.ParquetWriter:
         if self._writer is None:
             self._tmp = self.path.with_name(self.path.name + ".tmp")
@@ -274,6 +282,21 @@ class RecordingWriter:
         except OSError:
             pass  # the part itself is complete and sealed; readers cope without its line
         return final
+
+    def unwrite_last_part(self) -> None:
+        """Parts mode: remove the newest part (and its manifest line), giving its room back;
+        its number is used again by the next part."""
+        if not self._part_no:
+            return
+        self._part_no -= 1
+        (self.parts_dir / part_name(self._part_no)).unlink(missing_ok=True)
+        manifest = self.parts_dir / MANIFEST
+        try:
+            keep = [ln for ln in manifest.read_text().splitlines(keepends=True)
+                    if f'"seq": {self._part_no},' not in ln]
+            manifest.write_text("".join(keep))
+        except OSError:
+            pass
 
     def close(self) -> Path:
         """Finish: one Parquet file at `path` with the final metadata.
