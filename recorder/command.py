@@ -86,9 +86,9 @@ def record(
     except OSError as exc:
         _fail(f"record: {exc.strerror or exc}", 1)
     except KeyboardInterrupt as exc:  # SIGINT (Python's own) or SIGTERM (the session's handler)
-        term = str(exc) == signal.Signals.SIGTERM.name
-        _fail("interrupted before recording started",
-              128 + (signal.SIGTERM if term else signal.SIGINT))
+        if str(exc) != signal.Signals.SIGTERM.name:
+            raise  # the CLI says it (and exits 130) wherever Ctrl-C lands
+        _fail("interrupted before recording started", 128 + signal.SIGTERM)
     if code:
         raise typer.Exit(code)
 
