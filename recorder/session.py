@@ -564,7 +564,13 @@ class Session:
             free = os.statvfs(w.parts_dir)
             make_reserve(w.parts_dir, free.f_bavail * free.f_frsize)
             w.write(ksyms)
-            w.flush_part()
+            # until the converter exists nobody could write a stop reason: the first part says it
+            # (a later part, with the real one, always follows once the converter runs)
+            w.metadata["stopped"] = "recorder killed before the events were enabled"
+            try:
+                w.flush_part()
+            finally:
+                del w.metadata["stopped"]
         except OSError as exc:
             if exc.errno not in DISK_FULL:
                 raise

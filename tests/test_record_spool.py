@@ -223,3 +223,20 @@ def test_stop_reason_written_when_no_segment_is_left(tmp_path: Path, enabled: bo
     assert rec.metadata["stopped"] == ("recorder killed" if enabled else
                                        "recorder killed before the events were enabled")
     assert rec.metadata["counts"]["kmem:kmalloc"]["samples"] == 5
+
+
+def test_first_part_says_killed_before_enabled_until_the_converter_runs(tmp_path: Path) -> None:
+    """A recorder SIGKILLed after its first part (kallsyms) and before its converter exists
+    leaves a folder whose stop reason is still right; the writer's metadata keeps no stop reason."""
+    from types import SimpleNamespace
+
+    from recorder.session import Session
+
+    w = RecordingWriter(tmp_path / "e.parquet", _meta(), parts=True)
+    Session._start_parts(SimpleNamespace(writer=w),
+                         {"kind": ["ksym"], "addr": [0xFFFFFFFF81000000], "name": ["_text"]})
+    assert "stopped" not in w.metadata
+    assert (w.parts_dir / ".reserve").stat().st_size >= 64 << 10
+    rec = open_recording(tmp_path / "e.parquet")
+    assert rec.metadata["stopped"] == "recorder killed before the events were enabled"
+    assert rec.table(["ksym"], ["name"]).column("name").to_pylist() == ["_text"]
