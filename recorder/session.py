@@ -552,6 +552,8 @@ class Session:
         finally:
             if isinstance(self.writer, SpooledRecording):
                 self.writer.abandon()  # no-op after close; on errors the converter saves the parts
+            elif not self.writer.closed:  # failed before the converter existed: nothing recorded
+                shutil.rmtree(self.writer.parts_dir, ignore_errors=True)
             for s, h in old.items():
                 signal.signal(s, h)
         return self._outcome(answer)
