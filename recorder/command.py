@@ -95,6 +95,8 @@ def record(
 
 def _fail(msg: str, code: int) -> None:
     """One line; an expression error adds perf-prof's block (text, caret, available variables)."""
-    lines = msg.strip().splitlines() or ["failed"]
+    from kmemleak_offline.format.text import printable
+
+    lines = printable(msg.strip()).splitlines() or ["failed"]
     print(f"kmemleak-offline record: {lines[0]}", *lines[1:], sep="\n", file=sys.stderr)
     raise typer.Exit(code)

@@ -261,3 +261,27 @@ def test_huge_max_stack_is_capped_like_perf_prof(rec, capsys):
                        "kmem:kmalloc//ptr=ptr/size=bytes_alloc/max-stack=" + "9" * 5000 + "/",
                        "--free", "kmem:kfree")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("args", [["--symfs", "/nonexistent"], ["--symfs", "/etc/hostname"],
+                                  ["--tmpdir", "9" * 5000], ["-o", "/proc/nope/report"],
+                                  ["--flame-graph", "/proc/nope/leak"], ["-o", "/dev/full"]])
+def test_paths_that_cannot_be_used_are_one_line(rec, capsys, args):
+    assert_one_line_error(*run(capsys, "analyze", rec, *args))
+
+
+def test_diff_top_must_be_positive(rec, capsys):
+    assert_one_line_error(*run(capsys, "diff", rec, rec, "--top", "0"), "--top")
+
+
+def test_control_characters_are_shown_not_obeyed(rec, capsys):
+    """A value echoed in an error line cannot move the cursor or clear the terminal."""
+    code, out, err = run(capsys, "analyze", rec, "--alloc", "kmem:nosuch\x1b[2J\x07//ptr=ptr/")
+    assert_one_line_error(code, out, err, "\\x1b[2J\\x07")
+    assert "\x1b" not in err and "\x07" not in err
+
+
+def test_a_json_report_nested_100000_deep_is_one_line(rec, tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert_one_line_error(*run(capsys, "diff", deep, rec), "nested deeper than 200")

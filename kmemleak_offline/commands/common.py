@@ -60,6 +60,18 @@ def writing(what: str, path: Path | str | None) -> Iterator[None]:
         fail(f"cannot write {what} to {where} ({exc.strerror or exc})")
 
 
+def check_dir(option: str, path: Path | None) -> None:
+    """An option naming a folder: it must be one (one line, exit 2, otherwise)."""
+    if path is None:
+        return
+    try:
+        ok = path.is_dir()
+    except OSError as exc:  # a name too long, a loop of links...
+        fail(f"{option} {path}: {exc.strerror}")
+    if not ok:
+        fail(f"{option} {path}: not a directory")
+
+
 def load(path: Path):
     """Open a recording file or parts folder; bad input is a CommandError."""
     from ..format.recording import RecordingError, open_recording

@@ -34,6 +34,8 @@ def diff(
 
     if fmt not in ("text", "json"):
         fail(f"--format must be text or json, not {fmt!r}")
+    if top is not None and top < 1:
+        fail(f"--top must be at least 1, not {top}")
     if than is not None:
         try:
             parse_duration(than)
