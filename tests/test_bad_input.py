@@ -230,6 +230,8 @@ def _set(path: str, value):
     ("clock.anchor.perf_ns", [1]), ("counts", [1, 2]), ("alloc", 5), ("free", [1]),
     ("host.ncpus", 1e308), ("options.pids", "12"), ("events", {"kmem:kmalloc": {"format": 7}}),
     ("options.kernel_filters", {"kmem:kmalloc": 3}), ("producer", {"x": 1}), ("stopped", 0),
+    ("events.kmem:kmalloc", None), ("events.kmem:kfree.format", None), ("probes", [{"event": [1]}]),
+    ("counts.kmem:kmalloc.kernel_count", -5), ("options.call_graph", "yes"), ("lost_by_ring", [7]),
 ])
 @pytest.mark.parametrize("cmd", ["analyze", "info"])
 def test_metadata_values_of_the_wrong_type_or_range(rec, tmp_path, capsys, key, value, cmd):

@@ -202,9 +202,13 @@ class Metadata:
         _str(h.get("perf_version"), "host.perf_version")
         events = {}
         for name, ev in _obj(raw.get("events"), "events").items():
-            ev = _obj(ev, f"events.{name}")
+            if not isinstance(ev, dict):  # null too: readers look its keys up
+                raise MetadataError(f"events.{name} is {_show(ev)}, not an object")
+            fmt = ev.get("format", "")
+            if not isinstance(fmt, str):
+                raise MetadataError(f"events.{name}.format is {_show(fmt)}, not a string")
             events[name] = EventMeta(id=_int(ev.get("id"), f"events.{name}.id", default=0),
-                                     format=_str(ev.get("format"), f"events.{name}.format"))
+                                     format=fmt)
         o = _obj(raw.get("options"), "options")
         kf = _obj(o.get("kernel_filters"), "options.kernel_filters")
         for k, v in _obj(o.get("userspace_filters"), "options.userspace_filters").items():
