@@ -92,6 +92,13 @@ class Samples:
         np.cumsum([len(b[1]) for b in bufs], out=first[1:])
         return first, bufs
 
+    def payload_lengths(self, rows: np.ndarray) -> np.ndarray:
+        """Bytes of payload of the given sample rows."""
+        _, bufs = self._chunks
+        if not bufs:
+            return np.zeros(len(rows), np.int64)
+        return np.concatenate([b[2] for b in bufs])[rows]
+
     def decode(self, fmt: EventFormat, rows: np.ndarray,
                fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """`tracefs.decode_rows` of the given sample rows (any order), chunk by chunk."""

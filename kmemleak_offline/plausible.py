@@ -49,6 +49,6 @@ def implausible(rec: Recording) -> dict[tuple[str, str], int]:
                            np.int32)
             counts = evaluate_roles(sm, roles, names, lut).fail_counts
         for k, v in counts.items():
-            if k[1] in ("time", "huge size"):
+            if k[1] in ("time", "huge size", "short payload"):
                 out[k] = out.get(k, 0) + v
     return out

@@ -129,6 +129,13 @@ def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_l
         rows = np.flatnonzero(role_r == role.code)
         if not len(rows):
             continue
+        short = sm.payload_lengths(rows) < payload_size(role.fmt)
+        if short.any():  # the kernel delivers every field: a damaged or foreign row
+            if keep is None:
+                keep = role_r >= 0
+            keep[rows[short]] = False
+            k = (role.spec.full_name, "short payload")
+            fail_counts[k] = fail_counts.get(k, 0) + int(np.count_nonzero(short))
         cols = _decode_for(role, sm, rows)
         m = len(rows)
         if role.filter is not None:
@@ -156,6 +163,11 @@ def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_l
     return Evaluated(role=role_r, key=key, size=size, keep=keep, fail_counts=fail_counts)
 
 
+def payload_size(fmt: EventFormat) -> int:
+    """The fewest payload bytes the kernel writes for an event: up to its last fixed field."""
+    return max((f.offset + (4 if f.data_loc else f.size) for f in fmt.fields), default=0)
+
+
 def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str], None],
                   fate: str = "left out of the report") -> None:
     """One line per event and kind of failure: expressions that failed, values no kernel
@@ -164,6 +176,9 @@ def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str],
         if what == "huge size":
             warn(f"warning: {ev}: {cnt} samples with a size past {SIZE_LIMIT:,} bytes (128 TiB: "
                  f"no allocator returns that; damaged or foreign data?): {fate}")
+        elif what == "short payload":
+            warn(f"warning: {ev}: {cnt} samples with a payload shorter than the event's format "
+                 f"(damaged or foreign data?): {fate}")
         elif what == "time":
             warn(f"warning: {ev}: {cnt} samples timed after the recording's stop "
                  f"(damaged or foreign data?): {fate}")
@@ -171,7 +186,7 @@ def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str],
             warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
 
 
-_DAMAGE = ("huge size", "time")
+_DAMAGE = ("huge size", "time", "short payload")
 
 
 def _decode_for(role: EventRole, sm: Samples, rows: np.ndarray) -> dict[str, np.ndarray]:

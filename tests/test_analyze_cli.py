@@ -787,3 +787,25 @@ def test_large_ring_ids_analyse_like_small_ones(tmp_path, capsys):
         assert a[0] == b[0] == 0
         assert a[1].replace(str(small), "R") == b[1].replace(str(large), "R"), args
         assert a[2] == b[2]
+
+
+@pytest.mark.parametrize("engine", [[], ["--in-memory"]])
+def test_payloads_shorter_than_their_format_are_left_out_with_a_warning(tmp_path, capsys, engine):
+    """The kernel writes every field of an event: a shorter payload (damaged or foreign data)
+    would decode as zeros (ptr 0, size 0) and is left out instead."""
+    rec = build([Ev(10, 0, 100, 100, P(1), 64, "udp"), Ev(20, 0, 100, 100, P(2), 96, "udp"),
+                 Ev(30, 0, 100, 100, P(9))], tmp_path / "short.parquet")
+    t = pq.read_table(rec)
+    raw = t.column("raw").to_pylist()
+    ev = t.column("event").cast("string").to_pylist()
+    i = next(i for i, e in enumerate(ev) if e == "kmem:kmalloc" and raw[i] is not None)
+    raw[i] = raw[i][:3]
+    t = t.set_column(t.schema.get_field_index("raw"), "raw", pa.array(raw, pa.binary()))
+    pq.write_table(t, rec)
+    seal(rec)
+    code, out, err = run(capsys, "analyze", rec, *engine)
+    assert code == 0, err
+    assert "TOTAL alloc 1 free 1" in out and "Leak of 0 bytes" not in out
+    assert "kmem:kmalloc: 1 samples with a payload shorter than the event's format" in err
+    code, out, err = run(capsys, "info", rec)
+    assert code == 0 and "payload shorter" in out and "payload shorter" in err
