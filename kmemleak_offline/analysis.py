@@ -11,7 +11,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from .format.kernfile import KernelSymbolFile, kernel_map_pgoff
 from .format.kernfile import check as check_kernel_file
 from .format.metadata import Metadata
 from .format.recording import Recording
-from .load import Samples, column_array, load, load_side, ring_ids
+from .load import SIZE_LIMIT, Samples, column_array, load, load_side, ring_ids
 from .malloc import MallocError, is_malloc_recording
 from .malloc import summary as malloc_summary
 from .replay import Lost, ReplayResult, lost_windows, order_samples, replay_ordered
@@ -248,6 +248,8 @@ def _analyze(rec: Recording, opts: AnalyzeOptions) -> Analysis:
         warnings.append(msg)
         opts.warn(msg)
 
+    for msg in rec.warnings:  # stray or missing parts of a parts folder
+        warn(msg)
     formats = formats_of(meta)
     alloc = opts.alloc if opts.alloc else list(meta.get("alloc") or [])
     free = opts.free if opts.free else list(meta.get("free") or [])
@@ -403,6 +405,15 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
         ev = malloc_rows(sm, meta, site_ok)
     except MallocError as exc:
         raise AnalysisError(str(exc)) from None
+    fails = dict(sm.implausible)
+    huge = ev.is_alloc & (ev.size > np.uint64(SIZE_LIMIT))
+    if huge.any():  # a successful call of that size cannot happen: left out, counted
+        names_h, counts_h = np.unique(sm.event[ev.row[huge]], return_counts=True)
+        for code, cnt in zip(names_h.tolist(), counts_h.tolist()):
+            fails[(sm.event_names[code] if code >= 0 else "(no event)", "huge size")] = cnt
+        ok = ~huge
+        ev = replace(ev, row=ev.row[ok], ptr=ev.ptr[ok], size=ev.size[ok], is_alloc=ev.is_alloc[ok])
+    warn_failures(fails, warn)
     if opts.verbose:
         for note in malloc_summary(ev.stats):
             warn(note)

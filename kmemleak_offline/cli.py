@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -21,6 +23,7 @@ from .commands.common import CommandError, silence_stdout
 from .commands.diff import diff
 from .commands.import_ import import_
 from .commands.info import info
+from .format.text import printable
 
 app = typer.Typer(
     add_completion=False,
@@ -63,15 +66,44 @@ app.command("record", short_help="Record alloc/free events on this machine (root
 app.command("import", short_help="Convert a perf.data into a recording.")(import_)
 
 
+_SIGINT_SEEN = [False]
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    """Python's Ctrl-C, remembered: typer turns a KeyboardInterrupt into a silent status 130."""
+    _SIGINT_SEEN[0] = True
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: Typer in non-standalone mode so usage errors become one line, exit 2."""
+    _SIGINT_SEEN[0] = False
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        rc = _main(argv)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    if rc == 130 and _SIGINT_SEEN[0] and not _SAID[0]:
+        _interrupted(argv)
+    return rc
+
+
+_SAID = [False]  # a command already said why it ended (its one line)
+
+
+def _main(argv: list[str] | None) -> int:
+    _SAID[0] = False
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
         sys.stdout.flush()  # a closed pipe (`| head`) shows up here, not at interpreter exit
     except typer.Exit as exc:
         return exc.exit_code
     except CommandError as exc:
-        msg = str(exc)
+        _SAID[0] = True
+        msg = printable(str(exc))
         sys.stderr.write(f"kmemleak-offline: {msg.rstrip()}\n" if "\n" not in msg.strip()
                          else msg.rstrip() + "\n")
         return exc.code
@@ -81,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(ctx.get_help() + "\n")
             return 0
         where = f" ({ctx.command_path})" if ctx is not None else ""
-        sys.stderr.write(f"kmemleak-offline: {exc.format_message()}{where}\n")
+        sys.stderr.write(printable(f"kmemleak-offline: {exc.format_message()}{where}") + "\n")
         return 2
     except typer.Abort:
         sys.stderr.write("kmemleak-offline: aborted\n")
@@ -89,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
         silence_stdout()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C before a command could handle it (start-up, imports)
         return 130
     except RecursionError:  # a spec, expression or JSON report nested thousands deep
         sys.stderr.write("kmemleak-offline: input nested too deeply (an expression, event spec or "
@@ -98,14 +130,30 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # last resort: never a traceback for users
         if os.environ.get("KMEMLEAK_OFFLINE_DEBUG"):
             raise
+        if _SIGINT_SEEN[0]:  # Ctrl-C inside an import or a class body becomes another error
+            return 130
         recording = sys.modules.get(f"{__package__}.format.recording")  # loaded if it could have raised
         if recording is not None and isinstance(exc, recording.RecordingError):
-            sys.stderr.write(f"kmemleak-offline: {exc}\n")  # corrupt data found mid-analysis
+            sys.stderr.write(printable(f"kmemleak-offline: {exc}") + "\n")  # damage found mid-analysis
             return 2
-        sys.stderr.write(f"kmemleak-offline: internal error: {type(exc).__name__}: {exc}"
-                         " (set KMEMLEAK_OFFLINE_DEBUG=1 for a traceback)\n")
+        if isinstance(exc, OSError):  # the environment: a path, a permission, a full disk
+            what = f"{exc.filename}: " if exc.filename is not None else ""
+            text = printable(f"kmemleak-offline: {what}{exc.strerror or exc}")
+            sys.stderr.write(text.splitlines()[0][:400] + "\n")
+            return 2
+        sys.stderr.write(printable(f"kmemleak-offline: internal error: {type(exc).__name__}: {exc}"
+                                   " (set KMEMLEAK_OFFLINE_DEBUG=1 for a traceback)") + "\n")
         return 1
     return rc if isinstance(rc, int) else 0  # non-standalone mode returns typer.Exit's code
+
+
+def _interrupted(argv: list[str] | None) -> None:
+    """Ctrl-C that no command handled: one line (record's says nothing was recorded)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["record"]:
+        sys.stderr.write("kmemleak-offline record: interrupted before recording started\n")
+    else:
+        sys.stderr.write("kmemleak-offline: interrupted\n")
 
 
 def run() -> None:

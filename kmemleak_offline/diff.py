@@ -169,8 +169,11 @@ def read_report(path: Path) -> dict[str, Any] | None:
     Raises ReportError for a file that starts like JSON but does not parse.
     """
     p = Path(path)
-    if not p.is_file():
-        return None
+    try:
+        if not p.is_file():
+            return None
+    except OSError:
+        return None  # the recording loader reports it
     try:
         with open(p, "rb") as f:
             head = f.read(4096).lstrip()
@@ -179,18 +182,45 @@ def read_report(path: Path) -> dict[str, Any] | None:
             data = head + f.read()
     except OSError:
         return None  # the recording loader reports it
+    if _nesting(data) > MAX_JSON_DEPTH:
+        raise ReportError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels; not an "
+                          "analyze report")
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # unreachable below MAX_JSON_DEPTH; kept as a guard
+        raise ReportError(f"{path}: JSON nested too deeply; not an analyze report") from None
+    except ValueError as exc:  # bad UTF-8, bad JSON, a number with thousands of digits
+        raise ReportError(f"{path}: not valid JSON ({_first_line(exc)})") from None
     return doc
+
+
+MAX_JSON_DEPTH = 200  # an analyze report nests 6 levels deep
+_OPEN = np.zeros(256, np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+def _nesting(data: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, counted without parsing (vectorised; brackets
+    inside strings count too, which only errs towards refusing)."""
+    step = _OPEN[np.frombuffer(data, np.uint8)]
+    return int(np.cumsum(step, dtype=np.int64).max(initial=0))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
 
 
 _KIND = {int: "a number", str: "a string", list: "a list", dict: "an object"}
 
 
+U64 = (1 << 64) - 1
+
+
 def _need(obj: Any, key: str, kind: type, where: str, optional: bool = False) -> Any:
-    """obj[key], checked to be of `kind` (None allowed when optional); ReportError naming the spot."""
+    """obj[key], checked to be of `kind` (None allowed when optional); ReportError naming the spot.
+    Numbers in a report are counts, sizes or addresses: 0..2**64-1."""
     if not isinstance(obj, dict):
         raise ReportError(f"{where} is not an object")
     if key not in obj:
@@ -200,6 +230,8 @@ def _need(obj: Any, key: str, kind: type, where: str, optional: bool = False) ->
         return None
     if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
         raise ReportError(f"{where}.{key} is not {_KIND[kind]}")
+    if kind is int and not 0 <= v <= U64:
+        raise ReportError(f"{where}.{key} is {v}, outside 0..2**64-1")
     return v
 
 

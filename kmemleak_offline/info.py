@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .format.recording import Recording
+from .format.text import printable
 
 
 def _human(n: float) -> str:
@@ -24,7 +25,12 @@ def _salvaged(s: dict) -> str:
             f"{s.get('reason')}; formats from {', '.join(s.get('formats') or ['?'])}")
 
 
-def summary(rec: Recording) -> str:
+def summary(rec: Recording, warnings: list[str] = ()) -> str:
+    """The `info` text; `warnings` (stray or missing parts, values no kernel produces) end it."""
+    return printable(_summary(rec, warnings))
+
+
+def _summary(rec: Recording, warnings: list[str]) -> str:
     m = rec.metadata
     host, clock, opts = m.get("host") or {}, m.get("clock") or {}, m.get("options") or {}
     start, stop = int(clock.get("start_ns") or 0), int(clock.get("stop_ns") or 0)
@@ -37,7 +43,7 @@ def summary(rec: Recording) -> str:
     lost_rows = rec.table(kinds=["lost"], columns=["lost"]).column("lost")
     lost_sum = int(np.nansum(lost_rows.to_numpy(zero_copy_only=False).astype(float))) if len(lost_rows) else 0
     lines = [
-        f"recording:   {rec.path}{'  (PARTIAL: recorder still running or killed; parts folder)' if rec.partial else ''}",
+        f"recording:   {rec.path}{'  (PARTIAL: a parts folder: recorder running, killed or out of room)' if rec.partial else ''}",
         *([f"stopped:     {m['stopped']}"] if m.get("stopped") else []),
         *([_salvaged(m["salvaged"])] if m.get("salvaged") else []),
         f"producer:    {m.get('producer')}  (format_version {m.get('format_version')})",
@@ -61,11 +67,18 @@ def summary(rec: Recording) -> str:
                 f"{c.get('kernel_count', '-')}  lost {c.get('lost', '-')}")
         kc, lost = c.get("kernel_count"), c.get("lost")
         if isinstance(kc, int) and isinstance(lost, int):  # docs/format.md (counts): count - samples - lost
-            line += f"  unaccounted {kc - ev_counts.get(name, 0) - lost}"
+            left = kc - ev_counts.get(name, 0) - lost
+            if left >= 0:
+                line += f"  unaccounted {left}"
+            else:  # counters read before the last samples were written (a killed recorder)
+                line += "  unaccounted ? (kernel count older than the samples)"
         lines.append(line)
     lines.append(f"lost:        {lost_sum} events in {by_kind.get('lost', 0)} LOST records"
                  + ("  (per-event split estimated)" if m.get("lost_split") == "estimated" else ""))
     if m.get("probes"):
         lines.append("probes:")
         lines.extend(f"  {p.get('definition', p) if isinstance(p, dict) else p}" for p in m["probes"])
+    if warnings:
+        lines.append("warnings:")
+        lines.extend(f"  {w.removeprefix('warning: ')}" for w in warnings)
     return "\n".join(lines) + "\n"

@@ -31,6 +31,22 @@ SAMPLE_COLUMNS = ["time", "cpu", "ring", "seq", "pid", "tid", "event", "raw", "s
 
 
 RING_ID_LIMIT = 1 << 16  # replay.ring_seq_key keeps the ring in 16 bits
+# Values no kernel produces (docs/behaviour.md, "Values the kernel cannot produce"): samples
+# holding them are left out of the replay and counted in a warning, never summed silently.
+SIZE_LIMIT = 1 << 47  # 128 TiB: x86-64's user address space (4-level paging), more than any RAM
+TIME_SLACK_NS = 10 * 1_000_000_000  # recordings of older versions: see time_limit
+
+
+def time_limit(rec: Recording) -> int | None:
+    """The latest plausible sample time of a recording (None: its stop is unknown). Writers of
+    this version never write a stop older than the last record; older recorders' last metadata
+    could predate their last segment by about a second, so theirs get 10 s of slack."""
+    from .format.integrity import claims
+
+    stop = rec.meta.clock.stop_ns
+    if not stop:
+        return None
+    return stop if claims(rec.metadata) else stop + TIME_SLACK_NS
 
 
 @dataclass
@@ -54,6 +70,9 @@ class Samples:
     # rings are identified by small numbers (orderings key on (ring, seq) in 64 bits); a writer's
     # large ring ids are renumbered: ring_ids[i] is the recording's id of ring i (None: as is)
     ring_ids: np.ndarray | None = None
+    # (event, "time") -> rows timed implausibly late: their time was set to 0 (ordered where they
+    # lie in their ring) and their event to -1 (not replayed)
+    implausible: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.time)
@@ -72,6 +91,13 @@ class Samples:
         first = np.zeros(len(bufs) + 1, np.int64)
         np.cumsum([len(b[1]) for b in bufs], out=first[1:])
         return first, bufs
+
+    def payload_lengths(self, rows: np.ndarray) -> np.ndarray:
+        """Bytes of payload of the given sample rows."""
+        _, bufs = self._chunks
+        if not bufs:
+            return np.zeros(len(rows), np.int64)
+        return np.concatenate([b[2] for b in bufs])[rows]
 
     def decode(self, fmt: EventFormat, rows: np.ndarray,
                fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -173,16 +199,29 @@ def ring_ids(table: pa.Table) -> np.ndarray:
     return np.where(r < 0, cpu, r)
 
 
-def samples_from_table(t: pa.Table) -> Samples:
-    """Sample columns of a table of sample rows (SAMPLE_COLUMNS), rings as the recording names them."""
+def samples_from_table(t: pa.Table, latest: int | None = None) -> Samples:
+    """Sample columns of a table of sample rows (SAMPLE_COLUMNS), rings as the recording names them.
+    Rows timed after `latest` (time_limit) are set aside: see Samples.implausible."""
     ev, names = _codes(t.column("event"))
-    return Samples(
+    sm = Samples(
         time=column_array(t.column("time"), np.uint64), cpu=column_array(t.column("cpu"), np.uint32),
         ring=ring_ids(t).astype(np.uint32), seq=column_array(t.column("seq"), np.uint64),
         pid=column_array(t.column("pid"), np.int32), tid=column_array(t.column("tid"), np.int32),
         stack_id=column_array(t.column("stack_id"), np.int64, -1), event=ev, event_names=names,
         raw=list(t.column("raw").chunks),
     )
+    if latest is not None and len(sm.time):
+        bad = sm.time > np.uint64(latest)
+        if bad.any():
+            codes = sm.event[bad]
+            for code, cnt in zip(*np.unique(codes, return_counts=True)):
+                name = names[code] if code >= 0 else "(no event)"
+                sm.implausible[(name, "time")] = int(cnt)
+            sm.time = sm.time.copy()
+            sm.time[bad] = 0
+            sm.event = sm.event.copy()
+            sm.event[bad] = -1
+    return sm
 
 
 def load_side(rec: Recording) -> dict[str, pa.Table]:
@@ -197,7 +236,7 @@ def load_side(rec: Recording) -> dict[str, pa.Table]:
 def load(rec: Recording, side: dict[str, pa.Table] | None = None) -> Loaded:
     """Sample columns, then the side-band rows (readers skip the row groups of the other)."""
     t = rec.table(kinds=["sample"], columns=SAMPLE_COLUMNS)
-    samples = samples_from_table(t)
+    samples = samples_from_table(t, time_limit(rec))
     del t
     # Arrow's allocator keeps the pages it decompressed and concatenated into (here about as much
     # as the table itself) for reuse; nothing Arrow reads later needs them: give them back

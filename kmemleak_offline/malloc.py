@@ -403,9 +403,13 @@ def _pair_samples(sm: Samples, metadata: Mapping[str, Any],
     rename: dict[int, dict[str, str]] = {}
     for code in np.flatnonzero((counts[:nn] > 0) & (f_lut[:nn] >= 0)).tolist():
         ev = names[code]
-        if ev not in events or "format" not in events[ev]:
+        text = (events.get(ev) or {}).get("format")
+        if not text:
             raise MallocError(f"recording has samples of {ev} but no format text for it")
-        fmt = tracefs.parse_format(events[ev]["format"], ev.split(":", 1)[0])
+        try:
+            fmt = tracefs.parse_format(text, ev.split(":", 1)[0])
+        except tracefs.FormatError as exc:
+            raise MallocError(f"recording metadata: bad format text for {ev}: {exc}") from None
         if ev in renames:  # contract name -> field: only what the probe fetched
             rename[code] = renames[ev]
             fmts[code] = (fmt, {c for c, f in renames[ev].items() if fmt.has_field(f)})

@@ -12,7 +12,7 @@ import numpy as np
 from .format import expr as exprmod
 from .format import spec as specmod
 from .format.tracefs import EventFormat, FormatError, parse_format
-from .load import Samples
+from .load import SIZE_LIMIT, Samples
 
 
 class AnalysisError(ValueError):
@@ -122,13 +122,20 @@ def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_l
     key = np.zeros(n, np.uint64)
     size = np.zeros(n, np.uint64) if any(r.size is not None for r in roles) else None
     keep = None
-    fail_counts: dict[tuple[str, str], int] = {}
+    fail_counts: dict[tuple[str, str], int] = dict(sm.implausible)
     for role in roles:
         if names.index(role.spec.full_name) != role.code:
             continue  # an event listed twice (or in both lists) belongs to its first role
         rows = np.flatnonzero(role_r == role.code)
         if not len(rows):
             continue
+        short = sm.payload_lengths(rows) < payload_size(role.fmt)
+        if short.any():  # the kernel delivers every field: a damaged or foreign row
+            if keep is None:
+                keep = role_r >= 0
+            keep[rows[short]] = False
+            k = (role.spec.full_name, "short payload")
+            fail_counts[k] = fail_counts.get(k, 0) + int(np.count_nonzero(short))
         cols = _decode_for(role, sm, rows)
         m = len(rows)
         if role.filter is not None:
@@ -143,13 +150,43 @@ def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_l
         if role.size is not None:
             sr = role.size.evaluate(cols, m, env)
             _count_fail(fail_counts, role.spec.full_name, "size", sr)
-            size[rows] = exprmod.as_size(sr)
+            sz = exprmod.as_size(sr)
+            size[rows] = sz
+            huge = sz > np.uint64(SIZE_LIMIT)
+            if huge.any():  # no allocator returns that much: left out, counted in a warning
+                if keep is None:
+                    keep = role_r >= 0
+                keep[rows[huge]] = False
+                n_huge = int(np.count_nonzero(huge))
+                k = (role.spec.full_name, "huge size")
+                fail_counts[k] = fail_counts.get(k, 0) + n_huge
     return Evaluated(role=role_r, key=key, size=size, keep=keep, fail_counts=fail_counts)
 
 
-def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str], None]) -> None:
-    for (ev, what), cnt in fail_counts.items():
-        warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
+def payload_size(fmt: EventFormat) -> int:
+    """The fewest payload bytes the kernel writes for an event: up to its last fixed field."""
+    return max((f.offset + (4 if f.data_loc else f.size) for f in fmt.fields), default=0)
+
+
+def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str], None],
+                  fate: str = "left out of the report") -> None:
+    """One line per event and kind of failure: expressions that failed, values no kernel
+    produces (docs/behaviour.md)."""
+    for (ev, what), cnt in sorted(fail_counts.items(), key=lambda kv: (kv[0][1] in _DAMAGE, kv[0])):
+        if what == "huge size":
+            warn(f"warning: {ev}: {cnt} samples with a size past {SIZE_LIMIT:,} bytes (128 TiB: "
+                 f"no allocator returns that; damaged or foreign data?): {fate}")
+        elif what == "short payload":
+            warn(f"warning: {ev}: {cnt} samples with a payload shorter than the event's format "
+                 f"(damaged or foreign data?): {fate}")
+        elif what == "time":
+            warn(f"warning: {ev}: {cnt} samples timed after the recording's stop "
+                 f"(damaged or foreign data?): {fate}")
+        else:
+            warn(f"warning: {ev}: {what} expression failed (division by zero) on {cnt} samples")
+
+
+_DAMAGE = ("huge size", "time", "short payload")
 
 
 def _decode_for(role: EventRole, sm: Samples, rows: np.ndarray) -> dict[str, np.ndarray]:

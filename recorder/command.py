@@ -86,15 +86,17 @@ def record(
     except OSError as exc:
         _fail(f"record: {exc.strerror or exc}", 1)
     except KeyboardInterrupt as exc:  # SIGINT (Python's own) or SIGTERM (the session's handler)
-        term = str(exc) == signal.Signals.SIGTERM.name
-        _fail("interrupted before recording started",
-              128 + (signal.SIGTERM if term else signal.SIGINT))
+        if str(exc) != signal.Signals.SIGTERM.name:
+            raise  # the CLI says it (and exits 130) wherever Ctrl-C lands
+        _fail("interrupted before recording started", 128 + signal.SIGTERM)
     if code:
         raise typer.Exit(code)
 
 
 def _fail(msg: str, code: int) -> None:
     """One line; an expression error adds perf-prof's block (text, caret, available variables)."""
-    lines = msg.strip().splitlines() or ["failed"]
+    from kmemleak_offline.format.text import printable
+
+    lines = printable(msg.strip()).splitlines() or ["failed"]
     print(f"kmemleak-offline record: {lines[0]}", *lines[1:], sep="\n", file=sys.stderr)
     raise typer.Exit(code)

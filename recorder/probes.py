@@ -17,6 +17,7 @@ import atexit
 import errno
 import os
 import re
+import select
 import signal
 import threading
 import time
@@ -286,14 +287,91 @@ class CreatedEvent:
     format: str
 
 
+GUARD_EBUSY_S = 10.0  # how long a guard retries a probe a closing perf fd still holds
+
+
+def _remove_lines(root: str, defs: Sequence[ProbeDef], ebusy_s: float) -> list[str]:
+    """Write `-:GROUP/NAME` for each definition, newest first; EBUSY is retried for `ebusy_s`.
+    Returns one message per probe that could not be removed."""
+    ev_path = os.path.join(root, "uprobe_events")
+    errors = []
+    for d in reversed(defs):
+        deadline = time.monotonic() + ebusy_s
+        while True:
+            try:
+                _write_line(ev_path, f"-:{d.group}/{d.name}")
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOENT or exc.errno == errno.EINVAL and not os.path.exists(
+                        os.path.join(root, "events", d.group, d.name)):
+                    break
+                if exc.errno == errno.EBUSY and time.monotonic() < deadline:  # a perf fd is closing
+                    time.sleep(0.02)
+                    continue
+                errors.append(f"{d.event}: {exc.strerror}")
+                break
+    return errors
+
+
+def start_guard(root: str, defs: Sequence[ProbeDef]) -> int:
+    """Fork a guard that removes `defs` as soon as this process dies (SIGKILL included) without
+    having said `done` on the returned pipe. Covers every moment probes exist, also before the
+    recorder's converter is forked. The guard is a grandchild in a session of its own (never a
+    zombie of the recorder, untouched by a group kill); it sees the death through a pidfd (the
+    pipe's write end may be inherited by the converter) or the pipe's end."""
+    owner = os.getpid()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked guard
+        try:
+            if os.fork():
+                os._exit(0)
+            os.setsid()
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                      signal.SIGUSR1, signal.SIGPIPE):
+                signal.signal(s, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            os.closerange(3, r)
+            os.closerange(r + 1, 1 << 16)
+            _guard(owner, r, root, list(defs))
+        finally:
+            os._exit(0)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return w
+
+
+def _guard(owner: int, r: int, root: str, defs: list[ProbeDef]) -> None:  # pragma: no cover
+    try:
+        pidfd = os.pidfd_open(owner)
+    except OSError:  # the owner is gone already
+        pidfd = -1
+    if pidfd >= 0:
+        poller = select.poll()
+        poller.register(r, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        while True:
+            fds = dict(poller.poll())
+            if r in fds:
+                if os.read(r, 16).startswith(b"done"):
+                    return
+                break  # EOF: every writer is gone
+            if pidfd in fds:
+                break
+    for msg in _remove_lines(root, defs, GUARD_EBUSY_S):
+        os.write(2, f"kmemleak-offline record: could not remove uprobe {msg}\n".encode())
+
+
 @dataclass
 class UprobeSet:
-    """Creates uprobes and always removes them: remove() is idempotent, also run by __exit__ and atexit."""
+    """Creates uprobes and always removes them: remove() is idempotent, also run by __exit__,
+    atexit and, if this process is killed, a guard process (start_guard)."""
 
     root: str = field(default_factory=tracefs_root)
     created: list[CreatedEvent] = field(default_factory=list)
     _defined: list[ProbeDef] = field(default_factory=list)
     _atexit: bool = False
+    _guard_fd: int = -1
 
     @property
     def events(self) -> dict[str, CreatedEvent]:
@@ -304,6 +382,9 @@ class UprobeSet:
         if not self._atexit:
             atexit.register(self.remove)
             self._atexit = True
+        if self._guard_fd < 0:
+            with _signals_deferred():
+                self._guard_fd = start_guard(self.root, list(self._defined) + list(defs))
         ev_path = os.path.join(self.root, "uprobe_events")
         try:
             for d in defs:
@@ -334,27 +415,20 @@ class UprobeSet:
             self._remove_all()
 
     def _remove_all(self) -> None:
-        ev_path = os.path.join(self.root, "uprobe_events")
-        errors = []
-        for d in reversed(self._defined):
-            for attempt in range(50):
-                try:
-                    _write_line(ev_path, f"-:{d.group}/{d.name}")
-                    break
-                except OSError as exc:
-                    if exc.errno == errno.ENOENT or exc.errno == errno.EINVAL and not os.path.exists(
-                            os.path.join(self.root, "events", d.group, d.name)):
-                        break
-                    if exc.errno == errno.EBUSY and attempt < 49:  # a perf fd is still closing
-                        time.sleep(0.02)
-                        continue
-                    errors.append(f"{d.event}: {exc.strerror}")
-                    break
+        errors = _remove_lines(self.root, self._defined, 1.0)
         self._defined.clear()
         self.created.clear()
         if self._atexit:
             atexit.unregister(self.remove)
             self._atexit = False
+        if self._guard_fd >= 0:  # the guard leaves quietly (or, on errors, retries when we exit)
+            try:
+                if not errors:
+                    os.write(self._guard_fd, b"done")
+                os.close(self._guard_fd)
+            except OSError:
+                pass
+            self._guard_fd = -1
         if errors:
             raise ProbeError("could not remove uprobes: " + "; ".join(errors))
 

@@ -39,7 +39,7 @@ from recorder.probes import (
 )
 from recorder.records import EventInfo, Splitter
 from recorder.ring import PAGE_SIZE, Ring
-from recorder.spool import SpooledRecording
+from recorder.spool import DISK_FULL, DiskFull, SpooledRecording, make_reserve
 
 PRODUCER = f"kmemleak-offline {__version__} record"
 
@@ -101,6 +101,7 @@ class Session:
         self._go: int | None = None
         self.uprobes: UprobeSet | None = None
         self.probe_defs: list[ProbeDef] = []
+        self.disk_full = False
 
     # ---------------------------------------------------------------- setup
     def prepare(self) -> None:
@@ -410,9 +411,14 @@ class Session:
     # ----------------------------------------------------------------- loop
     def _drain_rings(self) -> None:
         """Append every ring's new bytes to the spool (no splitting, no Arrow: see spool.py)."""
-        fd = self.writer.fd
-        for i, ring in enumerate(self.rings):
-            ring.drain_to(fd, i)
+        self.writer.drain(self.rings)
+
+    def _disk_full(self) -> None:
+        """No room for the spool: stop recording; what the spool holds is converted at the end
+        into the room left (spool.Converter.save_full)."""
+        self.disk_full = True
+        self.stop_reason = "disk full"
+        self.stop.set()
 
     def _rotate(self) -> None:
         """Hand the last second's segment to the converter, which writes it as a part."""
@@ -495,21 +501,24 @@ class Session:
         old = {s: signal.signal(s, self._on_signal)
                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
         try:
-            self.writer.write(ksyms)
+            self._start_parts(ksyms)
             del ksyms
-            self.writer.flush_part()
             self.writer = SpooledRecording(self.writer, self.splitter, self.ring_cpu,
                                            self._close_in_converter, self._orphaned)
             # Everything slow happens before the events are on: a ring holds a few ms of events.
             gc.collect()
             gc.freeze()  # set-up objects (typer, pyarrow, ...) never rescanned: no GC pause mid-drain
             self._realtime(True)
+            self._t0 = time.monotonic()
             try:
                 self._enable()
+                self.writer.events_enabled()
                 self._t0 = time.monotonic()
                 self._announce()
                 self.release_child()
                 self._main_loop()
+            except DiskFull:
+                self._disk_full()
             finally:
                 self._realtime(False)
             for fd in self.fds:
@@ -517,7 +526,11 @@ class Session:
                     pe.disable(fd)
                 except OSError:
                     pass
-            self._drain_rings()
+            if not self.disk_full:
+                try:
+                    self._drain_rings()
+                except DiskFull:
+                    self._disk_full()
             self._refresh_counts()
             self.writer.metadata["stopped"] = self.stop_reason or "stopped"
             self._stop_child()
@@ -525,16 +538,62 @@ class Session:
                 sys.stderr.write("\r\033[K")
             if cfg.verbose:
                 print(self._stats(), f"(stopped: {self.stop_reason})", file=sys.stderr)
-            self._embed_symbols()
-            self.writer.close()
+            self._release_events()  # uprobes gone now: symbols and the stitch take seconds
+            if not self.disk_full:
+                try:
+                    self._embed_symbols()
+                except DiskFull:
+                    self._disk_full()
+                    self.writer.metadata["stopped"] = self.stop_reason
+            answer = self.writer.close_full() if self.disk_full else self.writer.close()
             if cfg.verbose:
                 print(f"kmemleak-offline record: converter process {self.writer.converter_cpu_s:.2f} "
                       "CPU s", file=sys.stderr)
         finally:
             if isinstance(self.writer, SpooledRecording):
                 self.writer.abandon()  # no-op after close; on errors the converter saves the parts
+            elif not self.writer.closed:  # failed before the converter existed: nothing recorded
+                shutil.rmtree(self.writer.parts_dir, ignore_errors=True)
             for s, h in old.items():
                 signal.signal(s, h)
+        return self._outcome(answer)
+
+    def _start_parts(self, ksyms) -> None:
+        """The first part (the kallsyms snapshot) and the room set aside for the last one; a
+        disk without room for them stops here, leaving nothing behind."""
+        w = self.writer
+        try:
+            free = os.statvfs(w.parts_dir)
+            make_reserve(w.parts_dir, free.f_bavail * free.f_frsize)
+            w.write(ksyms)
+            # until the converter exists nobody could write a stop reason: the first part says it
+            # (a later part, with the real one, always follows once the converter runs)
+            w.metadata["stopped"] = "recorder killed before the events were enabled"
+            try:
+                w.flush_part()
+            finally:
+                del w.metadata["stopped"]
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            shutil.rmtree(w.parts_dir, ignore_errors=True)
+            raise RecordError(f"no room to record in {w.parts_dir.parent} (disk full): nothing "
+                              "was recorded") from None
+
+    def _outcome(self, answer: str) -> int:
+        """The converter's answer -> the exit status; one line when the recording is not the
+        single file OUT (docs/behaviour.md: record, disk full)."""
+        out, parts = self.cfg.output, self.writer.parts_dir
+        if answer.startswith("full"):
+            n = answer.split()[1] if len(answer.split()) > 1 else "?"
+            print(f"kmemleak-offline record: disk full: recording stopped after "
+                  f"{time.monotonic() - self._t0:.0f} s; the analysable data is in {parts} "
+                  f"({n} events could not be kept)", file=sys.stderr, flush=True)
+            return 1
+        if answer == "parts":
+            print(f"kmemleak-offline record: no room left to join the parts into {out}: the "
+                  f"complete recording is {parts} (analyse it as it is)", file=sys.stderr, flush=True)
+            return 1
         return 0
 
     def _enable(self) -> None:
@@ -609,7 +668,7 @@ class Session:
                 self._usr1 = False
                 print(self._stats(), file=sys.stderr, flush=True)
             if now >= next_flush and not self.stop.is_set():
-                self._rotate()
+                self._rotate()  # DiskFull: caught by the caller, which stops
                 next_flush = now + FLUSH_EVERY_S
                 if tty:
                     sys.stderr.write("\r\033[K" + self._stats())
@@ -623,6 +682,29 @@ class Session:
             _, self.child_status = os.waitpid(self.child, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+    def _release_events(self) -> None:
+        """Unmap the rings, close every perf fd, then remove the uprobes (not before: EBUSY)."""
+        for ring in self.rings:
+            try:
+                ring.close()
+            except (BufferError, ValueError):
+                pass
+        self.rings.clear()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        self._remove_uprobes()
+
+    def _remove_uprobes(self) -> None:
+        if self.uprobes is not None:
+            try:
+                self.uprobes.remove()
+            except ProbeError as exc:
+                raise RecordError(f"{exc} (remove them by hand: see {self.tracefs}/uprobe_events)") from None
 
     def _cleanup(self) -> None:
         for ring in self.rings:
@@ -646,8 +728,4 @@ class Session:
                 os.waitpid(self.child, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-        if self.uprobes is not None:  # after the fds are closed (else EBUSY)
-            try:
-                self.uprobes.remove()
-            except ProbeError as exc:
-                raise RecordError(f"{exc} (remove them by hand: see {self.tracefs}/uprobe_events)") from None
+        self._remove_uprobes()  # after the fds are closed (else EBUSY)

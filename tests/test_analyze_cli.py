@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from kmemleak_offline.cli import main
+from kmemleak_offline.format.integrity import seal
 from kmemleak_offline.format.recording import METADATA_KEY, open_recording
 from kmemleak_offline.synthetic import DEFAULT_REALTIME_NS, PERF_CONTEXT_KERNEL, RecordingBuilder
 
@@ -626,17 +628,65 @@ def test_offline_filter_can_use_ksymbol_from_the_recordings_kallsyms(tmp_path, c
 
 
 def test_byte_totals_stay_exact_above_2_to_the_53(tmp_path, capsys):
-    """Sizes are u64 (perf-prof prints %lu): totals past float precision must not be rounded."""
-    rec = build([Ev(10, 0, 100, 100, P(1), 64, "udp"), Ev(20, 0, 100, 100, P(2), 64, "udp"), Ev(30, 0, 100, 100, P(9))],
-                tmp_path / "big.parquet")
-    for size, total in (("9007199254740993", 2 * 9007199254740993), ("-2", 2 * (2**64 - 2) % 2**64)):
-        spec = f"kmem:kmalloc//ptr=ptr/size={size}/stack/"
-        code, out, err = run(capsys, "analyze", rec, "--alloc", spec)
-        assert code == 0, err
-        assert f"Leak of {total} bytes in 2 objects" in out, out
-        code, out, err = run(capsys, "analyze", rec, "--alloc", spec, "--format", "json")
-        groups = json.loads(out)["reports"][-1]["groups"]
-        assert [g["bytes"] for g in groups] == [total]
+    """Sizes are u64 (perf-prof prints %lu): totals past float precision must not be rounded
+    (71 objects of 2**47 - 1 bytes: an odd total past 2**53, which a float cannot hold)."""
+    n = 71
+    rec = build([Ev(10 + i, 0, 100, 100, P(1 + i), 64, "udp") for i in range(n)]
+                + [Ev(900, 0, 100, 100, P(999))], tmp_path / "big.parquet")
+    size = 2**47 - 1
+    total = n * size
+    assert total > 2**53 and float(total) != total
+    spec = f"kmem:kmalloc//ptr=ptr/size={size}/stack/"
+    code, out, err = run(capsys, "analyze", rec, "--alloc", spec)
+    assert (code, err) == (0, "")
+    assert f"Leak of {total} bytes in {n} objects" in out, out
+    code, out, err = run(capsys, "analyze", rec, "--alloc", spec, "--format", "json")
+    groups = json.loads(out)["reports"][-1]["groups"]
+    assert [g["bytes"] for g in groups] == [total]
+
+
+@pytest.mark.parametrize("size", ["2**47 + 1", "-2", "0x8000000000000000"])
+@pytest.mark.parametrize("engine", [[], ["--in-memory"]])
+def test_sizes_no_allocator_returns_are_left_out_with_a_warning(tmp_path, capsys, size, engine):
+    """A size past 128 TiB (2**47, the user address space) is damaged or foreign data: those
+    samples are left out of the report and counted in a warning (text and JSON), never summed."""
+    size = {"2**47 + 1": str(2**47 + 1)}.get(size, size)
+    rec = build([Ev(10, 0, 100, 100, P(1), 64, "udp"), Ev(20, 0, 100, 100, P(2), 64, "udp"),
+                 Ev(30, 0, 100, 100, P(9))], tmp_path / "huge.parquet")
+    spec = f"kmem:kmalloc//ptr=ptr/size=ptr == {P(2)} ? {size} : bytes_alloc/stack/"
+    code, out, err = run(capsys, "analyze", rec, "--alloc", spec, *engine)
+    assert code == 0, err
+    assert "Leak of 64 bytes in 1 objects" in out and "TOTAL alloc 1 free 1" in out
+    assert err == ("kmemleak-offline: warning: kmem:kmalloc: 1 samples with a size past "
+                   "140,737,488,355,328 bytes (128 TiB: no allocator returns that; damaged or "
+                   "foreign data?): left out of the report\n").replace("kmemleak-offline: ", "")
+    code, out, err = run(capsys, "analyze", rec, "--alloc", spec, "--format", "json", *engine)
+    doc = json.loads(out)
+    assert [g["bytes"] for g in doc["reports"][-1]["groups"]] == [64]
+    assert len(doc["warnings"]) == 1 and "128 TiB" in doc["warnings"][0]
+
+
+@pytest.mark.parametrize("engine", [[], ["--in-memory"]])
+def test_samples_timed_long_after_the_stop_are_left_out_with_a_warning(tmp_path, capsys, engine):
+    rec = build([Ev(10, 0, 100, 100, P(1), 64, "udp"), Ev(20, 1, 100, 100, P(2), 64, "udp"),
+                 Ev(30, 0, 100, 100, P(9)), Ev(40, 0, 100, 100, P(3), 128, "pipe")],
+                tmp_path / "late.parquet", stop_ms=1000)
+    t = pq.read_table(rec)
+    time_ = t.column("time").to_pylist()
+    kind = t.column("kind").cast("string").to_pylist()
+    late = [i for i, k in enumerate(kind) if k == "sample" and time_[i] == START + 20 * MS]
+    assert len(late) == 1
+    time_[late[0]] = START + 3600 * 10**9  # an hour after the stop
+    t = t.set_column(t.schema.get_field_index("time"), "time", pa.array(time_, pa.uint64()))
+    pq.write_table(t, rec)
+    seal(rec)
+    code, out, err = run(capsys, "analyze", rec, "--utc", *engine)
+    assert code == 0, err
+    assert "Leak of 192 bytes in 2 objects" not in out
+    assert "Leak of 64 bytes in 1 objects" in out and "Leak of 128 bytes in 1 objects" in out
+    assert "TOTAL alloc 2 free 1" in out
+    assert "kmem:kmalloc: 1 samples timed after the recording's stop" in err
+    assert ts(START + 1000 * MS) in out  # the final report is at the recorded stop, not an hour on
 
 
 def test_lost_lines_per_record_with_v_and_running_total_without(tmp_path, capsys):
@@ -680,6 +730,7 @@ def test_info_shows_kernel_counts_unaccounted_and_how_it_stopped(tmp_path, capsy
     meta["stopped"] = "recorder killed"
     t = pq.read_table(rec)
     pq.write_table(t.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), rec)
+    seal(rec)  # edited by hand: sealed again, as a writer would
     code, out, err = run(capsys, "info", rec)
     assert code == 0, err
     assert re.search(r"kmem:kmalloc\s+samples\s+6\s+kernel count 9\s+lost 2\s+unaccounted 1\b", out)
@@ -691,6 +742,10 @@ def test_stop_time_older_than_the_last_sample_is_not_used_for_than(tmp_path, cap
     """A killed recorder's last metadata can say stop < last sample: --than must measure from the
     last sample then, not wrap around and call young allocations old."""
     rec = build(EVENTS_C, tmp_path / "s.parquet", stop_ms=50)  # every sample is after "stop"
+    # as an older version wrote it (this one never writes a stop older than its last record)
+    meta = open_recording(rec).metadata
+    del meta["integrity"]
+    pq.write_table(pq.read_table(rec).replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), rec)
     code, out, err = run(capsys, "analyze", rec, "--than", "10s")
     assert code == 0, err
     assert "Leak of" not in out  # nothing is 10 s old: the recording spans 0.7 s
@@ -725,9 +780,32 @@ def test_large_ring_ids_analyse_like_small_ones(tmp_path, capsys):
     assert pc.max(t.column("ring")).as_py() == 3_000_000_000
     large = tmp_path / "large.parquet"
     pq.write_table(t, large)
+    seal(large)  # edited by hand: sealed again, as a writer would
     for args in ([], ["--format", "json"], ["-v"], ["--than", "120ms"]):
         a = run(capsys, "analyze", small, "--utc", *args)
         b = run(capsys, "analyze", large, "--utc", *args)
         assert a[0] == b[0] == 0
         assert a[1].replace(str(small), "R") == b[1].replace(str(large), "R"), args
         assert a[2] == b[2]
+
+
+@pytest.mark.parametrize("engine", [[], ["--in-memory"]])
+def test_payloads_shorter_than_their_format_are_left_out_with_a_warning(tmp_path, capsys, engine):
+    """The kernel writes every field of an event: a shorter payload (damaged or foreign data)
+    would decode as zeros (ptr 0, size 0) and is left out instead."""
+    rec = build([Ev(10, 0, 100, 100, P(1), 64, "udp"), Ev(20, 0, 100, 100, P(2), 96, "udp"),
+                 Ev(30, 0, 100, 100, P(9))], tmp_path / "short.parquet")
+    t = pq.read_table(rec)
+    raw = t.column("raw").to_pylist()
+    ev = t.column("event").cast("string").to_pylist()
+    i = next(i for i, e in enumerate(ev) if e == "kmem:kmalloc" and raw[i] is not None)
+    raw[i] = raw[i][:3]
+    t = t.set_column(t.schema.get_field_index("raw"), "raw", pa.array(raw, pa.binary()))
+    pq.write_table(t, rec)
+    seal(rec)
+    code, out, err = run(capsys, "analyze", rec, *engine)
+    assert code == 0, err
+    assert "TOTAL alloc 1 free 1" in out and "Leak of 0 bytes" not in out
+    assert "kmem:kmalloc: 1 samples with a payload shorter than the event's format" in err
+    code, out, err = run(capsys, "info", rec)
+    assert code == 0 and "payload shorter" in out and "payload shorter" in err

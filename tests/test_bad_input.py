@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kmemleak_offline.format.integrity import seal
 from kmemleak_offline.format.recording import METADATA_KEY, RecordingWriter
 from tests.test_analyze_cli import (
     COMMS_A,
@@ -53,6 +54,7 @@ def with_metadata(src: Path, dst: Path, edit) -> Path:
     meta = json.loads(t.schema.metadata[METADATA_KEY])
     edit(meta)
     pq.write_table(t.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), dst)
+    seal(dst)  # edited by hand: sealed again, as a writer would
     return dst
 
 
@@ -228,6 +230,8 @@ def _set(path: str, value):
     ("clock.anchor.perf_ns", [1]), ("counts", [1, 2]), ("alloc", 5), ("free", [1]),
     ("host.ncpus", 1e308), ("options.pids", "12"), ("events", {"kmem:kmalloc": {"format": 7}}),
     ("options.kernel_filters", {"kmem:kmalloc": 3}), ("producer", {"x": 1}), ("stopped", 0),
+    ("events.kmem:kmalloc", None), ("events.kmem:kfree.format", None), ("probes", [{"event": [1]}]),
+    ("counts.kmem:kmalloc.kernel_count", -5), ("options.call_graph", "yes"), ("lost_by_ring", [7]),
 ])
 @pytest.mark.parametrize("cmd", ["analyze", "info"])
 def test_metadata_values_of_the_wrong_type_or_range(rec, tmp_path, capsys, key, value, cmd):
@@ -259,3 +263,27 @@ def test_huge_max_stack_is_capped_like_perf_prof(rec, capsys):
                        "kmem:kmalloc//ptr=ptr/size=bytes_alloc/max-stack=" + "9" * 5000 + "/",
                        "--free", "kmem:kfree")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("args", [["--symfs", "/nonexistent"], ["--symfs", "/etc/hostname"],
+                                  ["--tmpdir", "9" * 5000], ["-o", "/proc/nope/report"],
+                                  ["--flame-graph", "/proc/nope/leak"], ["-o", "/dev/full"]])
+def test_paths_that_cannot_be_used_are_one_line(rec, capsys, args):
+    assert_one_line_error(*run(capsys, "analyze", rec, *args))
+
+
+def test_diff_top_must_be_positive(rec, capsys):
+    assert_one_line_error(*run(capsys, "diff", rec, rec, "--top", "0"), "--top")
+
+
+def test_control_characters_are_shown_not_obeyed(rec, capsys):
+    """A value echoed in an error line cannot move the cursor or clear the terminal."""
+    code, out, err = run(capsys, "analyze", rec, "--alloc", "kmem:nosuch\x1b[2J\x07//ptr=ptr/")
+    assert_one_line_error(code, out, err, "\\x1b[2J\\x07")
+    assert "\x1b" not in err and "\x07" not in err
+
+
+def test_a_json_report_nested_100000_deep_is_one_line(rec, tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert_one_line_error(*run(capsys, "diff", deep, rec), "nested deeper than 200")

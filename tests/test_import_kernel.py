@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kmemleak_offline.cli import main
+from kmemleak_offline.format.integrity import seal
 from kmemleak_offline.format.recording import open_recording
 from kmemleak_offline.perfdata import reader as perfreader
 
@@ -112,6 +113,7 @@ def _strip_ksyms(src: Path, dst: Path) -> Path:
     t = pq.read_table(src)
     t = t.filter(pc.not_equal(t.column("kind").cast("string"), "ksym"))
     pq.write_table(t.replace_schema_metadata(pq.read_schema(src).metadata), dst)
+    seal(dst)  # rewritten: sealed again, as a writer would
     return dst
 
 

@@ -352,6 +352,55 @@ def test_sigkill_of_the_recorder_removes_its_probes(tmp_path) -> None:
     assert r.partial and r.metadata["stopped"] == "recorder killed"
 
 
+def test_sigkill_before_the_converter_exists_removes_the_probes(tmp_path) -> None:
+    """Killed the moment its probes exist (no converter yet, no parts folder): a guard process
+    the recorder forked before writing the first probe removes them."""
+    out = tmp_path / "early.parquet"
+    rec = subprocess.Popen(CLI + ["record", "--malloc", "-g", "-o", str(out), "--", "sleep", "30"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 60
+        while not probes_of(rec.pid):
+            assert rec.poll() is None and time.monotonic() < end
+            time.sleep(0.001)
+        rec.kill()
+        parts_existed = Path(str(out) + ".parts").exists()
+        rec.wait(timeout=10)
+        end = time.monotonic() + 5
+        while probes_of(rec.pid) and time.monotonic() < end:
+            time.sleep(0.01)
+        assert probes_of(rec.pid) == [], "uprobes of a recorder killed during set-up left behind"
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+    assert not parts_existed, "kill came too late to test the set-up window"
+    assert not out.exists()
+
+
+def test_probes_are_gone_before_the_recording_is_finished(tmp_path) -> None:
+    """Probes go as soon as recording stops, before the symbol tables are embedded and the parts
+    stitched (they used to stay ~1.5 s after OUT was complete)."""
+    out = tmp_path / "order.parquet"
+    rec = subprocess.Popen(CLI + ["record", "--malloc", "-g", "-o", str(out), "--", "sleep", "0.5"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_recording_started(out, rec)
+        seen_with_probes = False
+        while rec.poll() is None and not out.exists():
+            seen_with_probes = seen_with_probes or bool(probes_of(rec.pid))
+            time.sleep(0.001)
+        if out.exists():  # the first moment OUT is there: no probe of this recorder may be left
+            assert probes_of(rec.pid) == []
+        rec.communicate(timeout=60)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+    assert rec.returncode == 0 and seen_with_probes and out.exists()
+    assert open_recording(out).metadata["stopped"] in ("command exited", "all traced tasks exited")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--malloc", "--alloc", "kmem:kmalloc", "--free", "kmem:kfree", "--", "true"], "--malloc replaces"),
     (["--malloc"], "--malloc needs -p"),

@@ -57,6 +57,7 @@ def _record_through_converter(tmp_path: Path, die: bool | str) -> tuple[Path, li
     w.flush_part()
     orphaned = tmp_path / "orphaned"
     sp = SpooledRecording(w, Splitter(EVENTS), [0, 1], lambda: None, orphaned.touch)
+    sp.events_enabled()
     raws = []
     for seg in range(2):
         data, r = _ring_bytes(0x10000 * (seg + 1), 40)
@@ -133,7 +134,9 @@ def test_converter_in_process_catch_up(tmp_path: Path) -> None:
     assert not segment_path(w.parts_dir, 0).exists()
     rec = open_recording(w.parts_dir)
     assert rec.table(["sample"], ["raw"]).column("raw").to_pylist() == raws
-    conv.finish()
+    r, ack = os.pipe()
+    conv.finish(w.parts_dir, ack)
+    assert os.read(r, 16) == b"done\n"
     lost = open_recording(tmp_path / "c.parquet").table(["lost"], ["cpu", "lost"]).to_pylist()
     assert lost == [{"cpu": 3, "lost": 3}]  # a LOST row carries its ring's CPU
 
@@ -173,3 +176,67 @@ def test_drain_to_copies_a_wrapping_ring_exactly(tmp_path: Path) -> None:
     assert off == len(data)
     assert kinds <= {pe.RECORD_COMM, pe.RECORD_FORK, pe.RECORD_EXIT, pe.RECORD_LOST}
     assert pe.RECORD_FORK in kinds and pe.RECORD_EXIT in kinds
+
+
+def _converter(tmp_path: Path, enabled: bool = True) -> tuple[SpooledRecording, Path]:
+    out = tmp_path / "k.parquet"
+    w = RecordingWriter(out, _meta(), parts=True)
+    w.write({"kind": ["comm"], "time": [1], "pid": [5], "tid": [5], "comm": ["init-state"]})
+    w.flush_part()
+    orphaned = tmp_path / "orphaned"
+    sp = SpooledRecording(w, Splitter(EVENTS), [0, 1], lambda: None, orphaned.touch)
+    if enabled:
+        sp.events_enabled()
+    return sp, orphaned
+
+
+def test_converter_survives_epipe_and_still_cleans_up(tmp_path: Path) -> None:
+    """The recorder dies while waiting for a `sync` answer: the converter's reply hits a closed
+    pipe (EPIPE). It used to die there, skipping the uprobe removal and the stop reason."""
+    sp, orphaned = _converter(tmp_path)
+    data, raws = _ring_bytes(0x7000, 30)
+    os.write(sp.fd, FRAME.pack(0, DATA, len(data)) + data)
+    os.close(sp._ack)  # nobody will read the answer
+    sp.rotate("sync")
+    os.close(sp._ctrl)
+    _, status = os.waitpid(sp.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert orphaned.exists()
+    rec = open_recording(tmp_path / "k.parquet")
+    assert rec.metadata["stopped"] == "recorder killed"
+    assert sorted(rec.table(["sample"], ["raw"]).column("raw").to_pylist()) == sorted(raws)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_stop_reason_written_when_no_segment_is_left(tmp_path: Path, enabled: bool) -> None:
+    """Killed right after a segment was handed over (nothing left to convert): the reason still
+    reaches the recording, in a part of its own; before the events were on, it says so."""
+    sp, orphaned = _converter(tmp_path, enabled)
+    assert not orphaned.exists()
+    data, _ = _ring_bytes(0x9000, 5)
+    os.write(sp.fd, FRAME.pack(0, DATA, len(data)) + data)
+    sp.flush_part()  # converted; the next segment is empty
+    os.close(sp._ctrl)
+    os.waitpid(sp.pid, 0)
+    assert orphaned.exists()
+    rec = open_recording(tmp_path / "k.parquet")
+    assert rec.metadata["stopped"] == ("recorder killed" if enabled else
+                                       "recorder killed before the events were enabled")
+    assert rec.metadata["counts"]["kmem:kmalloc"]["samples"] == 5
+
+
+def test_first_part_says_killed_before_enabled_until_the_converter_runs(tmp_path: Path) -> None:
+    """A recorder SIGKILLed after its first part (kallsyms) and before its converter exists
+    leaves a folder whose stop reason is still right; the writer's metadata keeps no stop reason."""
+    from types import SimpleNamespace
+
+    from recorder.session import Session
+
+    w = RecordingWriter(tmp_path / "e.parquet", _meta(), parts=True)
+    Session._start_parts(SimpleNamespace(writer=w),
+                         {"kind": ["ksym"], "addr": [0xFFFFFFFF81000000], "name": ["_text"]})
+    assert "stopped" not in w.metadata
+    assert (w.parts_dir / ".reserve").stat().st_size >= 64 << 10
+    rec = open_recording(tmp_path / "e.parquet")
+    assert rec.metadata["stopped"] == "recorder killed before the events were enabled"
+    assert rec.table(["ksym"], ["name"]).column("name").to_pylist() == ["_text"]

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kmemleak_offline.analysis import AnalyzeOptions, analyze
+from kmemleak_offline.format.integrity import seal
 from kmemleak_offline.format.recording import open_recording
 from kmemleak_offline.synthetic import RecordingBuilder
 from tests.reference_replay import reference_replay
@@ -50,6 +51,7 @@ def regroup(path: Path, rows: int, segment: int | None = None) -> Path:
         t = t.take(np.concatenate([o, np.flatnonzero(~smp)]))
     t = t.replace_schema_metadata({k: v for k, v in kv.items() if k != b"ARROW:schema"})
     pq.write_table(t, path, row_group_size=rows)
+    seal(path)  # rewritten: sealed again, as a writer would
     return path
 
 
@@ -186,6 +188,7 @@ def test_unordered_rings_fall_back_to_memory(tmp_path):
     t = t.take(np.argsort(-np.arange(t.num_rows)))  # every ring's rows reversed in file order
     t = t.replace_schema_metadata({k: v for k, v in kv.items() if k != b"ARROW:schema"})
     pq.write_table(t, path, row_group_size=17)
+    seal(path)
     reports, ta, tf, a = streamed(path, partitions=4, scan_ranges=3, jobs=1)
     assert a.engine == "in-memory"
     assert (reports, ta, tf) == want

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .common import fail, load, reader_may_leave, split_specs
+from .common import check_dir, fail, load, reader_may_leave, split_specs, writing
 
 MAX_INTERVAL_MS = (1 << 63) // 1_000_000 - 1  # the grid is in int64 nanoseconds
 
@@ -94,8 +94,7 @@ def analyze(
     _terminate_cleanly()
     if jobs is not None and jobs < 1:
         fail(f"-j/--jobs must be at least 1, not {jobs}")
-    if tmpdir is not None and not tmpdir.is_dir():
-        fail(f"--tmpdir {tmpdir}: not a directory")
+    check_dir("--tmpdir", tmpdir)
     engine = {"jobs": jobs, "tmpdir": str(tmpdir) if tmpdir else None, "partitions": partitions,
               "scan_ranges": scan_ranges, "in_memory": in_memory}
     if kallsyms is not None or vmlinux is not None:
@@ -112,19 +111,21 @@ def analyze(
         names = ", ".join(r.spec.full_name for r in a.roles if r.is_alloc)
         sys.stderr.write(f"kmemleak-offline: note: no allocations to report ({names}: none "
                          "recorded or all filtered out)\n")
+    folded = None
+    if flame_graph is not None:  # first: a path that cannot be written fails before any report
+        with writing("the flame graph", flamegraph.folded_path(flame_graph)):
+            folded = flamegraph.write_folded(a, stacks, flame_graph)
     try:
         out = open(output, "wb" if binary else "w") if output else (  # noqa: SIM115 (closed below)
             sys.stdout.buffer if binary else sys.stdout)
     except OSError as exc:
-        fail(f"-o {output}: {exc.strerror or exc}")
-    with reader_may_leave():
+        fail(f"-o {output}: cannot write the report there ({exc.strerror or exc})")
+    with reader_may_leave(), writing("the report", output):
         try:
             reporter(fmt)(a, stacks, out, ReportOptions(recording=str(recording), verbose=verbose,
                                                         comm=comm, utc=utc, trend=trend, sort=sort))
-            if flame_graph is not None:
-                path = flamegraph.write_folded(a, stacks, flame_graph)
-                if path is not None and fmt == "text":
-                    out.write(flamegraph.hint(path))
+            if folded is not None and fmt == "text":
+                out.write(flamegraph.hint(folded))
         finally:
             if output:
                 out.close()
@@ -144,6 +145,7 @@ def run_analysis(recording: Path, alloc, free, than, *, comm: bool = False, verb
         than_ns = parse_duration(than) if than is not None else 0
     except SpecError as exc:
         fail(f"--than: {exc}")
+    check_dir("--symfs", symfs)
     rec = load(recording)
     opts = AnalyzeOptions(alloc=split_specs(alloc), free=split_specs(free), than_ns=than_ns,
                           comm=comm, verbose=verbose, interval_ms=interval, trend=trend,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from ..format.text import printable  # noqa: F401 - re-exported for the commands
+
 
 class CommandError(Exception):
     """Bad input or a failed step: its message (one line, or an expression's caret block) goes to
@@ -45,6 +47,31 @@ def reader_may_leave() -> Iterator[None]:
         raise typer.Exit(0) from None
 
 
+@contextlib.contextmanager
+def writing(what: str, path: Path | str | None) -> Iterator[None]:
+    """An output that cannot be written (no such folder, a directory, a full disk) is one line,
+    exit 2, not an internal error. A closed pipe is left to `reader_may_leave`."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        where = path if path is not None else "stdout"
+        fail(f"cannot write {what} to {where} ({exc.strerror or exc})")
+
+
+def check_dir(option: str, path: Path | None) -> None:
+    """An option naming a folder: it must be one (one line, exit 2, otherwise)."""
+    if path is None:
+        return
+    try:
+        ok = path.is_dir()
+    except OSError as exc:  # a name too long, a loop of links...
+        fail(f"{option} {path}: {exc.strerror}")
+    if not ok:
+        fail(f"{option} {path}: not a directory")
+
+
 def load(path: Path):
     """Open a recording file or parts folder; bad input is a CommandError."""
     from ..format.recording import RecordingError, open_recording
@@ -53,6 +80,8 @@ def load(path: Path):
         return open_recording(path)
     except RecordingError as exc:
         fail(str(exc))
+    except OSError as exc:  # a name too long, a loop of links...
+        fail(f"{path}: {exc.strerror or exc}")
 
 
 def split_specs(values: list[str] | None) -> list[str] | None:

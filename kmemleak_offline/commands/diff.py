@@ -47,6 +47,8 @@ def diff(
             limit = diffmod.parse_size(fail_on_growth)
         except ValueError as exc:
             fail(f"--fail-on-growth: {exc}")
+    if top is not None and top < 1:
+        fail(f"--top must be at least 1, not {top}")
     if than is not None:
         try:
             parse_duration(than)

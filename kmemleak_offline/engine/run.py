@@ -13,11 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from .. import trend
-from ..format.recording import Recording, _conform, _group_kind, kind_mask
-from ..load import SAMPLE_COLUMNS, samples_from_table
+from ..format.recording import (
+    Recording,
+    RecordingError,
+    _conform,
+    _group_kind,
+    _short,
+    kind_mask,
+    open_parquet,
+)
+from ..load import SAMPLE_COLUMNS, samples_from_table, time_limit
 from ..replay import U64_MAX, Lost, Report
 from . import partition, scan
 from .pool import Workers
@@ -37,6 +45,7 @@ class Plan:
     ranges: list[list[scan.Unit]]
     jobs: int
     spill: bool
+    latest: int | None = None  # samples timed later are set aside (load.time_limit)
 
 
 @dataclass
@@ -63,7 +72,7 @@ def sample_units(rec: Recording) -> tuple[list[scan.Unit], int | None]:
     row0 = 0
     tmax: int | None = 0
     for f in rec.files:
-        pf = pq.ParquetFile(f)
+        pf = open_parquet(f)
         md = pf.metadata
         col = next((j for j in range(md.num_columns) if md.schema.column(j).path == "kind"), None)
         tcol = next((j for j in range(md.num_columns) if md.schema.column(j).path == "time"), None)
@@ -74,7 +83,12 @@ def sample_units(rec: Recording) -> tuple[list[scan.Unit], int | None]:
             k = _group_kind(rg, col)
             mask = None
             if k is None:
-                m = kind_mask(pf.read_row_group(g, columns=["kind"]).column("kind"), ["sample"])
+                try:
+                    kind = pf.read_row_group(g, columns=["kind"]).column("kind")
+                except (OSError, pa.ArrowException) as exc:
+                    raise RecordingError(f"{f}: cannot read recording data ({_short(exc)}); "
+                                         "the file is truncated or corrupt") from None
+                m = kind_mask(kind, ["sample"])
                 mask = m.to_numpy(zero_copy_only=False)
                 if not mask.any():
                     continue
@@ -111,7 +125,7 @@ def make_plan(rec: Recording, jobs: int | None, partitions: int | None = None,
     else:
         nr = max(1, min(ranges, len(units)))
     return Plan(units=units, samples=total, max_time=tmax, part_bits=bits, ranges=_split(units, nr), jobs=jobs,
-                spill=bits > 0 or nr > 1)
+                spill=bits > 0 or nr > 1, latest=time_limit(rec))
 
 
 def _split(units: list[scan.Unit], k: int) -> list[list[scan.Unit]]:
@@ -144,7 +158,7 @@ def _run(plan: Plan, spill: SpillDir | None, evaluate, role_is_alloc, lost_ring,
          lost_count, lost_time, start_ns, interval, progress: Progress, trend_grid) -> Merged | None:
     setup = scan.ScanSetup(evaluate=evaluate, role_is_alloc=role_is_alloc, part_bits=plan.part_bits,
                            spill=spill, lost_ring=lost_ring.astype(np.uint32),
-                           lost_seq=lost_seq.astype(np.uint64))
+                           lost_seq=lost_seq.astype(np.uint64), latest=plan.latest)
     progress.stage("reading", plan.samples)
     with Workers(plan.jobs, setup) as workers:
         done = _passes(plan, spill, setup, workers, lost_ring, lost_count, lost_time, start_ns,

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..load import RING_ID_LIMIT, SAMPLE_COLUMNS, samples_from_table
 from ..replay import _ring_seq_order, ring_seq_key
@@ -46,6 +45,7 @@ class ScanSetup:
     spill: SpillDir | None  # None: keep the columns in memory (one small scan)
     lost_ring: np.ndarray  # uint32 ring of each LOST record
     lost_seq: np.ndarray  # uint64
+    latest: int | None = None  # later samples are set aside (load.time_limit)
 
 
 @dataclass
@@ -74,7 +74,13 @@ def partition_of(key: np.ndarray, bits: int) -> np.ndarray:
 
 
 def read_unit(u: Unit, columns: list[str]) -> pa.Table:
-    t = pq.ParquetFile(u.file).read_row_group(u.group, columns=columns, use_threads=False)
+    from ..format.recording import RecordingError, _short, open_parquet
+
+    try:
+        t = open_parquet(u.file).read_row_group(u.group, columns=columns, use_threads=False)
+    except (OSError, pa.ArrowException) as exc:
+        raise RecordingError(f"{u.file}: cannot read recording data ({_short(exc)}); "
+                             "the file is truncated or corrupt") from None
     if u.mask is not None:
         t = t.filter(pa.array(u.mask))
     return t
@@ -125,7 +131,7 @@ def scan_range(setup: ScanSetup, index: int, units: list[Unit]) -> RangeResult:
 
 def _scan_unit(setup: ScanSetup, u: Unit, res: RangeResult, rings: _RingState,
                writers: PartitionWriters | None) -> None:
-    sm = samples_from_table(_conform_samples(read_unit(u, SCAN_COLUMNS)))
+    sm = samples_from_table(_conform_samples(read_unit(u, SCAN_COLUMNS)), setup.latest)
     n = len(sm)
     res.samples += n
     if n == 0:

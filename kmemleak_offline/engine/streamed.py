@@ -78,6 +78,8 @@ def streamed(rec, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
     if len(l_ring) and int(l_ring.max()) >= RING_ID_LIMIT:
         return None
     plan = engine.make_plan(rec, opts.jobs, opts.partitions, opts.scan_ranges)
+    if plan.latest is not None and plan.max_time is not None and plan.max_time > plan.latest:
+        return None  # samples timed far past the stop (damaged data): the in-memory path sets them aside
     meta_stop = rec.meta.clock.stop_ns
     stop_guess = max(meta_stop, plan.max_time or 0)
     env = _expr_env(ksyms, comms, stop_guess)

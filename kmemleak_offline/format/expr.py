@@ -66,6 +66,16 @@ class ExprError(ValueError):
         super().__init__("\n".join([text, caret, "Available variables:", *self.variables]))
 
 
+class ExprTooDeep(ExprError):
+    """An expression nested past the supported depth: one line (its text may be megabytes)."""
+
+    def __init__(self, message: str, text: str = "", pos: int = 0, variables: Sequence[str] = ()):
+        super().__init__(message, text, pos, variables)
+        line = (f"expression nested too deeply: {message} ({len(text):,} characters: "
+                f"{text[:40]!r}...)")
+        self.args = (line,)
+
+
 @dataclass
 class EvalResult:
     """Raw 64-bit results plus the rows whose evaluation failed (division/modulo by zero)."""
@@ -220,9 +230,9 @@ def _unsigned(t: int, ty: int) -> bool:
 
 
 class _Syntax(Exception):
-    def __init__(self, msg: str, pos: int):
+    def __init__(self, msg: str, pos: int, deep: bool = False):
         super().__init__(msg)
-        self.msg, self.pos = msg, pos
+        self.msg, self.pos, self.deep = msg, pos, deep
 
 
 class _Parser:
@@ -234,6 +244,7 @@ class _Parser:
         self.strs: list[bytes] = []
         self.used: set[str] = set()
         self.specials: set[str] = set()  # _cpu / _pid, which are not payload fields
+        self.depth = 0  # expr() calls open
 
     def err(self, msg: str) -> _Syntax:
         return _Syntax(msg, self.p)
@@ -451,6 +462,17 @@ class _Parser:
             raise self.err("assignment through a pointer is not supported offline")
 
     def expr(self, lev: int) -> _Node:
+        """One (sub)expression; nesting is bounded so that compiling and evaluating stay far
+        from Python's recursion limit."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _Syntax(f"nested deeper than {MAX_NESTING} levels", self.p, deep=True)
+        try:
+            return self._expr(lev)
+        finally:
+            self.depth -= 1
+
+    def _expr(self, lev: int) -> _Node:
         a = self.primary()
         while self.tk >= lev:
             tk, t = self.tk, a.ty
@@ -991,6 +1013,20 @@ class Expr:
         return EvalResult(v, ev.failed)
 
 
+MAX_NESTING = 100  # parentheses, unary operators and calls inside one another
+MAX_TREE_DEPTH = 256  # operations evaluated one inside another (evaluation recurses per level)
+
+
+def _depth(root: _Node) -> int:
+    """Depth of an expression tree, without recursion."""
+    deepest, todo = 0, [(root, 1)]
+    while todo:
+        node, d = todo.pop()
+        deepest = max(deepest, d)
+        todo.extend((k, d + 1) for k in node.kids if isinstance(k, _Node))
+    return deepest
+
+
 def compile_expr(text: str, fields: Sequence[tracefs.Field]) -> Expr:
     """Compile `text` against an event's fields, as perf-prof's expr_compile would."""
     variables, bad = _declare(fields)
@@ -1010,6 +1046,11 @@ def compile_expr(text: str, fields: Sequence[tracefs.Field]) -> Expr:
     parser = _Parser(text, syms)
     try:
         root = parser.program()
+        depth = _depth(root)
+        if depth > MAX_TREE_DEPTH:  # a long chain (a+a+...+a) nests without parentheses
+            raise _Syntax(f"{depth} operations deep; at most {MAX_TREE_DEPTH} are supported",
+                          len(text), deep=True)
     except _Syntax as e:
-        raise ExprError(e.msg, text, e.pos, listing) from None
+        cls = ExprTooDeep if e.deep else ExprError
+        raise cls(e.msg, text, e.pos, listing) from None
     return Expr(text, frozenset(parser.used), root, parser.strs, frozenset(parser.specials))

@@ -22,11 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kmemleak_offline.format import integrity
+from kmemleak_offline.format.integrity import INTEGRITY, IntegrityError, part_name, seal
 from kmemleak_offline.format.metadata import Metadata, MetadataError
 from kmemleak_offline.format.stitch import stitch_files
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"kmemleak_offline"
+PART_KEY = b"kmemleak_offline.part"  # a part's {"seq": N, "recording": ID}
+MANIFEST = "manifest"  # in a parts folder: one JSON line per part written
 PARTS_SUFFIX = ".parts"
 PART_GLOB = "part-*.parquet"
 
@@ -123,7 +127,8 @@ def to_table(columns: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> pa.Table
 
 
 def _encode_meta(meta: Mapping[str, Any]) -> dict[bytes, bytes]:
-    return {METADATA_KEY: json.dumps(meta, sort_keys=False).encode()}
+    """The metadata as written: it says the file is sealed (integrity.py)."""
+    return {METADATA_KEY: json.dumps({**meta, "integrity": INTEGRITY}, sort_keys=False).encode()}
 
 
 # How recording files are encoded. Measured on 5M recorded kmalloc/kfree rows: pyarrow's defaults
@@ -134,7 +139,13 @@ WRITE_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["kind", "event", "comm", "filename", "module"],
     "write_statistics": ["kind", "time", "cpu", "ring", "seq", "pid", "tid", "event", "stack_id"],
     "column_encoding": {"time": "DELTA_BINARY_PACKED", "seq": "DELTA_BINARY_PACKED"},
+    "write_page_checksum": True,  # CRC-32 per page, verified by every read (open_parquet)
 }
+
+
+def open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
+    """A recording file for reading, every page checked against its CRC as it is decoded."""
+    return pq.ParquetFile(path, page_checksum_verification=True)
 
 
 def parquet_writer(path: str | os.PathLike, schema: pa.Schema, compression: str) -> pq.ParquetWriter:
@@ -189,6 +200,7 @@ class RecordingWriter:
         self._writer: pq.ParquetWriter | None = None
         self._part_no = 0
         self.closed = False
+        self.recording_id = os.urandom(8).hex()  # names the parts of this recording
         if parts:
             self.parts_dir = Path(str(self.path) + PARTS_SUFFIX)
             if self.parts_dir.exists():  # never delete what a killed run left: say so
@@ -210,6 +222,14 @@ class RecordingWriter:
         tables, self._pending, self._pending_rows = self._pending, [], 0
         return tables
 
+    def take_pending(self) -> list[pa.Table]:
+        """The rows queued and not yet written (they are no longer queued)."""
+        return self._take_pending()
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
     def _open_single(self) -> pq.ParquetWriter:
         if self._writer is None:
             self._tmp = self.path.with_name(self.path.name + ".tmp")
@@ -224,21 +244,59 @@ class RecordingWriter:
             _write_rows(self._open_single(), samples, self.row_group_rows)
         self._side.extend(side)
 
-    def flush_part(self) -> Path | None:
-        """Parts mode: write what is queued as one complete part file (atomically renamed)."""
+    @property
+    def parts_written(self) -> int:
+        return self._part_no
+
+    def flush_part(self, force: bool = False) -> Path | None:
+        """Parts mode: write what is queued as one complete part file (atomically renamed).
+        `force`: even with nothing queued (a part that carries new metadata only)."""
         tables = self._take_pending()
-        if not tables and self._part_no:  # nothing new; the first part is written even empty
+        if not tables and self._part_no and not force:  # the first part is written even empty
             return None
-        final = self.parts_dir / f"part-{self._part_no:05d}.parquet"
-        tmp = self.parts_dir / f".part-{self._part_no:05d}.tmp"
-        w = parquet_writer(tmp, SCHEMA, self.compression)
-        for rows in _by_kind(tables):  # samples in row groups of their own: readers skip by group
-            _write_rows(w, rows, self.row_group_rows)
-        w.add_key_value_metadata(_encode_meta(self.metadata))
-        w.close()
-        os.replace(tmp, final)
+        seq = self._part_no
+        final = self.parts_dir / part_name(seq)
+        tmp = self.parts_dir / f".part-{seq:05d}.tmp"
+        rows_n = sum(t.num_rows for t in tables)
+        try:
+            w = parquet_writer(tmp, SCHEMA, self.compression)
+            try:
+                for rows in _by_kind(tables):  # samples in row groups of their own
+                    _write_rows(w, rows, self.row_group_rows)
+                w.add_key_value_metadata({**_encode_meta(self.metadata), PART_KEY: json.dumps(
+                    {"seq": seq, "recording": self.recording_id}).encode()})
+            finally:
+                w.close()
+            seal(tmp)
+            os.replace(tmp, final)
+        except BaseException:  # e.g. a full disk: no torn part left, the rows stay queued
+            tmp.unlink(missing_ok=True)
+            self._pending[:0] = tables
+            self._pending_rows += rows_n
+            raise
         self._part_no += 1
+        try:  # the manifest names every part written: a missing one is then noticed
+            with open(self.parts_dir / MANIFEST, "a") as f:
+                f.write(json.dumps({"seq": seq, "file": final.name, "rows": rows_n,
+                                    "recording": self.recording_id}) + "\n")
+        except OSError:
+            pass  # the part itself is complete and sealed; readers cope without its line
         return final
+
+    def unwrite_last_part(self) -> None:
+        """Parts mode: remove the newest part (and its manifest line), giving its room back;
+        its number is used again by the next part."""
+        if not self._part_no:
+            return
+        self._part_no -= 1
+        (self.parts_dir / part_name(self._part_no)).unlink(missing_ok=True)
+        manifest = self.parts_dir / MANIFEST
+        try:
+            keep = [ln for ln in manifest.read_text().splitlines(keepends=True)
+                    if f'"seq": {self._part_no},' not in ln]
+            manifest.write_text("".join(keep))
+        except OSError:
+            pass
 
     def close(self) -> Path:
         """Finish: one Parquet file at `path` with the final metadata.
@@ -251,17 +309,24 @@ class RecordingWriter:
         self.closed = True
         if self.parts:
             self.flush_part()
-            stitch_files(sorted(self.parts_dir.glob(PART_GLOB)), self.path,
-                         _arrow_schema_kv(self.metadata))
+            parts = [self.parts_dir / part_name(i) for i in range(self._part_no)]
+            stitch_files(parts, self.path, _arrow_schema_kv(self.metadata), drop_keys=[PART_KEY],
+                         seal=seal)
             shutil.rmtree(self.parts_dir)
             return self.path
-        self._flush_single()
-        if self._side:
-            _write_rows(self._open_single(), self._side, self.row_group_rows)
-            self._side.clear()
-        w = self._open_single()
-        w.add_key_value_metadata(_encode_meta(self.metadata))
-        w.close()
+        try:
+            self._flush_single()
+            if self._side:
+                _write_rows(self._open_single(), self._side, self.row_group_rows)
+                self._side.clear()
+            w = self._open_single()
+            w.add_key_value_metadata(_encode_meta(self.metadata))
+            w.close()
+            seal(self._tmp)
+        except BaseException:
+            if self._writer is not None:
+                self._tmp.unlink(missing_ok=True)
+            raise
         os.replace(self._tmp, self.path)
         return self.path
 
@@ -307,6 +372,7 @@ class Recording:
     files: list[Path]
     partial: bool = False  # a parts folder (recorder still running, or killed)
     _num_rows: int | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list)  # missing or stray parts (one line each)
 
     @functools.cached_property
     def meta(self) -> Metadata:
@@ -316,7 +382,7 @@ class Recording:
     @property
     def num_rows(self) -> int:
         if self._num_rows is None:
-            self._num_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+            self._num_rows = sum(open_parquet(f).metadata.num_rows for f in self.files)
         return self._num_rows
 
     @property
@@ -334,7 +400,7 @@ class Recording:
         out = []
         for f in self.files:
             try:
-                pf = pq.ParquetFile(f)
+                pf = open_parquet(f)
                 present = set(pf.schema_arrow.names)
                 cols = [c for c in want if c in present] or ["kind"]  # a column keeps the row count
                 if kinds is None:
@@ -356,11 +422,11 @@ def read_row_groups(path: Path, groups: list[int], columns: list[str]) -> pa.Tab
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> pa.Table:
-        return pq.ParquetFile(path).read_row_group(i, columns=columns, use_threads=False)
+        return open_parquet(path).read_row_group(i, columns=columns, use_threads=False)
 
     workers = min(len(groups), os.cpu_count() or 1)
     if workers <= 1:
-        return pq.ParquetFile(path).read_row_groups(groups, columns=columns, use_threads=True)
+        return open_parquet(path).read_row_groups(groups, columns=columns, use_threads=True)
     with ThreadPoolExecutor(workers) as ex:
         return pa.concat_tables(list(ex.map(one, groups)))
 
@@ -455,11 +521,28 @@ def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
 
 
+@dataclass
+class _File:
+    """One recording file as opened: its metadata, its part number (parts folders) and rows."""
+
+    path: Path
+    meta: dict[str, Any]
+    part: dict[str, Any] | None  # {"seq": N, "recording": ID}, None for single files / old parts
+    rows: int
+
+
 def _read_meta(f: Path) -> dict[str, Any]:
+    return _read_file(f).meta
+
+
+def _read_file(f: Path) -> _File:
     try:
         # the file's key-value metadata, not the Arrow schema's: a streaming writer adds the final
         # metadata at close, after the schema (with the metadata known at open) was serialised
-        kv = pq.ParquetFile(f).metadata.metadata or {}
+        pf = open_parquet(f)
+        md = pf.metadata
+        kv = md.metadata or {}
+        names = pf.schema_arrow.names
     except FileNotFoundError:
         raise RecordingError(f"{f}: no such file") from None
     except IsADirectoryError:
@@ -468,14 +551,95 @@ def _read_meta(f: Path) -> dict[str, Any]:
         raise RecordingError(f"{f}: permission denied") from None
     except (OSError, pa.ArrowException) as exc:
         raise RecordingError(f"{f}: not a recording (not a readable Parquet file: {_short(exc)})") from None
+    try:  # before anything in the footer is trusted: it is whole, or the file is refused
+        sealed = integrity.verify_footer(f, required=False)
+    except (IntegrityError, OSError) as exc:
+        raise RecordingError(f"{f}: damaged recording: {exc}") from None
     if METADATA_KEY not in kv:
         raise RecordingError(f"{f}: a Parquet file, but not a kmemleak-offline recording "
                              "(no 'kmemleak_offline' metadata)")
     try:
         meta = json.loads(kv[METADATA_KEY])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RecordingError(f"{f}: recording metadata is not valid JSON") from None
-    return validate_metadata(meta, f)
+    if isinstance(meta, dict) and isinstance(meta.get("format_version"), int) \
+            and meta["format_version"] > FORMAT_VERSION:
+        validate_metadata(meta, f)  # refused as newer, whatever else it holds
+    if isinstance(meta, dict) and integrity.claims(meta) and not sealed:
+        raise RecordingError(f"{f}: damaged recording: its footer checksum is missing")
+    meta = validate_metadata(meta, f)
+    if "kind" not in names:
+        raise RecordingError(f"{f}: a Parquet file with kmemleak-offline metadata but no 'kind' "
+                             "column: not a recording this version can read")
+    part = None
+    if PART_KEY in kv:
+        try:
+            part = json.loads(kv[PART_KEY])
+        except (ValueError, RecursionError):
+            part = None
+        if not (isinstance(part, dict) and isinstance(part.get("seq"), int)
+                and not isinstance(part.get("seq"), bool) and 0 <= part["seq"] < 1 << 31
+                and isinstance(part.get("recording"), str)):
+            raise RecordingError(f"{f}: its part number metadata is not valid")
+    return _File(f, meta, part, md.num_rows)
+
+
+def _read_manifest(folder: Path, rid: str) -> dict[int, dict[str, Any]]:
+    """seq -> the manifest line of each part of recording `rid` (torn or foreign lines skipped)."""
+    try:
+        text = (folder / MANIFEST).read_text(errors="replace")
+    except OSError:
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    for line in text.splitlines():
+        try:
+            e = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if (isinstance(e, dict) and e.get("recording") == rid and isinstance(e.get("seq"), int)
+                and isinstance(e.get("rows"), int)):
+            out[e["seq"]] = e
+    return out
+
+
+def _choose_parts(folder: Path, files: list[_File]) -> tuple[list[_File], list[str]]:
+    """The parts of one recording, in sequence order, and a warning per stray or missing part:
+    a copy (same part number twice), a part of another recording, a gap in the numbers or a part
+    the folder's manifest lists that is not there."""
+    numbered = [f for f in files if f.part is not None]
+    if not numbered:  # parts written before part numbers: by name, as before
+        return files, []
+    warnings: list[str] = []
+    by_id: dict[str, list[_File]] = {}
+    for f in numbered:
+        by_id.setdefault(f.part["recording"], []).append(f)
+    # this recording: the one most parts belong to (ties: the one with the newest part)
+    rid = max(by_id, key=lambda r: (len(by_id[r]), max(f.part["seq"] for f in by_id[r])))
+    for f in files:
+        if f.part is None or f.part["recording"] != rid:
+            warnings.append(f"warning: {f.path} is not a part of this recording (another "
+                            "recording's, or a copy): ignored")
+    by_seq: dict[int, list[_File]] = {}
+    for f in by_id[rid]:
+        by_seq.setdefault(f.part["seq"], []).append(f)
+    chosen = []
+    for seq in sorted(by_seq):
+        group = sorted(by_seq[seq], key=lambda f: (f.path.name != part_name(seq), f.path.name))
+        chosen.append(group[0])
+        warnings.extend(f"warning: {f.path} repeats part {seq} ({group[0].path.name}): ignored"
+                        for f in group[1:])
+    manifest = _read_manifest(folder, rid)
+    last = max([*by_seq, *manifest])
+    for seq in range(last + 1):
+        if seq not in by_seq:
+            warnings.append(f"warning: {folder}: part {seq} ({part_name(seq)}) is missing: its rows "
+                            "are not in this analysis")
+    for f in chosen:
+        e = manifest.get(f.part["seq"])
+        if e is not None and e["rows"] != f.rows:
+            warnings.append(f"warning: {f.path} holds {f.rows} rows; the folder's manifest says "
+                            f"{e['rows']}")
+    return chosen, warnings
 
 
 def validate_metadata(meta: Any, where: Path | str) -> dict[str, Any]:
@@ -518,18 +682,12 @@ def open_recording(path: str | os.PathLike) -> Recording:
     elif p.is_file() and parts.is_dir() and _newest_mtime(parts) > p.stat().st_mtime:
         p = parts  # a later run into the same name was killed: its parts, not the older file
     if p.is_dir():
-        files = sorted(p.glob(PART_GLOB))
-        if not files:
+        found = sorted(p.glob(PART_GLOB))
+        if not found:
             raise RecordingError(f"{p}: a folder with no recording parts ({PART_GLOB})")
-        meta = _read_meta(files[-1])
-        for f in files[:-1]:
-            _read_meta(f)
-        return Recording(path=p, metadata=meta, files=files, partial=True)
+        chosen, warnings = _choose_parts(p, [_read_file(f) for f in found])
+        return Recording(path=p, metadata=chosen[-1].meta, files=[f.path for f in chosen],
+                         partial=True, warnings=warnings)
     if not os.access(p, os.R_OK):
         raise RecordingError(f"{p}: permission denied")
-    meta = _read_meta(p)
-    try:
-        _ = pq.ParquetFile(p).metadata  # footer readable
-    except (OSError, pa.ArrowException) as exc:
-        raise RecordingError(f"{p}: truncated or corrupt recording ({_short(exc)})") from None
-    return Recording(path=p, metadata=meta, files=[p])
+    return Recording(path=p, metadata=_read_meta(p), files=[p])

@@ -215,11 +215,12 @@ def read_footer(path: str | os.PathLike) -> tuple[TStruct, int]:
 
 
 def stitch(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
-           kv_metadata: Mapping[bytes, bytes] | None = None, chunk: int = 1 << 22) -> int:
+           kv_metadata: Mapping[bytes, bytes] | None = None, chunk: int = 1 << 22,
+           drop_keys: Sequence[bytes] = ()) -> int:
     """Write `out` holding every row group of `parts` (same schema), in order; returns its row count.
 
     `kv_metadata` replaces values of the first part's key-value metadata (other keys, such as
-    ARROW:schema, are kept).
+    ARROW:schema, are kept); `drop_keys` are left out.
     """
     if not parts:
         raise StitchError("nothing to stitch")
@@ -266,7 +267,9 @@ def stitch(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
             elif f[0] == _FMD_ROW_GROUPS:
                 f[2] = TList(_STRUCT, row_groups)
         if kv_metadata:
-            _set_kv(fmd, kv_metadata)
+            set_kv(fmd, kv_metadata)
+        if drop_keys:
+            drop_kv(fmd, drop_keys)
         w = _Writer()
         w.struct(fmd)
         dst.write(w.out)
@@ -283,7 +286,21 @@ def _encoded(field: list | None) -> bytes:
     return bytes(w.out)
 
 
-def _set_kv(fmd: TStruct, kv: Mapping[bytes, bytes]) -> None:
+def encode(fmd: TStruct) -> bytes:
+    """A FileMetaData's Thrift compact encoding (a footer's bytes)."""
+    w = _Writer()
+    w.struct(fmd)
+    return bytes(w.out)
+
+
+def drop_kv(fmd: TStruct, keys: Sequence[bytes]) -> None:
+    """Remove these keys from a footer's key-value metadata."""
+    entry = _field(fmd, _FMD_KV)
+    if entry is not None:
+        entry[2].items[:] = [it for it in entry[2].items if _field(it, 1)[2] not in keys]
+
+
+def set_kv(fmd: TStruct, kv: Mapping[bytes, bytes]) -> None:
     """KeyValue structs are {1: key, 2: value}; replace or append ours, keep the rest."""
     entry = _field(fmd, _FMD_KV)
     if entry is None:
@@ -304,9 +321,17 @@ def _set_kv(fmd: TStruct, kv: Mapping[bytes, bytes]) -> None:
             items.append([[1, _BINARY, key], [2, _BINARY, value]])
 
 
-def stitch_files(parts: Sequence[Path], out: Path, kv_metadata: Mapping[bytes, bytes]) -> int:
-    """Stitch into a temporary name beside `out`, then rename: `out` is whole or absent."""
+def stitch_files(parts: Sequence[Path], out: Path, kv_metadata: Mapping[bytes, bytes],
+                 drop_keys: Sequence[bytes] = (), seal=None) -> int:
+    """Stitch into a temporary name beside `out` (then `seal(tmp)`), then rename: `out` is whole
+    or absent (a failure, e.g. a full disk, removes the temporary file)."""
     tmp = out.with_name(out.name + ".tmp")
-    rows = stitch(parts, tmp, kv_metadata)
+    try:
+        rows = stitch(parts, tmp, kv_metadata, drop_keys=drop_keys)
+        if seal is not None:
+            seal(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out)
     return rows
