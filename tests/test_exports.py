@@ -277,7 +277,8 @@ def test_export_bad_output_path_is_one_line(tmp_path, capsys):
         code, out, err = run(capsys, "analyze", sample, "--format", fmt,
                              "-o", tmp_path / "missing" / "x")
         assert code == 2 and out == ""
-        assert err == f"kmemleak-offline: -o {tmp_path / 'missing' / 'x'}: No such file or directory\n"
+        assert err == (f"kmemleak-offline: -o {tmp_path / 'missing' / 'x'}: cannot write the report "
+                       "there (No such file or directory)\n")
 
 
 def test_pprof_without_protobuf_says_what_to_install(tmp_path):
