@@ -24,7 +24,7 @@ RECORDING_COLUMNS = [
     ("lost", pa.int64()), ("start_ns", pa.uint64()), ("stop_ns", pa.uint64()),
     ("duration_s", pa.float64()), ("chains", pa.int64()), ("leaked_bytes", pa.int64()),
     ("leaked_objects", pa.int64()), ("producer", pa.string()), ("analyser_version", pa.string()),
-    ("seconds", pa.float64()), ("warnings", pa.list_(pa.string())), ("error", pa.string()),
+    ("seconds", pa.float64()), ("worker", pa.string()), ("warnings", pa.list_(pa.string())), ("error", pa.string()),
 ]
 
 # per (chain, recording): the unit hosts, recordings and trends are counted in

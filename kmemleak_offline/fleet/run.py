@@ -33,24 +33,25 @@ def local(sources: list[Source], jobs: int | None) -> Iterator[Summary]:
             yield summary
 
 
-def dask(sources: list[Source], address: str, connect_timeout: float = 20.0) -> Iterator[Summary]:
+def dask(sources: list[Source], address: str) -> Iterator[Summary]:
     """The same tasks on an existing Dask distributed cluster. Its workers need
     kmemleak-offline installed, and must be able to open every path given (a shared
-    filesystem) or URL (their own credentials)."""
+    filesystem) or URL (their own credentials). How long to try connecting is Dask's
+    `distributed.comm.timeouts.connect` (env DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT)."""
     try:
         from distributed import Client, as_completed
     except ImportError as exc:
         raise FleetError("--scheduler needs Dask's distributed scheduler: pip install "
                          f"'kmemleak-offline[fleet]' ({exc})") from None
     try:
-        client = Client(address, timeout=connect_timeout, set_as_default=False)
+        client = Client(address, set_as_default=False)
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
         raise FleetError(f"--scheduler {address}: cannot connect ({exc})") from None
     try:
         futures = client.map(summarise, range(len(sources)), [s.label for s in sources],
                              [s.path for s in sources], [s.remote for s in sources], pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             i = index[fut.key]
             try:
                 yield fut.result()

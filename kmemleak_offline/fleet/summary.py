@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ def summarise(index: int, label: str, path: str, remote: bool = False,
         sink = io.BytesIO()
         pq.write_table(table, sink, compression="zstd")
         info["seconds"] = round(time.perf_counter() - t0, 3)
+        info["worker"] = f"{socket.gethostname()}:{os.getpid()}"
         return Summary(index, label, info, sink.getvalue())
     except Exception as exc:  # noqa: BLE001 - one unreadable recording must not stop the fleet
         from ..format.recording import RecordingError
