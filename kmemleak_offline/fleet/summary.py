@@ -145,6 +145,11 @@ def _summarise(label: str, path: str) -> tuple[dict[str, Any], pa.Table]:
     return info, table
 
 
+def _pids_of(ukey: np.ndarray) -> list[int]:
+    """The naming pid of each key (its low 32 bits, signed again)."""
+    return (ukey & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64).tolist()
+
+
 def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
            leaked_bytes: bool) -> pa.Table:
     """Every report's leaked (selected) allocations per (chain, comm): bytes, objects, first and
@@ -155,6 +160,8 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
     stacks_of: list[list[Frame]] = []
     trend_of: dict[int, tuple[int, int, Any]] = {}  # chain index -> (report, group bytes, Trend)
     parts: list[pd.DataFrame] = []
+    text_of: dict[int, str] = {}  # id(frames list) -> chain text
+    keep: list[list[Frame]] = []  # ... those lists, alive while their ids are keys
     st = a.stream
     for ri, r in enumerate(a.reports):
         pos = r.positions[r.selected]
@@ -172,13 +179,20 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
             name_pid = gp[o][np.searchsorted(gs[o], sid)]
         else:
             name_pid = pid
-        pairs, inv = np.unique(np.stack([sid, name_pid], axis=1), axis=0, return_inverse=True)
-        idx = np.empty(len(pairs), np.int64)
-        for k, (s, p) in enumerate(pairs.tolist()):
+        # one int64 per (stack id, naming pid): stack ids are u32 (-1: none), pids i32
+        key = ((sid + 1) << 32) | (name_pid & 0xFFFFFFFF)
+        ukey, inv = np.unique(key, return_inverse=True)
+        idx = np.empty(len(ukey), np.int64)
+        for k, (s, p) in enumerate(zip(((ukey >> 32) - 1).tolist(), _pids_of(ukey), strict=True)):
             ci = chain_of.get((s, p))
             if ci is None:
                 frames = stacks.frames(s, p, r.time_ns) if s >= 0 else []
-                text = chain_text(frames)
+                # the resolver hands out one list per distinct chain (kernel-only chains are the
+                # same for every process): name each list once
+                text = text_of.get(id(frames))
+                if text is None:
+                    text = text_of[id(frames)] = chain_text(frames)
+                    keep.append(frames)
                 ci = index_of_text.get(text)
                 if ci is None:
                     ci = index_of_text[text] = len(texts)
@@ -217,8 +231,15 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
     cls = [trends[c].cls if trends[c] is not None else None for c in ch.tolist()]
     slope = [trends[c].slope_bytes_per_s if trends[c] is not None else None for c in ch.tolist()]
     conf = [trends[c].confidence if trends[c] is not None else None for c in ch.tolist()]
-    frames = [[{"addr": f.addr, "symbol": f.symbol, "offset": f.offset, "dso": f.dso,
-                "context": f.context} for f in fr] for fr in stacks_of]
+    flat = [f for fr in stacks_of for f in fr]
+    frames = pa.ListArray.from_arrays(
+        pa.array(np.r_[0, np.cumsum([len(fr) for fr in stacks_of])].astype(np.int32)),
+        pa.StructArray.from_arrays(
+            [pa.array([f.addr for f in flat], pa.uint64()),
+             pa.array([f.symbol for f in flat], pa.string()),
+             pa.array([f.offset for f in flat], pa.uint64()),
+             pa.array([f.dso for f in flat], pa.string()),
+             pa.array([f.context for f in flat], pa.string())], fields=list(FRAME)))
     ids = [chain_id(x) for x in texts]
     return pa.table({
         "recording": pa.array([label] * n, pa.string()),
@@ -227,7 +248,7 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
         "comm": pa.array(agg["comm"].astype(str).tolist(), pa.string()),
         "chain_id": pa.array([ids[c] for c in ch.tolist()], pa.string()),
         "chain": pa.array([texts[c] for c in ch.tolist()], pa.string()),
-        "stack": pa.array([frames[c] for c in ch.tolist()], pa.list_(FRAME)),
+        "stack": frames.take(pa.array(ch)),
         "bytes": pa.array(agg["bytes"].to_numpy(np.int64)),
         "objects": pa.array(agg["objects"].to_numpy(np.int64)),
         "first_ns": pa.array(first), "last_ns": pa.array(last),
