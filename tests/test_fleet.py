@@ -329,6 +329,7 @@ def test_fleet_bad_arguments_are_one_line(fleet_dir, capsys, tmp_path):
         ([good, "--summaries", str(tmp_path / "full")], "not an empty directory"),
         ([good, "--top", "0"], "--top must be at least 1"),
         (["nosuchproto://bucket/x.parquet"], "nosuchproto"),
+        ([good, "-o", str(tmp_path / "no" / "such" / "dir.json")], "no such directory"),
     ]
     for args, words in cases:
         line = _one_line(*run(capsys, "fleet", *args))

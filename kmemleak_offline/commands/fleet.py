@@ -40,6 +40,8 @@ def fleet(
     if summaries is not None and summaries.exists() and (
             not summaries.is_dir() or any(summaries.iterdir())):
         fail(f"--summaries {summaries}: exists and is not an empty directory")
+    if output is not None and not (output.parent if str(output.parent) else Path(".")).is_dir():
+        fail(f"-o {output}: no such directory {output.parent}")
     try:  # checked before any work
         import duckdb  # noqa: F401
     except ImportError as exc:
@@ -61,7 +63,10 @@ def fleet(
             con.close()
     except FleetError as exc:
         fail(str(exc))
-    out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
+    try:
+        out = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        fail(f"-o {output}: {exc.strerror}")
     with reader_may_leave():
         try:
             if fmt == "json":
