@@ -150,18 +150,65 @@ def _pids_of(ukey: np.ndarray) -> list[int]:
     return (ukey & 0xFFFFFFFF).astype(np.uint32).view(np.int32).astype(np.int64).tolist()
 
 
+class _Chains:
+    """The distinct symbolised chains of one recording, numbered as first seen, with the trend
+    each was last given."""
+
+    def __init__(self, stacks: StackResolver) -> None:
+        self.stacks = stacks
+        self.of: dict[tuple[int, int], int] = {}  # (stack id, naming pid) -> chain index
+        self.texts: list[str] = []
+        self.frames: list[list[Frame]] = []
+        self.trends: dict[int, tuple[int, int, Any]] = {}  # index -> (report, group bytes, Trend)
+        self._index_of_text: dict[str, int] = {}
+        self._text_of: dict[int, str] = {}  # id(frames list) -> chain text
+        self._alive: list[list[Frame]] = []  # ... those lists, alive while their ids are keys
+
+    def index(self, sid: int, pid: int, time: int) -> int:
+        ci = self.of.get((sid, pid))
+        if ci is not None:
+            return ci
+        frames = self.stacks.frames(sid, pid, time) if sid >= 0 else []
+        # the resolver hands out one list per distinct chain (a kernel-only chain is the same
+        # list for every process): name each list once
+        text = self._text_of.get(id(frames))
+        if text is None:
+            text = self._text_of[id(frames)] = chain_text(frames)
+            self._alive.append(frames)
+        ci = self._index_of_text.get(text)
+        if ci is None:
+            ci = self._index_of_text[text] = len(self.texts)
+            self.texts.append(text)
+            self.frames.append(frames)
+        self.of[(sid, pid)] = ci
+        return ci
+
+    def note_trends(self, report_no: int, groups) -> None:
+        """Later reports win; within one report, the chain's biggest group."""
+        for g in groups:
+            ci = self.of[(g.stack_id, g.user_pid)]
+            prev = self.trends.get(ci)
+            if prev is None or prev[0] < report_no or g.bytes > prev[1]:
+                self.trends[ci] = (report_no, g.bytes, g.trend)
+
+    def stack_column(self) -> pa.ListArray:
+        flat = [f for fr in self.frames for f in fr]
+        return pa.ListArray.from_arrays(
+            pa.array(np.r_[0, np.cumsum([len(fr) for fr in self.frames])].astype(np.int32)),
+            pa.StructArray.from_arrays(
+                [pa.array([f.addr for f in flat], pa.uint64()),
+                 pa.array([f.symbol for f in flat], pa.string()),
+                 pa.array([f.offset for f in flat], pa.uint64()),
+                 pa.array([f.dso for f in flat], pa.string()),
+                 pa.array([f.context for f in flat], pa.string())], fields=list(FRAME)))
+
+
 def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
            leaked_bytes: bool) -> pa.Table:
     """Every report's leaked (selected) allocations per (chain, comm): bytes, objects, first and
     last allocation time; the chain's trend from the latest report holding it."""
-    chain_of: dict[tuple[int, int], int] = {}  # (stack id, naming pid) -> chain index
-    texts: list[str] = []
-    index_of_text: dict[str, int] = {}
-    stacks_of: list[list[Frame]] = []
-    trend_of: dict[int, tuple[int, int, Any]] = {}  # chain index -> (report, group bytes, Trend)
+    chains = _Chains(stacks)
     parts: list[pd.DataFrame] = []
-    text_of: dict[int, str] = {}  # id(frames list) -> chain text
-    keep: list[list[Frame]] = []  # ... those lists, alive while their ids are keys
     st = a.stream
     for ri, r in enumerate(a.reports):
         pos = r.positions[r.selected]
@@ -180,32 +227,11 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
         else:
             name_pid = pid
         # one int64 per (stack id, naming pid): stack ids are u32 (-1: none), pids i32
-        key = ((sid + 1) << 32) | (name_pid & 0xFFFFFFFF)
-        ukey, inv = np.unique(key, return_inverse=True)
-        idx = np.empty(len(ukey), np.int64)
-        for k, (s, p) in enumerate(zip(((ukey >> 32) - 1).tolist(), _pids_of(ukey), strict=True)):
-            ci = chain_of.get((s, p))
-            if ci is None:
-                frames = stacks.frames(s, p, r.time_ns) if s >= 0 else []
-                # the resolver hands out one list per distinct chain (kernel-only chains are the
-                # same for every process): name each list once
-                text = text_of.get(id(frames))
-                if text is None:
-                    text = text_of[id(frames)] = chain_text(frames)
-                    keep.append(frames)
-                ci = index_of_text.get(text)
-                if ci is None:
-                    ci = index_of_text[text] = len(texts)
-                    texts.append(text)
-                    stacks_of.append(frames)
-                chain_of[(s, p)] = ci
-            idx[k] = ci
-        if leaked_bytes:  # later reports win; within one, the chain's biggest group
-            for g in r.groups:
-                ci = chain_of[(g.stack_id, g.user_pid)]
-                prev = trend_of.get(ci)
-                if prev is None or prev[0] < ri or g.bytes > prev[1]:
-                    trend_of[ci] = (ri, g.bytes, g.trend)
+        ukey, inv = np.unique(((sid + 1) << 32) | (name_pid & 0xFFFFFFFF), return_inverse=True)
+        idx = np.array([chains.index(s, p, r.time_ns) for s, p in
+                        zip(((ukey >> 32) - 1).tolist(), _pids_of(ukey), strict=True)], np.int64)
+        if leaked_bytes:
+            chains.note_trends(ri, r.groups)
         parts.append(pd.DataFrame({"chain": idx[inv.reshape(-1)], "comm": a.comms.comm(pid, t),
                                    "bytes": size, "time": t}))
     if not parts:
@@ -226,29 +252,20 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
         w = tns.astype(np.int64) - np.int64(meta.anchor_perf_ns) + np.int64(meta.anchor_realtime_ns)
         return pa.array(w, pa.timestamp("ns", tz="UTC"))
 
-    trends = [trend_of.get(c, (0, 0, None))[2] for c in range(len(texts))]
+    trends = [chains.trends.get(c, (0, 0, None))[2] for c in range(len(chains.texts))]
     n = len(agg)
     cls = [trends[c].cls if trends[c] is not None else None for c in ch.tolist()]
     slope = [trends[c].slope_bytes_per_s if trends[c] is not None else None for c in ch.tolist()]
     conf = [trends[c].confidence if trends[c] is not None else None for c in ch.tolist()]
-    flat = [f for fr in stacks_of for f in fr]
-    frames = pa.ListArray.from_arrays(
-        pa.array(np.r_[0, np.cumsum([len(fr) for fr in stacks_of])].astype(np.int32)),
-        pa.StructArray.from_arrays(
-            [pa.array([f.addr for f in flat], pa.uint64()),
-             pa.array([f.symbol for f in flat], pa.string()),
-             pa.array([f.offset for f in flat], pa.uint64()),
-             pa.array([f.dso for f in flat], pa.string()),
-             pa.array([f.context for f in flat], pa.string())], fields=list(FRAME)))
-    ids = [chain_id(x) for x in texts]
+    ids = [chain_id(x) for x in chains.texts]
     return pa.table({
         "recording": pa.array([label] * n, pa.string()),
         "host": pa.array([hostname] * n, pa.string()),
         "kernel": pa.array([kernel] * n, pa.string()),
         "comm": pa.array(agg["comm"].astype(str).tolist(), pa.string()),
         "chain_id": pa.array([ids[c] for c in ch.tolist()], pa.string()),
-        "chain": pa.array([texts[c] for c in ch.tolist()], pa.string()),
-        "stack": frames.take(pa.array(ch)),
+        "chain": pa.array([chains.texts[c] for c in ch.tolist()], pa.string()),
+        "stack": chains.stack_column().take(pa.array(ch)),
         "bytes": pa.array(agg["bytes"].to_numpy(np.int64)),
         "objects": pa.array(agg["objects"].to_numpy(np.int64)),
         "first_ns": pa.array(first), "last_ns": pa.array(last),
