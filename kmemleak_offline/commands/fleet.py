@@ -13,7 +13,7 @@ from .common import fail, reader_may_leave
 
 
 def fleet(
-    recordings: Annotated[list[str], typer.Argument(metavar="REC...", help="recordings, folders of them, globs, or fsspec URLs (s3://...)")],
+    recordings: Annotated[list[str], typer.Argument(metavar="REC", help="recordings, folders of them, globs, or fsspec URLs (s3://...)")],
     fmt: Annotated[str, typer.Option("--format", metavar="text|json", help="output format")] = "text",
     output: Annotated[Path | None, typer.Option("-o", "--output", metavar="FILE", help="write the report here")] = None,
     jobs: Annotated[int | None, typer.Option("-j", "--jobs", metavar="N", help="local worker processes (default: all cores)")] = None,
