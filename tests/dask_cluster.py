@@ -3,7 +3,10 @@
 
 The scheduler picks a free port itself (--port 0) and writes its address to a scheduler file;
 workers are waited for by asking the scheduler (Client.wait_for_workers), not by sleeping.
-Every process is started in a session of its own and ended by its process group id.
+Every process is started in a process group of its own (ended by its group id) but in the
+caller's session: with the kernel's autogroup scheduling (sched_autogroup_enabled), a session of
+its own would give each worker a CPU share of its own on a shared machine, and make a benchmark
+against local processes unfair.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def _env() -> dict[str, str]:
 def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     with open(log, "wb") as f:
         return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=str(log.parent), start_new_session=True)
+                                env=env, cwd=str(log.parent), process_group=0)
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
