@@ -224,7 +224,8 @@ def build(path: Path, n_events: int, seed: int = 1) -> dict[str, Any]:
 
 
 def build_live(path: Path, n_events: int, live: int = LIVE, seed: int = 1,
-               segment_events: int = SEGMENT_NS // STEP_NS) -> dict[str, Any]:
+               segment_events: int = SEGMENT_NS // STEP_NS, host: dict[str, Any] | None = None,
+               symbol_seed: int | None = None) -> dict[str, Any]:
     """Write the fixed-live-set recording segment by segment; returns what was generated.
 
     Model, per block of M events (a quarter of the live set, at most a segment; event i at
@@ -236,15 +237,20 @@ def build_live(path: Path, n_events: int, live: int = LIVE, seed: int = 1,
     or slab cache), so a freed pointer comes back with the same kind; slots are picked at random
     among the free ones, so pointers are reused after free. Frees run on the allocating CPU's
     sibling 40% of the time.
+
+    `host` adds metadata host keys (hostname, kernel_release); `symbol_seed` draws the kernel
+    symbols and call chains from a seed of their own (recordings of one kernel share them), the
+    events from `seed`.
     """
     rng = np.random.default_rng(seed)
     live = max(0, int(live))
     s = RecordingStream(path, ALLOC, FREE, start_ns=T0, stop_ns=T0 + n_events * STEP_NS + STEP_NS,
-                        host={"ncpus": 2}, row_group_rows=segment_events)
-    addrs, names = kernel_symbols(50_000, seed)
+                        host={"ncpus": 2, **(host or {})}, row_group_rows=segment_events)
+    sym_rng = rng if symbol_seed is None else np.random.default_rng(symbol_seed)
+    addrs, names = kernel_symbols(50_000, seed if symbol_seed is None else symbol_seed)
     s.add_ksyms(addrs, names)
-    km_stacks = np.asarray(s.add_stacks(_stacks(rng, addrs, names, 600, ["__kmalloc_noprof", "__kmalloc_cache_noprof"])))
-    kc_stacks = np.asarray(s.add_stacks(_stacks(rng, addrs, names, 400, ["kmem_cache_alloc_noprof"])))
+    km_stacks = np.asarray(s.add_stacks(_stacks(sym_rng, addrs, names, 600, ["__kmalloc_noprof", "__kmalloc_cache_noprof"])))
+    kc_stacks = np.asarray(s.add_stacks(_stacks(sym_rng, addrs, names, 400, ["kmem_cache_alloc_noprof"])))
     chains = s.stacks
     call_site = np.array([chains[i][2] for i in range(len(chains))], np.uint64)
     cache_names = np.array([c for c, _ in CACHES], dtype="S")

@@ -21,6 +21,7 @@ from . import __version__
 from .commands.analyze import analyze
 from .commands.common import CommandError, silence_stdout
 from .commands.diff import diff
+from .commands.fleet import fleet
 from .commands.import_ import import_
 from .commands.info import info
 from .format.text import printable
@@ -60,6 +61,7 @@ def _top(version: Annotated[bool, typer.Option("--version", callback=_version, i
 # short help: the one line `kmemleak-offline --help` shows per command (never cut off)
 app.command("analyze", short_help="Find the leaks in a recording (perf-prof's report).")(analyze)
 app.command("diff", short_help="Compare two runs: chains that grew, appeared, went.")(diff)
+app.command("fleet", short_help="Many hosts' recordings: leaks per call chain across them.")(fleet)
 app.command("info", short_help="Summarise a recording.")(info)
 app.command("record", short_help="Record alloc/free events on this machine (root).",
             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(record)

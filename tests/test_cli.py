@@ -19,7 +19,7 @@ def test_top_level_help_lists_every_command_uncut():
                           "sys.exit(main(['--help']))")], capture_output=True, text=True,
                          env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"}, check=True).stdout
     listed = out.split("Commands:")[1].strip().splitlines()
-    assert [line.split()[0] for line in listed] == ["analyze", "diff", "info", "record", "import"]
+    assert [line.split()[0] for line in listed] == ["analyze", "diff", "fleet", "info", "record", "import"]
     assert not any(line.rstrip().endswith("...") for line in listed), listed
 
 
@@ -28,3 +28,5 @@ def test_usage_names_arguments_plainly(capsys):
     assert "Usage: kmemleak-offline analyze [OPTIONS] RECORDING\n" in capsys.readouterr().out
     main(["diff", "--help"])
     assert "[OPTIONS] BASE NEW\n" in capsys.readouterr().out
+    main(["fleet", "--help"])
+    assert "Usage: kmemleak-offline fleet [OPTIONS] REC...\n" in capsys.readouterr().out
