@@ -31,7 +31,9 @@ def captures(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("zt")
     prog = d / "holder.py"
     prog.write_text(HOLDER.replace("{n}", str(N_PIPES)))
-    out = {}
+    snap = d / "target-kallsyms"  # as if imported on another machine: symbols from the target's copy
+    snap.write_bytes(Path("/proc/kallsyms").read_bytes())
+    out = {"kallsyms": snap}
     for mode, opts in MODES.items():
         data, pidfile = d / f"{mode}.data", d / f"{mode}.pid"
         try:
@@ -72,7 +74,7 @@ def test_mode_imports_like_perf_script(captures, mode: str, tmp_path: Path, caps
     if "threads" in mode:
         assert data.is_dir() and list(data.glob("data.*"))
     out = tmp_path / "r.parquet"
-    assert main(["import", str(data), "-o", str(out)]) == 0
+    assert main(["import", str(data), "-o", str(out), "--kallsyms", str(captures["kallsyms"])]) == 0
     lines = _script(data, "event,time,trace")
     want = collections.Counter(re.search(r"(kmem:\w+):", ln).group(1) for ln in lines)
     rec = open_recording(out)
