@@ -72,7 +72,8 @@ _SIGINT_SEEN = [False]
 
 
 def _on_sigint(signum: int, frame: object) -> None:
-    """Python's Ctrl-C, remembered: typer turns a KeyboardInterrupt into a silent status 130."""
+    """Python's Ctrl-C, remembered: inside an import or a class body it surfaces as another
+    exception, which is then not an internal error."""
     _SIGINT_SEEN[0] = True
     raise KeyboardInterrupt
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
-    if rc == 130 and _SIGINT_SEEN[0] and not _SAID[0]:
+    if rc == 130 and not _SAID[0]:  # typer turns a KeyboardInterrupt into a silent status 130
         _interrupted(argv)
     return rc
 
@@ -118,6 +119,7 @@ def _main(argv: list[str] | None) -> int:
         sys.stderr.write(printable(f"kmemleak-offline: {exc.format_message()}{where}") + "\n")
         return 2
     except typer.Abort:
+        _SAID[0] = True
         sys.stderr.write("kmemleak-offline: aborted\n")
         return 130
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly

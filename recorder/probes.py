@@ -287,7 +287,9 @@ class CreatedEvent:
     format: str
 
 
-GUARD_EBUSY_S = 10.0  # how long a guard retries a probe a closing perf fd still holds
+# How long a probe a closed perf event still holds is retried: the kernel releases a uprobe's perf
+# events asynchronously; on the project VM under load that took up to 2.7 s (bench/soak.py).
+EBUSY_S = 10.0
 
 
 def _remove_lines(root: str, defs: Sequence[ProbeDef], ebusy_s: float) -> list[str]:
@@ -358,7 +360,7 @@ def _guard(owner: int, r: int, root: str, defs: list[ProbeDef]) -> None:  # prag
                 break  # EOF: every writer is gone
             if pidfd in fds:
                 break
-    for msg in _remove_lines(root, defs, GUARD_EBUSY_S):
+    for msg in _remove_lines(root, defs, EBUSY_S):
         os.write(2, f"kmemleak-offline record: could not remove uprobe {msg}\n".encode())
 
 
@@ -415,7 +417,7 @@ class UprobeSet:
             self._remove_all()
 
     def _remove_all(self) -> None:
-        errors = _remove_lines(self.root, self._defined, 1.0)
+        errors = _remove_lines(self.root, self._defined, EBUSY_S)
         self._defined.clear()
         self.created.clear()
         if self._atexit:

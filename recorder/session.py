@@ -44,8 +44,6 @@ from recorder.spool import DISK_FULL, DiskFull, SpooledRecording, make_reserve
 PRODUCER = f"kmemleak-offline {__version__} record"
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 FLUSH_EVERY_S = 1.0
 POLL_MAX_S = 0.1  # longest poll(): bounds stop latency; 10 idle wake-ups/s cost nothing
 DRAIN_FIFO_PRIORITY = 10  # SCHED_FIFO for the drain loop only; KMEMLEAK_RECORD_FIFO=0 turns it off
@@ -102,6 +100,7 @@ class Session:
         self.uprobes: UprobeSet | None = None
         self.probe_defs: list[ProbeDef] = []
         self.disk_full = False
+        self._early_signal = ""  # SIGINT/SIGTERM seen during set-up
 
     # ---------------------------------------------------------------- setup
     def prepare(self) -> None:
@@ -470,20 +469,34 @@ class Session:
     def run(self) -> int:
         """Record until stopped; returns the exit status for the command.
 
-        SIGTERM before the record loop raises KeyboardInterrupt, so uprobes are removed then too.
+        SIGINT/SIGTERM during set-up are only noted, and acted on between steps (KeyboardInterrupt
+        naming the signal; the clean-up then closes every fd and removes the uprobes): an
+        exception raised wherever the signal lands could orphan a perf fd just opened, or be
+        swallowed by a finaliser (the recording then went on as if nothing had happened).
         """
         main = threading.current_thread() is threading.main_thread()
-        old_term = signal.signal(signal.SIGTERM, _interrupt) if main else None
+        old = {s: signal.signal(s, self._early) for s in (signal.SIGINT, signal.SIGTERM)} \
+            if main else {}
         try:
             self.prepare()
+            self._check_early()
             self.open_events()
+            self._check_early()
             return self._record()
         finally:
             try:
                 self._cleanup()
             finally:
-                if main:
-                    signal.signal(signal.SIGTERM, old_term)
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+    def _early(self, signum: int, _frame: object) -> None:
+        if not self._early_signal:
+            self._early_signal = signal.Signals(signum).name
+
+    def _check_early(self) -> None:
+        if self._early_signal:
+            raise KeyboardInterrupt(self._early_signal)
 
     def _record(self) -> int:
         cfg = self.cfg
@@ -493,6 +506,7 @@ class Session:
         ksyms = procfs.kallsyms()
         for pid in self.traced_pids:
             procfs.initial_maps(pid, 0)
+        self._check_early()
         self._keep_old_outputs()
         start = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # provisional: set again at enable
         meta = self._metadata()
@@ -500,6 +514,9 @@ class Session:
         self.writer = RecordingWriter(cfg.output, meta, parts=True)
         old = {s: signal.signal(s, self._on_signal)
                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+        if self._early_signal:  # between the last check and the handlers: stop at once
+            self.stop_reason = self._early_signal
+            self.stop.set()
         try:
             self._start_parts(ksyms)
             del ksyms

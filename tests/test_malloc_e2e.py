@@ -352,6 +352,35 @@ def test_sigkill_of_the_recorder_removes_its_probes(tmp_path) -> None:
     assert r.partial and r.metadata["stopped"] == "recorder killed"
 
 
+@pytest.mark.parametrize("wait_s", [0.0, 0.05, 0.2])
+def test_sigint_during_setup_always_ends_the_run_in_one_line(tmp_path, wait_s) -> None:
+    """Ctrl-C a moment after the probes exist (set-up goes on: perf fds, the fork, kallsyms):
+    the run ends, says so in one line, exit 130, leaves no output and no probe. (A signal acted
+    on wherever it landed was once swallowed by a finaliser, and the recording went on.)"""
+    out = tmp_path / "int.parquet"
+    rec = subprocess.Popen(CLI + ["record", "--malloc", "-g", "-o", str(out), "--", "sleep", "30"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 60
+        while not probes_of(rec.pid):
+            assert rec.poll() is None and time.monotonic() < end
+            time.sleep(0.001)
+        time.sleep(wait_s)
+        rec.send_signal(signal.SIGINT)
+        _, err = rec.communicate(timeout=60)
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+    assert probes_of(rec.pid) == []
+    if out.exists() or Path(str(out) + ".parts").exists():  # set-up was over: a stopped recording
+        assert rec.returncode == 0, err
+        assert open_recording(out).metadata["stopped"] == "SIGINT"
+        return
+    assert rec.returncode == 130, err
+    assert err.strip() == "kmemleak-offline record: interrupted before recording started"
+
+
 def test_sigkill_before_the_converter_exists_removes_the_probes(tmp_path) -> None:
     """Killed the moment its probes exist (no converter yet, no parts folder): a guard process
     the recorder forked before writing the first probe removes them."""
