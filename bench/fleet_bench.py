@@ -7,7 +7,8 @@ single-threaded workers (real `dask scheduler` / `dask worker` processes, tests/
 runs interleaved. Peak memory is summed over whole process trees, polled every 50 ms
 (bench/_common.py): for local runs the command and its workers; for Dask runs the command, the
 scheduler and the workers (their resident memory before the run included: they are long-lived).
-Prints the machine, every run, and the spread.
+Prints the machine, every run (with the load average before it), and the spread. The cluster's
+processes run in this command's session (tests/dask_cluster.py says why: autogroup scheduling).
 
     python3 bench/fleet_bench.py --dir /tmp/kmlo-fleet --recordings 50 --events 1000000 --repeat 3
 """
@@ -145,6 +146,7 @@ def main() -> int:
                     extra = (["-j", str(args.jobs)] if kind == "local"
                              else ["--scheduler", cluster.address])
                     cmd = fleet_cmd(folder, out, summ, *extra)
+                    load = os.getloadavg()[0]
                     if kind == "dask":
                         pids = [p.pid for p in cluster.procs]
                         idle = cluster_rss(pids)
@@ -176,7 +178,7 @@ def main() -> int:
                           + (f" (cluster idle before: {gb(box['cluster_idle_rss'])} GB)"
                              if kind == "dask" else "")
                           + f"; {len(doc['sites'])} sites, {len(doc['recordings'])} recordings, "
-                          f"{workers} worker processes", flush=True)
+                          f"{workers} worker processes; load average before {load:.2f}", flush=True)
         finally:
             if cluster_cm is not None:
                 cluster_cm.__exit__(None, None, None)

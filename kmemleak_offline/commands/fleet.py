@@ -51,7 +51,8 @@ def fleet(
         made = run.dask(found, scheduler) if scheduler else run.local(found, jobs)
         with tempfile.TemporaryDirectory(prefix="kmlo-fleet-") as tmp:
             folder = summaries if summaries is not None else Path(tmp)
-            (folder / "sites").mkdir(parents=True, exist_ok=True)
+            for sub in ("sites", "stacks"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
             rows = _collect(made, found, folder)
             if not any(r["error"] is None for r in rows):
                 first = next(r for r in rows if r["error"] is not None)
@@ -92,7 +93,8 @@ def _collect(made, found, folder: Path) -> list[dict]:
         if s.error is not None:
             sys.stderr.write(f"kmemleak-offline: warning: {s.label}: {s.error}; skipped\n")
         else:
-            (folder / "sites" / f"{s.index:05d}.parquet").write_bytes(s.parquet)
+            (folder / "sites" / f"{s.index:05d}.parquet").write_bytes(s.sites)
+            (folder / "stacks" / f"{s.index:05d}.parquet").write_bytes(s.stacks)
             for msg in s.info.get("warnings") or []:
                 sys.stderr.write(f"kmemleak-offline: {s.label}: {msg}\n")
         rows[s.index] = row

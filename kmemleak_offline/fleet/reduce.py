@@ -1,6 +1,7 @@
 """The fleet's reduce: DuckDB queries over the per-recording summaries (summary.py) in a folder.
 
     DIR/sites/NNNNN.parquet   one per analysed recording: a row per (call chain, comm)
+    DIR/stacks/NNNNN.parquet  ... a row per call chain: its frames with that recording's addresses
     DIR/recordings.parquet    one row per recording (analysed or skipped, with the reason)
 
 The same files are what `fleet --summaries DIR` keeps for users to query (docs/fleet.md); the
@@ -27,11 +28,12 @@ RECORDING_COLUMNS = [
     ("seconds", pa.float64()), ("worker", pa.string()), ("warnings", pa.list_(pa.string())), ("error", pa.string()),
 ]
 
-# per (chain, recording): the unit hosts, recordings and trends are counted in
+# per (chain, recording): the unit hosts, recordings and trends are counted in (a table: the
+# queries below read it three times; frames and chain text stay out, they are fetched once per
+# site)
 PER_RECORDING = """
-CREATE OR REPLACE TEMP VIEW per_rec AS
+CREATE OR REPLACE TEMP TABLE per_rec AS
 SELECT chain_id, recording, any_value(host) AS host, any_value(kernel) AS kernel,
-       any_value(chain) AS chain, any_value(stack) AS stack,
        sum(bytes)::BIGINT AS bytes, sum(objects)::BIGINT AS objects,
        any_value(trend) AS trend, any_value(slope_bytes_per_s) AS slope_bytes_per_s
 FROM sites GROUP BY chain_id, recording
@@ -40,8 +42,7 @@ FROM sites GROUP BY chain_id, recording
 SITES = """
 WITH
 top AS (
-  SELECT chain_id, any_value(chain) AS chain,
-         first(stack ORDER BY bytes DESC, objects DESC, recording) AS stack,
+  SELECT chain_id, first(recording ORDER BY bytes DESC, objects DESC, recording) AS shown,
          count(DISTINCT host)::BIGINT AS hosts, count(*)::BIGINT AS recordings,
          sum(bytes)::BIGINT AS bytes, sum(objects)::BIGINT AS objects,
          count(*) FILTER (WHERE trend = 'growing')::BIGINT AS growing,
@@ -49,6 +50,11 @@ top AS (
          count(*) FILTER (WHERE trend = 'insufficient')::BIGINT AS insufficient,
          max(slope_bytes_per_s) FILTER (WHERE trend = 'growing') AS max_slope
   FROM per_rec GROUP BY chain_id),
+frames AS (  -- the chain as the recording with the most bytes on it saw it
+  SELECT s.chain_id, s.stack
+  FROM stacks s JOIN top t ON s.chain_id = t.chain_id AND s.recording = t.shown),
+texts AS (
+  SELECT chain_id, any_value(chain) AS chain FROM sites GROUP BY chain_id),
 hosts AS (
   SELECT chain_id, list({'host': host, 'bytes': b, 'objects': o, 'recordings': n, 'growing': g}
                         ORDER BY b DESC, o DESC, host) AS per_host
@@ -69,23 +75,28 @@ comms AS (
   FROM (SELECT chain_id, comm, sum(bytes)::BIGINT AS b, sum(objects)::BIGINT AS o
         FROM sites GROUP BY chain_id, comm)
   GROUP BY chain_id)
-SELECT top.*, per_host, per_kernel, comms
-FROM top JOIN hosts USING (chain_id) JOIN kernels USING (chain_id) JOIN comms USING (chain_id)
+SELECT top.* EXCLUDE (shown), chain, stack, per_host, per_kernel, comms
+FROM top JOIN frames USING (chain_id) JOIN texts USING (chain_id) JOIN hosts USING (chain_id) JOIN kernels USING (chain_id)
+     JOIN comms USING (chain_id)
 ORDER BY bytes DESC, objects DESC, chain
 """
 
 
 def connect(folder: Path):
-    """A DuckDB connection with the views `sites`, `recordings` and `per_rec` over `folder`."""
+    """A DuckDB connection with the views `sites`, `stacks`, `recordings` and the table
+    `per_rec` over `folder`."""
     try:
         import duckdb
     except ImportError as exc:
         raise FleetError(f"fleet needs DuckDB: pip install 'kmemleak-offline[fleet]' ({exc})") from None
     con = duckdb.connect()
-    glob = str(folder / "sites" / "*.parquet").replace("'", "''")
-    rec = str(folder / "recordings.parquet").replace("'", "''")
-    con.execute(f"CREATE TEMP VIEW sites AS SELECT * FROM read_parquet('{glob}')")
-    con.execute(f"CREATE TEMP VIEW recordings AS SELECT * FROM read_parquet('{rec}')")
+    con.execute("SET enable_progress_bar = false")  # no bars on stderr
+    def where(*parts: str) -> str:
+        return str(folder.joinpath(*parts)).replace("'", "''")
+
+    for view in ("sites", "stacks"):
+        con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet('{where(view, '*.parquet')}')")
+    con.execute(f"CREATE TEMP VIEW recordings AS SELECT * FROM read_parquet('{where('recordings.parquet')}')")
     con.execute(PER_RECORDING)
     return con
 

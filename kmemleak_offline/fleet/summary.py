@@ -1,4 +1,5 @@
-"""One recording -> its leak summary: a small Parquet table, one row per (call chain, comm).
+"""One recording -> its leak summary: small Parquet tables, `sites` (one row per call chain and
+comm) and `stacks` (the frames of each chain, with this recording's addresses, once per chain).
 
 Runs where the recording is (a local worker process, or a Dask worker that reads the file
 itself): the recording is analysed as `analyze` does (one process, no nested workers), every
@@ -38,7 +39,6 @@ SITES_SCHEMA = pa.schema([
     ("comm", pa.string()),  # process name at allocation time
     ("chain_id", pa.string()),  # 16 hex digits: blake2b-64 of `chain`
     ("chain", pa.string()),  # "symbol+0xoffset (dso)" per frame, leaf first, one per line
-    ("stack", pa.list_(FRAME)),  # the frames with this recording's addresses
     ("bytes", pa.int64()),  # leaked, summed over every report (early ones included)
     ("objects", pa.int64()),
     ("first_ns", pa.uint64()),  # first/last leaked allocation, perf clock of the recording
@@ -49,16 +49,23 @@ SITES_SCHEMA = pa.schema([
     ("slope_bytes_per_s", pa.float64()),
     ("trend_confidence", pa.float64()),
 ])
+STACKS_SCHEMA = pa.schema([
+    ("recording", pa.string()),
+    ("chain_id", pa.string()),
+    ("stack", pa.list_(FRAME)),  # the frames, leaf first, with this recording's addresses
+])
 
 
 @dataclass
 class Summary:
-    """What a worker sends back: the recording's facts, and its sites as Parquet bytes."""
+    """What a worker sends back: the recording's facts, its sites and stacks as Parquet bytes
+    (None when the recording could not be analysed: `error` says why)."""
 
     index: int
     label: str
     info: dict[str, Any] = field(default_factory=dict)
-    parquet: bytes | None = None  # None: the recording could not be analysed
+    sites: bytes | None = None
+    stacks: bytes | None = None
     error: str | None = None
 
 
@@ -82,12 +89,10 @@ def summarise(index: int, label: str, path: str, remote: bool = False,
         if remote:
             local = tempfile.mkdtemp(prefix="kmlo-fleet-", dir=tmpdir)
             path = _fetch(path, local)
-        info, table = _summarise(label, path)
-        sink = io.BytesIO()
-        pq.write_table(table, sink, compression="zstd")
+        info, sites, stacks = _summarise(label, path)
         info["seconds"] = round(time.perf_counter() - t0, 3)
         info["worker"] = f"{socket.gethostname()}:{os.getpid()}"
-        return Summary(index, label, info, sink.getvalue())
+        return Summary(index, label, info, _parquet(sites), _parquet(stacks))
     except Exception as exc:  # noqa: BLE001 - one unreadable recording must not stop the fleet
         from ..format.recording import RecordingError
         from ..roles import AnalysisError
@@ -101,6 +106,12 @@ def summarise(index: int, label: str, path: str, remote: bool = False,
     finally:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
 
 
 def _fetch(url: str, into: str) -> str:
@@ -118,7 +129,7 @@ def _fetch(url: str, into: str) -> str:
     return dest
 
 
-def _summarise(label: str, path: str) -> tuple[dict[str, Any], pa.Table]:
+def _summarise(label: str, path: str) -> tuple[dict[str, Any], pa.Table, pa.Table]:
     from ..analysis import LEAKED_BYTES, AnalyzeOptions, analyze
     from ..commands.analyze import user_resolver
     from ..format.recording import open_recording
@@ -128,7 +139,8 @@ def _summarise(label: str, path: str) -> tuple[dict[str, Any], pa.Table]:
     a = analyze(rec, AnalyzeOptions(trend=True, jobs=1, progress=False, warn=warnings.append))
     stacks = StackResolver(a.stacks, a.ksyms, user_resolver(a, None))
     host = rec.meta.host
-    table = _sites(a, stacks, label, host.hostname, host.kernel_release, a.mode == LEAKED_BYTES)
+    table, frames = _sites(a, stacks, label, host.hostname, host.kernel_release,
+                           a.mode == LEAKED_BYTES)
     info = {
         "recording": label, "host": host.hostname, "kernel": host.kernel_release,
         "machine": host.machine, "mode": a.mode,
@@ -142,7 +154,7 @@ def _summarise(label: str, path: str) -> tuple[dict[str, Any], pa.Table]:
         "producer": rec.meta.producer, "analyser_version": __version__,
         "warnings": warnings,
     }
-    return info, table
+    return info, table, frames
 
 
 def _pids_of(ukey: np.ndarray) -> list[int]:
@@ -204,9 +216,10 @@ class _Chains:
 
 
 def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
-           leaked_bytes: bool) -> pa.Table:
+           leaked_bytes: bool) -> tuple[pa.Table, pa.Table]:
     """Every report's leaked (selected) allocations per (chain, comm): bytes, objects, first and
-    last allocation time; the chain's trend from the latest report holding it."""
+    last allocation time; the chain's trend from the latest report holding it. And the frames
+    of each chain."""
     chains = _Chains(stacks)
     parts: list[pd.DataFrame] = []
     st = a.stream
@@ -235,7 +248,7 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
         parts.append(pd.DataFrame({"chain": idx[inv.reshape(-1)], "comm": a.comms.comm(pid, t),
                                    "bytes": size, "time": t}))
     if not parts:
-        return SITES_SCHEMA.empty_table()
+        return SITES_SCHEMA.empty_table(), STACKS_SCHEMA.empty_table()
     df = pd.concat(parts, ignore_index=True)
     agg = df.groupby(["chain", "comm"], sort=True).agg(
         bytes=("bytes", "sum"), objects=("bytes", "size"), first_ns=("time", "min"),
@@ -258,14 +271,13 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
     slope = [trends[c].slope_bytes_per_s if trends[c] is not None else None for c in ch.tolist()]
     conf = [trends[c].confidence if trends[c] is not None else None for c in ch.tolist()]
     ids = [chain_id(x) for x in chains.texts]
-    return pa.table({
+    table = pa.table({
         "recording": pa.array([label] * n, pa.string()),
         "host": pa.array([hostname] * n, pa.string()),
         "kernel": pa.array([kernel] * n, pa.string()),
         "comm": pa.array(agg["comm"].astype(str).tolist(), pa.string()),
         "chain_id": pa.array([ids[c] for c in ch.tolist()], pa.string()),
         "chain": pa.array([chains.texts[c] for c in ch.tolist()], pa.string()),
-        "stack": chains.stack_column().take(pa.array(ch)),
         "bytes": pa.array(agg["bytes"].to_numpy(np.int64)),
         "objects": pa.array(agg["objects"].to_numpy(np.int64)),
         "first_ns": pa.array(first), "last_ns": pa.array(last),
@@ -273,3 +285,8 @@ def _sites(a, stacks: StackResolver, label: str, hostname: str, kernel: str,
         "trend": pa.array(cls, pa.string()), "slope_bytes_per_s": pa.array(slope, pa.float64()),
         "trend_confidence": pa.array(conf, pa.float64()),
     }, schema=SITES_SCHEMA)
+    used = np.unique(ch)
+    frames = pa.table({"recording": pa.array([label] * len(used), pa.string()),
+                       "chain_id": pa.array([ids[c] for c in used.tolist()], pa.string()),
+                       "stack": chains.stack_column().take(pa.array(used))}, schema=STACKS_SCHEMA)
+    return table, frames
