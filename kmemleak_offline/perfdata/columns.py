@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import PerfDataError
-from .gather import ragged
+from ..format.gather import ragged
 from .reader import (
     MISC_COMM_EXEC,
     MISC_MMAP_BUILD_ID,

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from ..format.recording import RecordingWriter, const_column
 from .background import BackgroundWriter
 from .columns import read_at, sample_columns, side_columns, which_attr
-from .gather import fixed_rows, groups, offsets_of, payload_bytes
+from ..format.gather import fixed_rows, groups, offsets_of, payload_bytes
 from .reader import (
     REC_COMM,
     REC_EXIT,
