@@ -201,7 +201,7 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
         w.abort()
         raise
     return Converted(output=path, samples=dict(rows.samples), skipped=rows.skipped,
-                     stacks=len(rows.stack_of), notices=notices, metadata=w.metadata)
+                     stacks=len(rows.stacks), notices=notices, metadata=w.metadata)
 
 
 def _check_specs(pd_: PerfData, alloc: list[str] | None, free: list[str] | None) -> None:
