@@ -1,4 +1,4 @@
-"""Recording format v1 (docs/format.md): schema, streaming writer, reader.
+"""Recording format v2 (docs/format.md): schema, streaming writer, reader.
 
 The one module that knows the on-disk layout. `record` and `import` write through
 `RecordingWriter`; `analyze`, `info` and `diff` read through `open_recording`. A recording is one
@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 from kmemleak_offline.format.metadata import Metadata, MetadataError
 from kmemleak_offline.format.stitch import stitch_files
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = b"kmemleak_offline"
 PARTS_SUFFIX = ".parts"
 PART_GLOB = "part-*.parquet"
 
-KINDS = ("sample", "stack", "lost", "comm", "mmap", "fork", "exit", "ksym", "usym")
+KINDS = ("sample", "stack", "lost", "comm", "mmap", "fork", "exit", "ksym", "usym", "chunk")
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 
@@ -59,6 +59,7 @@ SCHEMA = pa.schema(
         pa.field("build_id", pa.binary()),
         pa.field("name", pa.string()),
         pa.field("module", pa.string()),
+        pa.field("offset", pa.uint64()),  # v2: chunk rows
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
