@@ -1,0 +1,364 @@
+"""Raw recording (ring chunks) -> recording of event rows: what turns `record`'s bytes into rows.
+
+Why here and vectorised: the conversion runs wherever it is cheapest (after the stop on the
+target, or on the analysis machine: `convert`, or `analyze` transparently), always this code.
+A window is the chunk rows of one row group (about a second of recording). Its chunks are whole
+records (a drain never cuts one), so the window's bytes laid end to end are a record stream:
+`chain.record_starts` finds every boundary with numpy. Samples are split in bulk (one gather per
+field over all samples), payloads copied per payload width (`gather.payload_bytes`), call chains
+deduplicated per depth (`stacks.StackTable`); only LOST and side-band records (few) are walked.
+What spans windows is carried: the next `seq` and expected byte offset of each ring, stack ids,
+counts, the latest time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kmemleak_offline.format.chain import ChainError, record_starts
+from kmemleak_offline.format.gather import groups, payload_bytes
+from kmemleak_offline.format.recording import (
+    KINDS,
+    Recording,
+    RecordingError,
+    RecordingWriter,
+    _group_kind,
+    const_column,
+)
+from kmemleak_offline.format.stacks import StackTable
+
+RING_CHUNKS = "ring_chunks"  # metadata key of a raw recording: how to read its chunks
+CHUNK_COLUMNS = ["ring", "cpu", "offset", "raw"]
+
+# perf record types and flags (linux/perf_event.h) the recorder's rings hold
+RECORD_MMAP2, RECORD_LOST, RECORD_COMM, RECORD_EXIT, RECORD_FORK, RECORD_SAMPLE = 10, 2, 3, 4, 7, 9
+MISC_COMM_EXEC = 1 << 13
+MISC_MMAP_BUILD_ID = 1 << 14
+TRAILER = 32  # sample_id_all trailer of our attrs: {pid, tid} {time} {cpu, res} {identifier}
+
+_SIDE = ("kind", "time", "cpu", "ring", "seq", "pid", "tid", "event", "lost", "comm", "exec",
+         "ppid", "ptid", "addr", "len", "pgoff", "filename", "build_id")
+
+
+class ConvertError(RecordingError):
+    """Chunk bytes that cannot be records (a damaged raw recording). One line."""
+
+
+def ring_chunks_meta(ids: Mapping[int, tuple[str | None, bool]], per_task: bool) -> dict[str, Any]:
+    """The metadata a raw recording carries to be converted anywhere: the kernel id of every event
+    the rings hold (its `sys:name`, null for the side-band dummy; whether it records call chains)
+    and whether rings are per task (then samples keep their ring)."""
+    return {"ids": {str(i): [name, bool(cc)] for i, (name, cc) in sorted(ids.items())},
+            "per_task": bool(per_task)}
+
+
+def is_raw(rec: Recording) -> bool:
+    """Does the recording hold ring chunks to convert?"""
+    return RING_CHUNKS in rec.metadata
+
+
+@dataclass
+class ChunkConverter:
+    """Feed the chunk rows of one window at a time (`add`), in recording order."""
+
+    ids: dict[int, tuple[str | None, bool]]
+    per_task: bool
+    write: Callable[[Mapping[str, Any] | pa.Table], None]
+    where: str = "recording"
+    seq: dict[int, int] = field(default_factory=dict)  # ring -> next seq
+    next_offset: dict[int, int] = field(default_factory=dict)  # ring -> expected chunk offset
+    stacks: StackTable = field(default_factory=StackTable)
+    samples: dict[str, int] = field(default_factory=dict)
+    lost_by_ring: dict[int, list[int]] = field(default_factory=dict)  # ring -> [cpu, records, lost]
+    max_time: int = 0
+    gaps: dict[int, int] = field(default_factory=dict)  # ring -> bytes missing between chunks
+    events: int = 0  # samples written
+    nbytes: int = 0  # chunk bytes converted
+
+    def __post_init__(self) -> None:
+        order = sorted(self.ids)
+        self._ids = np.array(order, np.uint64)
+        self._names = sorted({n for n, _ in self.ids.values() if n})
+        pos = {n: i for i, n in enumerate(self._names)}
+        self._name_idx = np.array([pos.get(self.ids[i][0], -1) for i in order], np.int64)
+        self._cc = np.array([self.ids[i][1] for i in order], bool)
+        self._event_dict = pa.array(self._names, pa.string())
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any], write: Callable, where: str) -> ChunkConverter:
+        rc = meta.get(RING_CHUNKS)
+        try:
+            ids = {int(k): (v[0] if isinstance(v[0], str) else None, bool(v[1]))
+                   for k, v in rc["ids"].items()}
+            per_task = bool(rc.get("per_task"))
+        except (TypeError, KeyError, ValueError, IndexError, AttributeError):
+            raise ConvertError(f"{where}: recording metadata {RING_CHUNKS!r} is not an id table") from None
+        return cls(ids, per_task, write, where)
+
+    # ------------------------------------------------------------------------------ windows
+    def add(self, chunks: pa.Table) -> None:
+        """One window: chunk rows (ring, cpu, offset, raw) in the order they were drained."""
+        raw = chunks.column("raw").combine_chunks()
+        n = len(raw)
+        if n == 0:
+            return
+        ring = chunks.column("ring").to_numpy(zero_copy_only=False).astype(np.int64)
+        cpu = chunks.column("cpu").to_numpy(zero_copy_only=False).astype(np.int64)
+        offset = chunks.column("offset").to_numpy(zero_copy_only=False).astype(np.int64)
+        if raw.null_count or (ring < 0).any():
+            raise ConvertError(f"{self.where}: a chunk row without bytes or ring")
+        voffs = np.frombuffer(raw.buffers()[1], np.int32, n + 1, raw.offset * 4).astype(np.int64)
+        lo, hi = int(voffs[0]), int(voffs[-1])
+        data = np.frombuffer(raw.buffers()[2], np.uint8)[lo:hi] if hi > lo else np.zeros(0, np.uint8)
+        starts = voffs[:-1] - lo
+        self.nbytes += hi - lo
+        if (lo & 7) or (starts & 7).any():  # records are u64-aligned within their chunks
+            data = data.copy() if not (starts & 7).any() else None
+            if data is None:
+                raise ConvertError(f"{self.where}: a ring chunk of a size that is no multiple of 8")
+        self._continuity(ring, offset, voffs[1:] - voffs[:-1])
+        try:
+            offs, ends, consumed = record_starts(data, len(data), self.where)
+        except ChainError as exc:
+            raise ConvertError(str(exc)) from None
+        if consumed != len(data) or not np.isin(starts, offs).all():
+            raise ConvertError(f"{self.where}: ring chunks that are not whole records "
+                               "(a damaged raw recording)")
+        chunk_of = np.searchsorted(starts, offs, side="right") - 1
+        rings = ring[chunk_of]
+        seqs = self._seqs(rings)
+        a8 = data.view(np.uint64)
+        typ = (a8[offs >> 3] & 0xFFFFFFFF).astype(np.uint32)
+        is_sample = typ == RECORD_SAMPLE
+        if is_sample.any():
+            self._samples(data, offs[is_sample], ends[is_sample], rings[is_sample], seqs[is_sample])
+        other = np.flatnonzero(~is_sample)
+        if len(other):
+            self._others(data, offs[other], ends[other], rings[other], cpu[chunk_of[other]],
+                         seqs[other])
+
+    def _continuity(self, ring: np.ndarray, offset: np.ndarray, lens: np.ndarray) -> None:
+        """Chunks of a ring must follow each other; a gap (bytes a killed recorder never wrote)
+        is counted per ring, an overlap or reversal is a damaged file."""
+        for r, sel in groups(ring):
+            o, ln = offset[sel], lens[sel]
+            prev = np.r_[self.next_offset.get(r, int(o[0])), (o + ln)[:-1]]
+            if (o < prev).any():
+                raise ConvertError(f"{self.where}: ring {r}: chunks out of order or repeated")
+            gap = int((o - prev).sum())
+            if gap:
+                self.gaps[r] = self.gaps.get(r, 0) + gap
+            self.next_offset[r] = int(o[-1] + ln[-1])
+
+    def _seqs(self, rings: np.ndarray) -> np.ndarray:
+        """seq: every record's position in its ring (samples, LOST, side-band), across windows."""
+        seq = np.empty(len(rings), np.uint64)
+        for r, sel in groups(rings):  # radix order: stable, so file order within a ring
+            first = self.seq.get(r, 0)
+            seq[sel] = np.arange(first, first + len(sel), dtype=np.uint64)
+            self.seq[r] = first + len(sel)
+        return seq
+
+    def _samples(self, data: np.ndarray, offs: np.ndarray, ends: np.ndarray, rings: np.ndarray,
+                 seqs: np.ndarray) -> None:
+        a8 = data.view(np.uint64)
+        w = offs >> 3
+        ident = a8[w + 1]
+        k = np.searchsorted(self._ids, ident).clip(0, max(0, len(self._ids) - 1))
+        known = (self._ids[k] == ident) if len(self._ids) else np.zeros(len(w), bool)
+        if not known.all():  # ids we did not open: not ours (never expected), dropped
+            w, ends, rings, seqs, k = w[known], ends[known], rings[known], seqs[known], k[known]
+        name_idx = self._name_idx[k]
+        if (name_idx < 0).any():
+            keep = name_idx >= 0
+            w, ends, rings, seqs, k, name_idx = (w[keep], ends[keep], rings[keep], seqs[keep],
+                                                 k[keep], name_idx[keep])
+        n = len(w)
+        if not n:
+            return
+        pidtid = a8[w + 2]
+        time = a8[w + 3]
+        self.max_time = max(self.max_time, int(time.max()))
+        has_cc = self._cc[k]
+        nr = np.zeros(n, np.int64)
+        nr[has_cc] = a8[w[has_cc] + 5].astype(np.int64)
+        raw_word = w + 5 + np.where(has_cc, 1 + nr, 0)
+        if (raw_word * 8 + 4 > ends).any():
+            raise ConvertError(f"{self.where}: a sample whose call chain runs past its record")
+        raw_len = data.view(np.uint32)[raw_word * 2].astype(np.int64)
+        raw_start = raw_word * 8 + 4
+        if (raw_start + raw_len > ends).any():
+            raise ConvertError(f"{self.where}: a sample whose payload runs past its record")
+        flat, poffs = payload_bytes(data, raw_start, raw_len)
+        if poffs[-1] >= 1 << 31:
+            raise ConvertError(f"{self.where}: a window of more than 2 GB of payloads")
+        raw = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(poffs.astype(np.int32)),
+                                                     pa.py_buffer(flat)])
+        sid, new_stacks = self.stacks.assign(data, (w + 6) * 8, nr)
+        counts = np.bincount(name_idx, minlength=len(self._names))
+        for i, c in enumerate(counts.tolist()):
+            if c:
+                self.samples[self._names[i]] = self.samples.get(self._names[i], 0) + c
+        self.events += n
+        self.write({
+            "kind": const_column("sample", n),
+            "time": pa.array(time, pa.uint64()),
+            "cpu": pa.array((a8[w + 4] & 0xFFFFFFFF).astype(np.uint32), pa.uint32()),
+            "ring": pa.array(rings.astype(np.uint32), pa.uint32()) if self.per_task else None,
+            "seq": pa.array(seqs, pa.uint64()),
+            "pid": pa.array((pidtid & 0xFFFFFFFF).astype(np.uint32).view(np.int32), pa.int32()),
+            "tid": pa.array((pidtid >> 32).astype(np.uint32).view(np.int32), pa.int32()),
+            "event": pa.DictionaryArray.from_arrays(pa.array(name_idx.astype(np.int32)), self._event_dict),
+            "raw": raw,
+            "stack_id": pa.array(sid, pa.uint32(), mask=nr == 0),
+        })
+        if new_stacks:
+            self.write(new_stacks)
+
+    def _others(self, data: np.ndarray, offs: np.ndarray, ends: np.ndarray, rings: np.ndarray,
+                cpus: np.ndarray, seqs: np.ndarray) -> None:
+        """LOST and side-band records: few, so a loop over them is fine."""
+        rows: dict[str, list] = {c: [] for c in _SIDE}
+        a8 = data.view(np.uint64)
+        buf = data.tobytes() if len(offs) > 64 else None  # many: one copy, then slices of bytes
+        def raw_bytes(a: int, b: int) -> bytes:
+            return buf[a:b] if buf is not None else data[a:b].tobytes()
+
+        def add(**kw: Any) -> None:
+            for c, v in rows.items():
+                v.append(kw.get(c))
+
+        for off, end, ring, cpu, seq in zip(offs.tolist(), ends.tolist(), rings.tolist(),
+                                            cpus.tolist(), seqs.tolist(), strict=True):
+            h = int(a8[off >> 3])
+            rtype, misc = h & 0xFFFFFFFF, (h >> 32) & 0xFFFF
+            if end - off < 8 + TRAILER:
+                continue
+            time = int(a8[(end >> 3) - 3])
+            w = off >> 3
+            if rtype == RECORD_LOST:
+                # The ring's losses: event stays null, the record's id only names the next event
+                # to write (per event: the kernel's PERF_FORMAT_LOST counts).
+                n_lost = int(a8[w + 2])
+                r = self.lost_by_ring.setdefault(ring, [cpu, 0, 0])
+                r[1] += 1
+                r[2] += n_lost
+                add(kind="lost", time=time, cpu=cpu, ring=ring if self.per_task else None, seq=seq,
+                    lost=n_lost)
+            elif rtype == RECORD_COMM:
+                pid, tid = data[off + 8:off + 16].view(np.int32).tolist()
+                comm = raw_bytes(off + 16, end - TRAILER).split(b"\0", 1)[0]
+                add(kind="comm", time=time, seq=seq, pid=pid, tid=tid,
+                    comm=comm.decode(errors="replace"), exec=bool(misc & MISC_COMM_EXEC))
+            elif rtype in (RECORD_FORK, RECORD_EXIT):
+                pid, ppid, tid, ptid = data[off + 8:off + 24].view(np.int32).tolist()
+                time = int(a8[w + 3])
+                add(kind="fork" if rtype == RECORD_FORK else "exit", time=time, seq=seq, pid=pid,
+                    tid=tid, ppid=ppid, ptid=ptid)
+            elif rtype == RECORD_MMAP2:
+                pid, tid = data[off + 8:off + 16].view(np.int32).tolist()
+                build_id = None
+                if misc & MISC_MMAP_BUILD_ID:
+                    bsize = int(data[off + 40])
+                    build_id = raw_bytes(off + 44, off + 44 + min(bsize, 20))
+                name = raw_bytes(off + 72, end - TRAILER).split(b"\0", 1)[0]
+                add(kind="mmap", time=time, seq=seq, pid=pid, tid=tid, addr=int(a8[w + 2]),
+                    len=int(a8[w + 3]), pgoff=int(a8[w + 4]),
+                    filename=name.decode(errors="replace"), build_id=build_id)
+            else:
+                continue
+            self.max_time = max(self.max_time, time)
+        if rows["kind"]:
+            self.write(rows)
+
+    # ------------------------------------------------------------------------------ metadata
+    def finish_metadata(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The converted recording's metadata: exact sample counts, the LOST records per ring, a
+        stop time no older than the last record, no chunk table."""
+        meta = json.loads(json.dumps(meta))
+        meta.pop(RING_CHUNKS, None)
+        for name, c in meta.get("counts", {}).items():
+            c["samples"] = self.samples.get(name, 0)
+        meta["lost_by_ring"] = [{"ring": r, "cpu": cpu, "lost_records": n, "lost": lost}
+                                for r, (cpu, n, lost) in sorted(self.lost_by_ring.items())]
+        clock = meta.setdefault("clock", {})
+        clock["stop_ns"] = max(int(clock.get("stop_ns") or 0), self.max_time)
+        if self.gaps:
+            meta["chunk_gaps"] = [{"ring": r, "bytes": b} for r, b in sorted(self.gaps.items())]
+        return meta
+
+
+@dataclass
+class Converted:
+    path: Path
+    events: int
+    chunk_bytes: int
+    gaps: dict[int, int]
+
+
+def chunk_groups(path: Path) -> tuple[pq.ParquetFile, list[int], list[int]]:
+    """(file, row groups of chunk rows, row groups of other rows), by `kind` statistics; a group
+    without statistics counts as other rows and as chunk rows (rows are then picked by kind)."""
+    pf = pq.ParquetFile(path)
+    md = pf.metadata
+    col = next((j for j in range(md.num_columns) if md.schema.column(j).path == "kind"), None)
+    chunk, other = [], []
+    for g in range(md.num_row_groups):
+        if md.row_group(g).num_rows == 0:
+            continue
+        k = _group_kind(md.row_group(g), col)
+        if k in (None, "chunk"):
+            chunk.append(g)
+        if k != "chunk":
+            other.append(g)
+    return pf, chunk, other
+
+
+def convert_recording(rec: Recording, out: Path, extra_meta: Mapping[str, Any] | None = None) -> Converted:
+    """Write `out` (one file, via a temporary name) holding `rec`'s rows with its chunk rows
+    converted into event rows. `rec` may be a file or a parts folder."""
+    from kmemleak_offline.format.recording import kind_mask
+
+    meta = dict(rec.metadata)
+    if extra_meta:
+        meta.update(extra_meta)
+    tmp = out.with_name(out.name + ".converting")
+    writer = RecordingWriter(tmp, meta)
+    conv = ChunkConverter.from_metadata(meta, writer.write, str(rec.path))
+    try:
+        for f in rec.files:
+            try:
+                pf, chunk, other = chunk_groups(f)
+                for g in chunk:
+                    t = pf.read_row_group(g, columns=["kind", *CHUNK_COLUMNS])
+                    m = kind_mask(t.column("kind"), ["chunk"])
+                    if not m.to_numpy(zero_copy_only=False).all():
+                        t = t.filter(m)
+                    conv.where = f"{f} (row group {g})"
+                    conv.add(t)
+                if other:
+                    t = pf.read_row_groups(other)
+                    m = kind_mask(t.column("kind"), [k for k in KINDS if k != "chunk"])
+                    writer.write(t.filter(m).drop_columns(["offset"]) if "offset" in t.column_names
+                                 else t.filter(m))
+            except (OSError, pa.ArrowException) as exc:
+                raise RecordingError(f"{f}: cannot read recording data ({str(exc).strip()[:160]}); "
+                                     "the file is truncated or corrupt") from None
+        writer.metadata = conv.finish_metadata(meta)
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    return Converted(out, conv.events, conv.nbytes, dict(conv.gaps))
+
