@@ -56,6 +56,9 @@ def record(
     embed_symbols: Annotated[bool, typer.Option("--embed-symbols/--no-embed-symbols",
                                                 help="with --malloc: embed the symbol tables of the "
                                                 "ELF files the traced processes mapped")] = True,
+    defer_convert: Annotated[bool, typer.Option("--defer-convert", help="exit right after the stop, "
+                                                "leaving the ring chunks unconverted (3-5x larger): "
+                                                "`convert` or `analyze` converts them later, anywhere")] = False,
 ) -> None:
     """Record alloc/free tracepoints (as root) into a recording; `-- CMD ARGS...` traces a command.
 
@@ -77,7 +80,7 @@ def record(
             mmap_pages=mmap_pages, call_graph=call_graph,
             duration_s=parse_duration(duration) if duration is not None else None,
             command=cmd, verbose=verbose, malloc=malloc, malloc_lib=malloc_lib,
-            malloc_prefix=malloc_prefix, embed_symbols=embed_symbols)
+            malloc_prefix=malloc_prefix, embed_symbols=embed_symbols, defer_convert=defer_convert)
         code = Session(cfg).run()
     except ValueError as exc:  # spec / option syntax
         _fail(str(exc), 2)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDER_MODULES = ["recorder.session", "recorder.command", "recorder.spool", "recorder.probes",
-                    "recorder.procfs", "recorder.events", "recorder.records"]
+                    "recorder.procfs", "recorder.events", "recorder.ring"]
 ANALYSER = ["load", "analysis", "engine", "symbols", "reports", "diff", "cli", "commands",
             "perfdata", "replay", "malloc", "printfmt", "info", "synthetic"]
 

@@ -82,6 +82,8 @@ class ChunkConverter:
     max_time: int = 0
     gaps: dict[int, int] = field(default_factory=dict)  # ring -> bytes missing between chunks
     events: int = 0  # samples written
+    samples_too: bool = True  # False: only side-band records (mapped_files)
+    mmap_names: set[str] = field(default_factory=set)  # files the MMAP2 records name
     nbytes: int = 0  # chunk bytes converted
 
     def __post_init__(self) -> None:
@@ -139,7 +141,7 @@ class ChunkConverter:
         a8 = data.view(np.uint64)
         typ = (a8[offs >> 3] & 0xFFFFFFFF).astype(np.uint32)
         is_sample = typ == RECORD_SAMPLE
-        if is_sample.any():
+        if is_sample.any() and self.samples_too:
             self._samples(data, offs[is_sample], ends[is_sample], rings[is_sample], seqs[is_sample])
         other = np.flatnonzero(~is_sample)
         if len(other):
@@ -270,10 +272,10 @@ class ChunkConverter:
                 if misc & MISC_MMAP_BUILD_ID:
                     bsize = int(data[off + 40])
                     build_id = raw_bytes(off + 44, off + 44 + min(bsize, 20))
-                name = raw_bytes(off + 72, end - TRAILER).split(b"\0", 1)[0]
+                name = raw_bytes(off + 72, end - TRAILER).split(b"\0", 1)[0].decode(errors="replace")
+                self.mmap_names.add(name)
                 add(kind="mmap", time=time, seq=seq, pid=pid, tid=tid, addr=int(a8[w + 2]),
-                    len=int(a8[w + 3]), pgoff=int(a8[w + 4]),
-                    filename=name.decode(errors="replace"), build_id=build_id)
+                    len=int(a8[w + 3]), pgoff=int(a8[w + 4]), filename=name, build_id=build_id)
             else:
                 continue
             self.max_time = max(self.max_time, time)
@@ -323,36 +325,58 @@ def chunk_groups(path: Path) -> tuple[pq.ParquetFile, list[int], list[int]]:
     return pf, chunk, other
 
 
-def convert_recording(rec: Recording, out: Path, extra_meta: Mapping[str, Any] | None = None) -> Converted:
-    """Write `out` (one file, via a temporary name) holding `rec`'s rows with its chunk rows
-    converted into event rows. `rec` may be a file or a parts folder."""
+def _chunk_windows(rec: Recording, conv: ChunkConverter,
+                   other: Callable[[pa.Table], None] | None) -> None:
+    """Feed `conv` every chunk row group of `rec` in order; pass the other rows to `other`."""
     from kmemleak_offline.format.recording import kind_mask
 
+    for f in rec.files:
+        try:
+            pf, chunk, rest = chunk_groups(f)
+            for g in chunk:
+                t = pf.read_row_group(g, columns=["kind", *CHUNK_COLUMNS])
+                m = kind_mask(t.column("kind"), ["chunk"])
+                if not m.to_numpy(zero_copy_only=False).all():
+                    t = t.filter(m)
+                conv.where = f"{f} (row group {g})"
+                conv.add(t)
+            if rest and other is not None:
+                t = pf.read_row_groups(rest)
+                other(t.filter(kind_mask(t.column("kind"), [k for k in KINDS if k != "chunk"])))
+        except (OSError, pa.ArrowException) as exc:
+            raise RecordingError(f"{f}: cannot read recording data ({str(exc).strip()[:160]}); "
+                                 "the file is truncated or corrupt") from None
+
+
+def _mmap_names(t: pa.Table) -> set[str]:
+    from kmemleak_offline.format.recording import kind_mask
+
+    if "filename" not in t.column_names:
+        return set()
+    names = t.filter(kind_mask(t.column("kind"), ["mmap"])).column("filename").unique().to_pylist()
+    return {n for n in names if n}
+
+
+def convert_recording(rec: Recording, out: Path,
+                      extra_rows: Callable[[set[str]], list] | None = None) -> Converted:
+    """Write `out` (one file, via a temporary name) holding `rec`'s rows with its chunk rows
+    converted into event rows. `rec` may be a file or a parts folder. `extra_rows`, given the files
+    the recording saw mapped, returns rows to add (the recorder's embedded symbols)."""
     meta = dict(rec.metadata)
-    if extra_meta:
-        meta.update(extra_meta)
     tmp = out.with_name(out.name + ".converting")
     writer = RecordingWriter(tmp, meta)
     conv = ChunkConverter.from_metadata(meta, writer.write, str(rec.path))
+    names: set[str] = set()
+
+    def other(t: pa.Table) -> None:
+        names.update(_mmap_names(t))
+        writer.write(t)
+
     try:
-        for f in rec.files:
-            try:
-                pf, chunk, other = chunk_groups(f)
-                for g in chunk:
-                    t = pf.read_row_group(g, columns=["kind", *CHUNK_COLUMNS])
-                    m = kind_mask(t.column("kind"), ["chunk"])
-                    if not m.to_numpy(zero_copy_only=False).all():
-                        t = t.filter(m)
-                    conv.where = f"{f} (row group {g})"
-                    conv.add(t)
-                if other:
-                    t = pf.read_row_groups(other)
-                    m = kind_mask(t.column("kind"), [k for k in KINDS if k != "chunk"])
-                    writer.write(t.filter(m).drop_columns(["offset"]) if "offset" in t.column_names
-                                 else t.filter(m))
-            except (OSError, pa.ArrowException) as exc:
-                raise RecordingError(f"{f}: cannot read recording data ({str(exc).strip()[:160]}); "
-                                     "the file is truncated or corrupt") from None
+        _chunk_windows(rec, conv, other)
+        if extra_rows is not None:
+            for rows in extra_rows(names | conv.mmap_names):
+                writer.write(rows)
         writer.metadata = conv.finish_metadata(meta)
         writer.close()
         os.replace(tmp, out)
@@ -362,3 +386,11 @@ def convert_recording(rec: Recording, out: Path, extra_meta: Mapping[str, Any] |
         raise
     return Converted(out, conv.events, conv.nbytes, dict(conv.gaps))
 
+
+def mapped_files(rec: Recording) -> set[str]:
+    """Files the recording saw mapped (initial state and MMAP2 records), without converting."""
+    conv = ChunkConverter.from_metadata(rec.metadata, lambda _rows: None, str(rec.path))
+    conv.samples_too = False
+    names: set[str] = set()
+    _chunk_windows(rec, conv, lambda t: names.update(_mmap_names(t)))
+    return names | conv.mmap_names

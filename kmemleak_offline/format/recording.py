@@ -167,6 +167,30 @@ def _write_rows(w: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int
         w.write_table(pa.concat_tables(tables), row_group_size=row_group_rows)
 
 
+def make_parts_dir(path: str | os.PathLike) -> Path:
+    """Create `path.parts` for a recording's part files; never over what a killed run left."""
+    parts_dir = Path(str(path) + PARTS_SUFFIX)
+    if parts_dir.exists():  # never delete what a killed run left: say so
+        raise RecordingError(f"{parts_dir} exists (a killed recording?): analyse it, "
+                             "or move it away first")
+    parts_dir.mkdir(parents=True)
+    return parts_dir
+
+
+def write_part(parts_dir: Path, n: int, tables: Iterable[Mapping[str, Any] | pa.Table], metadata: Mapping[str, Any],
+               row_group_rows: int = 1 << 20, compression: str = "zstd") -> Path:
+    """`part-NNNNN.parquet` holding these rows and metadata, complete before it is renamed in."""
+    final = parts_dir / f"part-{n:05d}.parquet"
+    tmp = parts_dir / f".part-{n:05d}.tmp"
+    w = parquet_writer(tmp, SCHEMA, compression)
+    for rows in _by_kind([to_table(t) for t in tables]):  # samples in row groups of their own: readers skip by group
+        _write_rows(w, rows, row_group_rows)
+    w.add_key_value_metadata(_encode_meta(metadata))
+    w.close()
+    os.replace(tmp, final)
+    return final
+
+
 class RecordingWriter:
     """Streaming writer: rows in batches, metadata at close.
 
@@ -191,11 +215,7 @@ class RecordingWriter:
         self._part_no = 0
         self.closed = False
         if parts:
-            self.parts_dir = Path(str(self.path) + PARTS_SUFFIX)
-            if self.parts_dir.exists():  # never delete what a killed run left: say so
-                raise RecordingError(f"{self.parts_dir} exists (a killed recording?): analyse it, "
-                                     "or move it away first")
-            self.parts_dir.mkdir(parents=True)
+            self.parts_dir = make_parts_dir(self.path)
 
     def write(self, rows: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
         """Queue rows (any subset of columns); they reach disk at the next row group or part."""
@@ -230,14 +250,8 @@ class RecordingWriter:
         tables = self._take_pending()
         if not tables and self._part_no:  # nothing new; the first part is written even empty
             return None
-        final = self.parts_dir / f"part-{self._part_no:05d}.parquet"
-        tmp = self.parts_dir / f".part-{self._part_no:05d}.tmp"
-        w = parquet_writer(tmp, SCHEMA, self.compression)
-        for rows in _by_kind(tables):  # samples in row groups of their own: readers skip by group
-            _write_rows(w, rows, self.row_group_rows)
-        w.add_key_value_metadata(_encode_meta(self.metadata))
-        w.close()
-        os.replace(tmp, final)
+        final = write_part(self.parts_dir, self._part_no, tables, self.metadata,
+                           self.row_group_rows, self.compression)
         self._part_no += 1
         return final
 
