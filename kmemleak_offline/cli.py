@@ -18,6 +18,7 @@ from recorder.command import record
 from . import __version__
 from .commands.analyze import analyze
 from .commands.common import CommandError, silence_stdout
+from .commands.convert import convert
 from .commands.diff import diff
 from .commands.import_ import import_
 from .commands.info import info
@@ -61,6 +62,7 @@ app.command("info", short_help="Summarise a recording.")(info)
 app.command("record", short_help="Record alloc/free events on this machine (root).",
             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(record)
 app.command("import", short_help="Convert a perf.data into a recording.")(import_)
+app.command("convert", short_help="Turn a raw recording's ring chunks into events.")(convert)
 
 
 def main(argv: list[str] | None = None) -> int:

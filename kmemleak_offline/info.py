@@ -54,6 +54,11 @@ def summary(rec: Recording) -> str:
         if isinstance(kc, int) and isinstance(lost, int):  # docs/format.md (counts): count - samples - lost
             line += f"  unaccounted {kc - ev_counts.get(name, 0) - lost}"
         lines.append(line)
+    if m.get("ring_chunks") is not None:
+        from .format.convert import chunk_bytes
+
+        lines.append(f"raw:         {by_kind.get('chunk', 0)} ring chunks, {_human(chunk_bytes(rec))}, not "
+                     "converted yet (samples above: 0); `convert` or `analyze` converts them")
     lines.append(f"lost:        {lost_sum} events in {by_kind.get('lost', 0)} LOST records"
                  + ("  (per-event split estimated)" if m.get("lost_split") == "estimated" else ""))
     if m.get("probes"):

@@ -45,12 +45,18 @@ def reader_may_leave() -> Iterator[None]:
         raise typer.Exit(0) from None
 
 
-def load(path: Path):
-    """Open a recording file or parts folder; bad input is a CommandError."""
+def load(path: Path, convert: bool = True):
+    """Open a recording file or parts folder; bad input is a CommandError. A raw recording (ring
+    chunks) is converted first, once (commands/convert.py), unless `convert` is False."""
     from ..format.recording import RecordingError, open_recording
 
     try:
-        return open_recording(path)
+        rec = open_recording(path)
+        if convert:
+            from .convert import converted
+
+            rec = converted(rec)
+        return rec
     except RecordingError as exc:
         fail(str(exc))
 

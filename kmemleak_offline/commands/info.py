@@ -15,6 +15,6 @@ def info(recording: Annotated[Path, typer.Argument(metavar="RECORDING", help="re
     """Summarise a recording: host, kernel, events, counts, lost, duration, size."""
     from ..info import summary
 
-    rec = load(recording)
+    rec = load(recording, convert=False)  # a raw recording is shown as it is
     with reader_may_leave():
         sys.stdout.write(summary(rec))

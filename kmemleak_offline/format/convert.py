@@ -325,6 +325,18 @@ def chunk_groups(path: Path) -> tuple[pq.ParquetFile, list[int], list[int]]:
     return pf, chunk, other
 
 
+def chunk_bytes(rec: Recording) -> int:
+    """Bytes of ring chunks a recording holds, from its Parquet metadata (nothing decoded)."""
+    total = 0
+    for f in rec.files:
+        pf, groups_, _ = chunk_groups(f)
+        md = pf.metadata
+        col = next((j for j in range(md.num_columns) if md.schema.column(j).path == "raw"), None)
+        if col is not None:
+            total += sum(md.row_group(g).column(col).total_uncompressed_size for g in groups_)
+    return total
+
+
 def _chunk_windows(rec: Recording, conv: ChunkConverter,
                    other: Callable[[pa.Table], None] | None) -> None:
     """Feed `conv` every chunk row group of `rec` in order; pass the other rows to `other`."""
