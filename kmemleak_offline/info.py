@@ -51,7 +51,8 @@ def summary(rec: Recording) -> str:
         line = (f"  {name:<32} samples {ev_counts.get(name, 0):>10}   kernel count "
                 f"{c.get('kernel_count', '-')}  lost {c.get('lost', '-')}")
         kc, lost = c.get("kernel_count"), c.get("lost")
-        if isinstance(kc, int) and isinstance(lost, int):  # docs/format.md (counts): count - samples - lost
+        if isinstance(kc, int) and isinstance(lost, int) and m.get("ring_chunks") is None:
+            # docs/format.md (counts): count - samples - lost (a raw recording has no samples yet)
             line += f"  unaccounted {kc - ev_counts.get(name, 0) - lost}"
         lines.append(line)
     if m.get("ring_chunks") is not None:

@@ -51,6 +51,9 @@ class Converter:
         self.last = 0  # highest part number written or sealed
 
     def serve(self, ctrl: int) -> None:
+        from kmemleak_offline.format.convert import skip_pandas_probe
+
+        skip_pandas_probe()  # this process never needs pandas: 0.3 CPU s saved
         pending = b""
         while True:
             data = os.read(ctrl, 1 << 16)

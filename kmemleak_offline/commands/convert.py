@@ -93,9 +93,10 @@ def convert(
 ) -> None:
     """Convert the ring chunks of a raw recording (`record --defer-convert`, a killed recorder's
     parts folder) into event rows. `analyze`, `info` and `diff` do it by themselves (cached)."""
-    from ..format.convert import is_raw
+    from ..format.convert import is_raw, skip_pandas_probe
     from .common import load
 
+    skip_pandas_probe()
     rec = load(recording, convert=False)
     if not is_raw(rec):
         sys.stderr.write(f"kmemleak-offline: {rec.path} holds no ring chunks: nothing to convert\n")

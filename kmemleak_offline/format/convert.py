@@ -132,7 +132,8 @@ class ChunkConverter:
             offs, ends, consumed = record_starts(data, len(data), self.where)
         except ChainError as exc:
             raise ConvertError(str(exc)) from None
-        if consumed != len(data) or not np.isin(starts, offs).all():
+        at = np.searchsorted(offs, starts).clip(0, max(0, len(offs) - 1))
+        if consumed != len(data) or not len(offs) or (offs[at] != starts).any():
             raise ConvertError(f"{self.where}: ring chunks that are not whole records "
                                "(a damaged raw recording)")
         chunk_of = np.searchsorted(starts, offs, side="right") - 1
@@ -323,6 +324,28 @@ def chunk_groups(path: Path) -> tuple[pq.ParquetFile, list[int], list[int]]:
         if k != "chunk":
             other.append(g)
     return pf, chunk, other
+
+
+def skip_pandas_probe() -> None:
+    """pyarrow imports pandas (0.3 CPU s, more on a busy box) the first time it turns Python
+    objects into an array, only to see whether they are pandas objects. A process that never uses
+    pandas (the recorder's converter, `convert`) lets that probe fail once; pyarrow remembers."""
+    import sys
+
+    if "pandas" in sys.modules:
+        return
+
+    class NoPandas:
+        @staticmethod
+        def find_spec(name: str, *_args: Any) -> None:
+            if name.split(".")[0] == "pandas":
+                raise ImportError("not in this process")
+
+    sys.meta_path.insert(0, NoPandas)  # type: ignore[arg-type]
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(NoPandas)  # type: ignore[arg-type]
 
 
 def chunk_bytes(rec: Recording) -> int:
