@@ -8,9 +8,8 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-import pytest
-
 import pyarrow as pa
+import pytest
 
 from kmemleak_offline.format.convert import ChunkConverter, ConvertError
 from kmemleak_offline.format.recording import to_table
