@@ -13,7 +13,7 @@ try:  # typer >= 0.2x vendors click as typer._click (click itself may not be ins
 except ImportError:  # older typer: plain click
     from click.exceptions import UsageError
 
-from recorder.command import record
+from recorder.command import record, record_fast
 
 from . import __version__
 from .commands.analyze import analyze
@@ -67,7 +67,10 @@ app.command("convert", short_help="Turn a raw recording's ring chunks into event
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: Typer in non-standalone mode so usage errors become one line, exit 2."""
+    args = sys.argv[1:] if argv is None else argv
     try:
+        if args[:1] == ["record"] and record_fast(args[1:]):  # start-up: no Typer machinery
+            return 0
         rc = app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
         sys.stdout.flush()  # a closed pipe (`| head`) shows up here, not at interpreter exit
     except typer.Exit as exc:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kmemleak_offline import __version__
-from kmemleak_offline.format.convert import ring_chunks_meta
-from kmemleak_offline.format.recording import new_metadata
+from kmemleak_offline.format.chunks import ring_chunks_meta
+from kmemleak_offline.format.layout import new_metadata
 from recorder import perf_event as pe
 from recorder import procfs
 from recorder.errors import RecordError, RecordInputError

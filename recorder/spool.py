@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from kmemleak_offline.format import chunks
-from kmemleak_offline.format.recording import make_parts_dir
-from recorder.errors import RecordError
+from kmemleak_offline.format.layout import PartsExistError, make_parts_dir
+from recorder.errors import RecordError, RecordInputError
 
 CONVERTER_NICE = 10
 CONVERT, KEEP = "convert", "keep"
@@ -146,7 +146,10 @@ class SpooledRecording:
                  orphaned: Callable[[], None] | None = None) -> None:
         self.path = out
         self.metadata = metadata
-        self.parts_dir = make_parts_dir(out)
+        try:
+            self.parts_dir = make_parts_dir(out)
+        except PartsExistError as exc:
+            raise RecordInputError(str(exc)) from None
         self.n = 1
         self.writer: chunks.ChunkWriter | None = None
         self.converter_cpu_s = 0.0

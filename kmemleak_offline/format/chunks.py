@@ -43,6 +43,17 @@ _IDX_ENTRY = struct.Struct("<IIQQQ")  # ring, cpu, offset in the ring's stream, 
 _ONE_DEFINED = b"\x02\x00\x00\x00\x02\x01"
 
 
+RING_CHUNKS = "ring_chunks"  # metadata key of a raw recording: how to read its chunks
+
+
+def ring_chunks_meta(ids: Mapping[int, tuple[str | None, bool]], per_task: bool) -> dict[str, Any]:
+    """The metadata a raw recording carries to be converted anywhere: the kernel id of every event
+    the rings hold (its `sys:name`, null for the side-band dummy; whether it records call chains)
+    and whether rings are per task (then samples keep their ring)."""
+    return {"ids": {str(i): [name, bool(cc)] for i, (name, cc) in sorted(ids.items())},
+            "per_task": bool(per_task)}
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kmemleak_offline.format.chain import ChainError, record_starts
+from kmemleak_offline.format.chunks import RING_CHUNKS, ring_chunks_meta  # noqa: F401
 from kmemleak_offline.format.gather import groups, payload_bytes
 from kmemleak_offline.format.recording import (
     KINDS,
@@ -36,7 +37,6 @@ from kmemleak_offline.format.recording import (
 )
 from kmemleak_offline.format.stacks import StackTable
 
-RING_CHUNKS = "ring_chunks"  # metadata key of a raw recording: how to read its chunks
 CHUNK_COLUMNS = ["ring", "cpu", "offset", "raw"]
 
 # perf record types and flags (linux/perf_event.h) the recorder's rings hold
@@ -51,14 +51,6 @@ _SIDE = ("kind", "time", "cpu", "ring", "seq", "pid", "tid", "event", "lost", "c
 
 class ConvertError(RecordingError):
     """Chunk bytes that cannot be records (a damaged raw recording). One line."""
-
-
-def ring_chunks_meta(ids: Mapping[int, tuple[str | None, bool]], per_task: bool) -> dict[str, Any]:
-    """The metadata a raw recording carries to be converted anywhere: the kernel id of every event
-    the rings hold (its `sys:name`, null for the side-band dummy; whether it records call chains)
-    and whether rings are per task (then samples keep their ring)."""
-    return {"ids": {str(i): [name, bool(cc)] for i, (name, cc) in sorted(ids.items())},
-            "per_task": bool(per_task)}
 
 
 def is_raw(rec: Recording) -> bool:

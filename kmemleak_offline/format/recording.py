@@ -22,13 +22,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kmemleak_offline.format.layout import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    PART_GLOB,
+    PARTS_SUFFIX,
+    PartsExistError,
+    new_metadata,
+)
+from kmemleak_offline.format.layout import make_parts_dir as _make_parts_dir
 from kmemleak_offline.format.metadata import Metadata, MetadataError
 from kmemleak_offline.format.stitch import stitch_files
-
-FORMAT_VERSION = 2
-METADATA_KEY = b"kmemleak_offline"
-PARTS_SUFFIX = ".parts"
-PART_GLOB = "part-*.parquet"
 
 KINDS = ("sample", "stack", "lost", "comm", "mmap", "fork", "exit", "ksym", "usym", "chunk")
 
@@ -67,23 +71,6 @@ COLUMNS = tuple(SCHEMA.names)
 
 class RecordingError(Exception):
     """A file that is not a usable recording (foreign, truncated, too new...). One-line message."""
-
-
-def new_metadata(producer: str) -> dict[str, Any]:
-    """A metadata skeleton with every required key, for writers to fill in."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "producer": producer,
-        "host": {},
-        "clock": {"perf_clock": "monotonic", "start_ns": 0, "stop_ns": 0,
-                  "anchor": {"perf_ns": 0, "realtime_ns": 0}},
-        "events": {},
-        "alloc": [],
-        "free": [],
-        "options": {},
-        "counts": {},
-        "probes": [],
-    }
 
 
 def const_column(value: str | None, n: int) -> pa.Array:
@@ -168,13 +155,11 @@ def _write_rows(w: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int
 
 
 def make_parts_dir(path: str | os.PathLike) -> Path:
-    """Create `path.parts` for a recording's part files; never over what a killed run left."""
-    parts_dir = Path(str(path) + PARTS_SUFFIX)
-    if parts_dir.exists():  # never delete what a killed run left: say so
-        raise RecordingError(f"{parts_dir} exists (a killed recording?): analyse it, "
-                             "or move it away first")
-    parts_dir.mkdir(parents=True)
-    return parts_dir
+    """layout.make_parts_dir; an existing folder is a RecordingError."""
+    try:
+        return _make_parts_dir(path)
+    except PartsExistError as exc:
+        raise RecordingError(str(exc)) from None
 
 
 def write_part(parts_dir: Path, n: int, tables: Iterable[Mapping[str, Any] | pa.Table], metadata: Mapping[str, Any],
