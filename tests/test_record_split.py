@@ -221,3 +221,48 @@ def test_interleaved_chunks_convert_like_a_record_walk(sizes: str) -> None:
         assert len(want) > 500 and got == want
         assert all(r["cpu"] == ring for r in rows if r["kind"] == "sample" and r["ring"] == ring)
     assert conv.seq == {0: len(_reference(0, bytes(whole[0]))), 1: len(_reference(1, bytes(whole[1])))}
+
+
+def test_fast_option_parser_matches_the_typer_command() -> None:
+    """record_fast (argparse, for start-up) must know exactly the options the Typer command has."""
+    import typer.main
+
+    from kmemleak_offline.cli import app
+    from recorder.command import _fast_parser
+
+    cmd = typer.main.get_command(app).commands["record"]
+    typer_opts = {p.name: (sorted(p.opts + p.secondary_opts), p.default) for p in cmd.params
+                  if p.param_type_name == "option" and p.name != "help"}
+    fast: dict[str, tuple[list[str], object]] = {}
+    for a in _fast_parser()._actions:
+        opts, default = fast.get(a.dest, ([], a.default))
+        fast[a.dest] = (sorted(opts + a.option_strings), default)
+    assert typer_opts == fast
+
+
+@pytest.mark.parametrize("argv", [
+    ["--alloc", "kmem:kmalloc", "--free", "kmem:kfree", "-g", "-m", "64", "-o", "x.parquet"],
+    ["--malloc", "-gvv", "--no-embed-symbols", "--defer-convert", "--duration=2s", "--", "ls", "-l"],
+    ["-C", "0,1", "--alloc=a:b", "--free", "c:d", "--order", "--malloc-prefix", "je_"],
+])
+def test_fast_and_typer_parsers_give_one_config(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from recorder.__main__ import app
+    from recorder.command import record_fast
+
+    got = []
+
+    class Fake:
+        def __init__(self, cfg) -> None:
+            got.append(cfg)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr("recorder.session.Session", Fake)
+    assert record_fast(argv)
+    res = CliRunner().invoke(app, ["record", *argv])
+    assert res.exit_code == 0, res.output
+    assert len(got) == 2 and got[0] == got[1]
+    assert not record_fast(["--help"]) and not record_fast(["--nosuch"]) and not record_fast(["pos"])
