@@ -180,9 +180,6 @@ class ChunkConverter:
         n = len(w)
         if not n:
             return
-        pidtid = a8[w + 2]
-        time = a8[w + 3]
-        self.max_time = max(self.max_time, int(time.max()))
         has_cc = self._cc[k]
         nr = np.zeros(n, np.int64)
         nr[has_cc] = a8[w[has_cc] + 5].astype(np.int64)
@@ -190,6 +187,14 @@ class ChunkConverter:
         if (raw_word * 8 + 4 > ends).any():
             raise ConvertError(f"{self.where}: a sample whose call chain runs past its record")
         raw_len = data.view(np.uint32)[raw_word * 2].astype(np.int64)
+        by_len = groups(raw_len)
+        if 1 < len(by_len) <= 64:  # rows of one payload size together: payloads copied per block
+            o = np.concatenate([sel for _, sel in by_len])
+            w, ends, rings, seqs, k, name_idx, has_cc, nr, raw_word, raw_len = (
+                x[o] for x in (w, ends, rings, seqs, k, name_idx, has_cc, nr, raw_word, raw_len))
+        pidtid = a8[w + 2]
+        time = a8[w + 3]
+        self.max_time = max(self.max_time, int(time.max()))
         raw_start = raw_word * 8 + 4
         if (raw_start + raw_len > ends).any():
             raise ConvertError(f"{self.where}: a sample whose payload runs past its record")
@@ -389,21 +394,27 @@ def convert_recording(rec: Recording, out: Path,
     """Write `out` (one file, via a temporary name) holding `rec`'s rows with its chunk rows
     converted into event rows. `rec` may be a file or a parts folder. `extra_rows`, given the files
     the recording saw mapped, returns rows to add (the recorder's embedded symbols)."""
+    from kmemleak_offline.format.background import BackgroundWriter
+
     meta = dict(rec.metadata)
     tmp = out.with_name(out.name + ".converting")
     writer = RecordingWriter(tmp, meta)
-    conv = ChunkConverter.from_metadata(meta, writer.write, str(rec.path))
+    bw = BackgroundWriter(writer)  # Parquet encoding overlaps the split of the next window
+    conv = ChunkConverter.from_metadata(meta, bw.write, str(rec.path))
     names: set[str] = set()
 
     def other(t: pa.Table) -> None:
         names.update(_mmap_names(t))
-        writer.write(t)
+        bw.write(t)
 
     try:
-        _chunk_windows(rec, conv, other)
-        if extra_rows is not None:
-            for rows in extra_rows(names | conv.mmap_names):
-                writer.write(rows)
+        try:
+            _chunk_windows(rec, conv, other)
+            if extra_rows is not None:
+                for rows in extra_rows(names | conv.mmap_names):
+                    bw.write(rows)
+        finally:
+            bw.join()
         writer.metadata = conv.finish_metadata(meta)
         writer.close()
         os.replace(tmp, out)

@@ -20,11 +20,11 @@ from typing import Any
 from kmemleak_offline import __version__
 
 from ..format import spec as specmod
+from ..format.background import BackgroundWriter
 from ..format.kernfile import KernelSymbolFile, kernel_map_pgoff
 from ..format.kernfile import check as check_kernel_file
 from ..format.recording import RecordingWriter, new_metadata
 from ..format.symrows import ksym_rows
-from .background import BackgroundWriter
 from .cmdline import record_target
 from .errors import PerfDataError
 from .reader import (

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..format.background import BackgroundWriter
 from ..format.gather import groups, payload_bytes
 from ..format.recording import RecordingWriter, const_column
 from ..format.stacks import StackTable
-from .background import BackgroundWriter
 from .columns import read_at, sample_columns, side_columns, which_attr
 from .reader import (
     REC_COMM,
