@@ -13,6 +13,7 @@ counts, the latest time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -29,11 +30,15 @@ from kmemleak_offline.format.chunks import RING_CHUNKS, ring_chunks_meta  # noqa
 from kmemleak_offline.format.gather import groups, payload_bytes
 from kmemleak_offline.format.recording import (
     KINDS,
+    SCHEMA,
+    WRITE_OPTIONS,
     Recording,
     RecordingError,
     RecordingWriter,
+    _arrow_schema_kv,
     _group_kind,
     const_column,
+    kind_mask,
 )
 from kmemleak_offline.format.stacks import StackTable
 
@@ -44,6 +49,11 @@ RECORD_MMAP2, RECORD_LOST, RECORD_COMM, RECORD_EXIT, RECORD_FORK, RECORD_SAMPLE 
 MISC_COMM_EXEC = 1 << 13
 MISC_MMAP_BUILD_ID = 1 << 14
 TRAILER = 32  # sample_id_all trailer of our attrs: {pid, tid} {time} {cpu, res} {identifier}
+
+# the columns a sample row uses: samples are written without the others (the "lean" layout),
+# which the final stitch adds as pages of nulls (format.stitch.Target)
+LEAN = pa.schema([SCHEMA.field(c) for c in ("kind", "time", "cpu", "ring", "seq", "pid", "tid",
+                                            "event", "raw", "stack_id")])
 
 _SIDE = ("kind", "time", "cpu", "ring", "seq", "pid", "tid", "event", "lost", "comm", "exec",
          "ppid", "ptid", "addr", "len", "pgoff", "filename", "build_id")
@@ -66,6 +76,8 @@ class ChunkConverter:
     per_task: bool
     write: Callable[[Mapping[str, Any] | pa.Table], None]
     where: str = "recording"
+    # sample rows as a table of the LEAN columns only (None: as a dict through `write`)
+    write_samples: Callable[[pa.Table], None] | None = None
     seq: dict[int, int] = field(default_factory=dict)  # ring -> next seq
     next_offset: dict[int, int] = field(default_factory=dict)  # ring -> expected chunk offset
     stacks: StackTable = field(default_factory=StackTable)
@@ -209,18 +221,23 @@ class ChunkConverter:
             if c:
                 self.samples[self._names[i]] = self.samples.get(self._names[i], 0) + c
         self.events += n
-        self.write({
+        cols = {
             "kind": const_column("sample", n),
             "time": pa.array(time, pa.uint64()),
             "cpu": pa.array((a8[w + 4] & 0xFFFFFFFF).astype(np.uint32), pa.uint32()),
-            "ring": pa.array(rings.astype(np.uint32), pa.uint32()) if self.per_task else None,
+            "ring": (pa.array(rings.astype(np.uint32), pa.uint32()) if self.per_task
+                     else pa.nulls(n, pa.uint32())),
             "seq": pa.array(seqs, pa.uint64()),
             "pid": pa.array((pidtid & 0xFFFFFFFF).astype(np.uint32).view(np.int32), pa.int32()),
             "tid": pa.array((pidtid >> 32).astype(np.uint32).view(np.int32), pa.int32()),
             "event": pa.DictionaryArray.from_arrays(pa.array(name_idx.astype(np.int32)), self._event_dict),
             "raw": raw,
             "stack_id": pa.array(sid, pa.uint32(), mask=nr == 0),
-        })
+        }
+        if self.write_samples is not None:
+            self.write_samples(pa.Table.from_arrays(list(cols.values()), schema=LEAN))
+        else:
+            self.write(cols)
         if new_stacks:
             self.write(new_stacks)
 
@@ -305,22 +322,23 @@ class Converted:
     gaps: dict[int, int]
 
 
-def chunk_groups(path: Path) -> tuple[pq.ParquetFile, list[int], list[int]]:
-    """(file, row groups of chunk rows, row groups of other rows), by `kind` statistics; a group
-    without statistics counts as other rows and as chunk rows (rows are then picked by kind)."""
+def chunk_groups(path: Path) -> tuple[pq.ParquetFile, list[int], list[int], list[int]]:
+    """(file, row groups of chunk rows only, of other rows only, mixed), by `kind` statistics, or
+    by the `kind` column where they do not settle it."""
     pf = pq.ParquetFile(path)
     md = pf.metadata
     col = next((j for j in range(md.num_columns) if md.schema.column(j).path == "kind"), None)
-    chunk, other = [], []
+    chunk, other, mixed = [], [], []
     for g in range(md.num_row_groups):
         if md.row_group(g).num_rows == 0:
             continue
         k = _group_kind(md.row_group(g), col)
-        if k in (None, "chunk"):
-            chunk.append(g)
-        if k != "chunk":
-            other.append(g)
-    return pf, chunk, other
+        if k is None:
+            m = kind_mask(pf.read_row_group(g, columns=["kind"]).column("kind"), ["chunk"])
+            m = m.to_numpy(zero_copy_only=False)
+            k = "chunk" if m.all() else None if m.any() else "other"
+        (chunk if k == "chunk" else mixed if k is None else other).append(g)
+    return pf, chunk, other, mixed
 
 
 def skip_pandas_probe() -> None:
@@ -349,7 +367,8 @@ def chunk_bytes(rec: Recording) -> int:
     """Bytes of ring chunks a recording holds, from its Parquet metadata (nothing decoded)."""
     total = 0
     for f in rec.files:
-        pf, groups_, _ = chunk_groups(f)
+        pf, groups_, _, mixed = chunk_groups(f)
+        groups_ = groups_ + mixed
         md = pf.metadata
         col = next((j for j in range(md.num_columns) if md.schema.column(j).path == "raw"), None)
         if col is not None:
@@ -358,23 +377,24 @@ def chunk_bytes(rec: Recording) -> int:
 
 
 def _chunk_windows(rec: Recording, conv: ChunkConverter,
-                   other: Callable[[pa.Table], None] | None) -> None:
-    """Feed `conv` every chunk row group of `rec` in order; pass the other rows to `other`."""
-    from kmemleak_offline.format.recording import kind_mask
-
+                   other: Callable[[Path, list[int], pa.Table | None], None]) -> None:
+    """Feed `conv` every chunk row group of `rec` in order; hand the other rows to `other`: as
+    (file, row groups, None) where whole row groups hold them, else as (file, [], rows)."""
     for f in rec.files:
         try:
-            pf, chunk, rest = chunk_groups(f)
-            for g in chunk:
+            pf, chunk, rest, mixed = chunk_groups(f)
+            for g in sorted(chunk + mixed):
                 t = pf.read_row_group(g, columns=["kind", *CHUNK_COLUMNS])
                 m = kind_mask(t.column("kind"), ["chunk"])
-                if not m.to_numpy(zero_copy_only=False).all():
+                if g in mixed:
                     t = t.filter(m)
                 conv.where = f"{f} (row group {g})"
                 conv.add(t)
-            if rest and other is not None:
-                t = pf.read_row_groups(rest)
-                other(t.filter(kind_mask(t.column("kind"), [k for k in KINDS if k != "chunk"])))
+            if rest:
+                other(f, rest, None)
+            if mixed:
+                t = pf.read_row_groups(mixed)
+                other(f, [], t.filter(kind_mask(t.column("kind"), [k for k in KINDS if k != "chunk"])))
         except (OSError, pa.ArrowException) as exc:
             raise RecordingError(f"{f}: cannot read recording data ({str(exc).strip()[:160]}); "
                                  "the file is truncated or corrupt") from None
@@ -389,37 +409,96 @@ def _mmap_names(t: pa.Table) -> set[str]:
     return {n for n in names if n}
 
 
+class _Output:
+    """Where converted rows go: samples to a lean Parquet file (the sample columns only), every
+    other row to a recording file; `finish` stitches both, and whole row groups of the source's
+    other rows (kallsyms, initial state, symbols: copied, not decoded again), into `out`."""
+
+    def __init__(self, out: Path, meta: dict[str, Any]) -> None:
+        self.out = out
+        self.samples_path = out.with_name(out.name + ".samples")
+        self.side = RecordingWriter(out.with_name(out.name + ".side"), meta)
+        opts = {k: [c for c in v if c in LEAN.names] for k, v in WRITE_OPTIONS.items()
+                if isinstance(v, list)}
+        opts["column_encoding"] = {c: e for c, e in WRITE_OPTIONS["column_encoding"].items()
+                                   if c in LEAN.names}
+        self.samples = pq.ParquetWriter(self.samples_path, LEAN, compression="zstd", **opts)
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.pieces: list = []
+
+    def write(self, item: tuple[str, Any]) -> None:
+        tag, rows = item
+        if tag == "side":
+            self.side.write(rows)
+            return
+        self.pending.append(rows)
+        self.pending_rows += rows.num_rows
+        if self.pending_rows >= self.side.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.samples.write_table(pa.concat_tables(self.pending), row_group_size=self.side.row_group_rows)
+        self.pending, self.pending_rows = [], 0
+
+    def finish(self, meta: dict[str, Any]) -> None:
+        from kmemleak_offline.format.stitch import Target, stitch_files
+
+        self._flush()
+        self.samples.close()
+        self.side.metadata = meta
+        side = self.side.close()
+        stitch_files([self.samples_path, *self.pieces, side], self.out, _arrow_schema_kv(meta),
+                     target=Target.of(side))
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        if not self.side.closed:
+            self.side.abort()
+        with contextlib.suppress(Exception):
+            self.samples.close()
+        for p in (self.samples_path, self.side.path):
+            p.unlink(missing_ok=True)
+
+
 def convert_recording(rec: Recording, out: Path,
                       extra_rows: Callable[[set[str]], list] | None = None) -> Converted:
     """Write `out` (one file, via a temporary name) holding `rec`'s rows with its chunk rows
     converted into event rows. `rec` may be a file or a parts folder. `extra_rows`, given the files
     the recording saw mapped, returns rows to add (the recorder's embedded symbols)."""
     from kmemleak_offline.format.background import BackgroundWriter
+    from kmemleak_offline.format.stitch import Piece
 
     meta = dict(rec.metadata)
     tmp = out.with_name(out.name + ".converting")
-    writer = RecordingWriter(tmp, meta)
-    bw = BackgroundWriter(writer)  # Parquet encoding overlaps the split of the next window
-    conv = ChunkConverter.from_metadata(meta, bw.write, str(rec.path))
+    output = _Output(tmp, meta)
+    bw = BackgroundWriter(output)  # Parquet encoding overlaps the split of the next window
+    conv = ChunkConverter.from_metadata(meta, lambda rows: bw.write(("side", rows)), str(rec.path))
+    conv.write_samples = lambda t: bw.write(("samples", t))
     names: set[str] = set()
 
-    def other(t: pa.Table) -> None:
+    def other(f: Path, groups_: list[int], rows: pa.Table | None) -> None:
+        if rows is None:
+            output.pieces.append(Piece(f, groups_))
+            t = pq.ParquetFile(f).read_row_groups(groups_, columns=["kind", "filename"])
+        else:
+            t = rows
+            bw.write(("side", rows))
         names.update(_mmap_names(t))
-        bw.write(t)
 
     try:
         try:
             _chunk_windows(rec, conv, other)
             if extra_rows is not None:
                 for rows in extra_rows(names | conv.mmap_names):
-                    bw.write(rows)
+                    bw.write(("side", rows))
         finally:
             bw.join()
-        writer.metadata = conv.finish_metadata(meta)
-        writer.close()
+        output.finish(conv.finish_metadata(meta))
         os.replace(tmp, out)
     except BaseException:
-        writer.abort()
+        output.cleanup()
         tmp.unlink(missing_ok=True)
         raise
     return Converted(out, conv.events, conv.nbytes, dict(conv.gaps))
@@ -430,5 +509,9 @@ def mapped_files(rec: Recording) -> set[str]:
     conv = ChunkConverter.from_metadata(rec.metadata, lambda _rows: None, str(rec.path))
     conv.samples_too = False
     names: set[str] = set()
-    _chunk_windows(rec, conv, lambda t: names.update(_mmap_names(t)))
+    def other(f: Path, groups_: list[int], rows: pa.Table | None) -> None:
+        t = rows if rows is not None else pq.ParquetFile(f).read_row_groups(groups_, columns=["kind", "filename"])
+        names.update(_mmap_names(t))
+
+    _chunk_windows(rec, conv, other)
     return names | conv.mmap_names
