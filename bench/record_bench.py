@@ -134,6 +134,7 @@ def main() -> int:
             raw = tmp / f"ours{i}.parquet"
             o = measure("ours", CLI + ["record", *EVENTS, "-m", str(args.pages), "--defer-convert",
                                        "-o", str(raw)], "recording", load, args, tmp)
+            raw_size = raw.stat().st_size
             conv = subprocess.run(CLI + ["convert", str(raw)], cwd=ROOT, capture_output=True,
                                   text=True, check=True)
             m = re.search(r"converted (\d+) events .* in ([0-9.]+) s \(([0-9.]+) CPU s", conv.stderr)
@@ -153,6 +154,9 @@ def main() -> int:
             add("conv cpu us/ev", 1e6 * conv_cpu / max(1, n_conv))
             add("conv wall us/ev", 1e6 * conv_wall / max(1, n_conv))
             add("startup s", o["startup"])
+            add("raw B/ev", raw_size / max(1, total))
+            add("converted B/ev", raw.stat().st_size / max(1, total))
+            add("conv wall s", conv_wall)
             raw.unlink()
             # perf record, same events and ring size, kernel call chains, CLOCK_MONOTONIC times
             pdata = tmp / f"perf{i}.data"
@@ -213,6 +217,9 @@ def main() -> int:
     print("conversion of ours (`kmemleak-offline convert`, fresh process):")
     row("CPU per event", "conv cpu us/ev", unit=" us")
     row("wall per event", "conv wall us/ev", unit=" us")
+    row("wall (what the default adds to record's exit)", "conv wall s", unit=" s")
+    row("file size per event, raw (--defer-convert)", "raw B/ev", lambda x: f"{x:.1f}", " B")
+    row("file size per event, converted (default)", "converted B/ev", lambda x: f"{x:.1f}", " B")
     print("start-up, exec to the 'recording' line (events enabled):")
     row(f"{len(res['startup s'])} runs", "startup s", unit=" s")
     return 0
