@@ -502,6 +502,7 @@ class Session:
                 sys.stderr.write("\r\033[K")
             if cfg.verbose:
                 print(self._stats(), f"(stopped: {self.stop_reason})", file=sys.stderr)
+            self._cleanup()  # events closed, uprobes gone now: not after the conversion
             t = time.monotonic()
             self.writer.close(KEEP if cfg.defer_convert else CONVERT)
             if cfg.verbose:
