@@ -12,9 +12,9 @@ chains, -m PAGES, system-wide):
   the load's start and end, divided by the events recorded in that window (sample times, both on
   CLOCK_MONOTONIC: perf record -k mono);
 - to exit: the recorder is stopped (SIGINT) and its total CPU (wait4: itself and the children it
-  reaped) divided by all its events. Ours runs with --defer-convert, then `kmemleak-offline
-  convert` converts its chunks: "to exit, converting" adds that conversion's CPU, which is what
-  the default (conversion after the stop, in the recorder's niced converter) costs;
+  reaped) divided by all its events. Ours runs twice: as by default (its converter process
+  converts after the stop; -v says what the conversion alone cost), and with --defer-convert,
+  whose chunks `kmemleak-offline convert` then converts in a fresh process;
 - losses: ours from the kernel's PERF_FORMAT_LOST counts, perf's from its LOST records (perf.data
   imported with `kmemleak-offline import`, which also gives its sample times);
 - conversion: CPU and wall us/event of `convert`, in a fresh process;
@@ -130,7 +130,27 @@ def main() -> int:
         load = tmp / "sockload"
         subprocess.run(["gcc", "-O2", "-o", str(load), str(HERE / "sockload.c")], check=True)
         for i in range(args.repeat):
-            # ours: ring chunks only while recording; converted afterwards by `convert`
+            # ours, the default: chunks while recording, converted by the recorder after the stop
+            out = tmp / f"default{i}.parquet"
+            d = measure("ours", CLI + ["record", *EVENTS, "-m", str(args.pages), "-v", "-o", str(out)],
+                        "recording", load, args, tmp)
+            m = re.search(r"converted (\d+) events .* in ([0-9.]+) s, ([0-9.]+) CPU s", d["err"])
+            if not m:
+                raise SystemExit(f"record -v said: {d['err']}")
+            n_in = int(m.group(1))
+            add("default exit us/ev", 1e6 * d["total_cpu"] / max(1, n_in))
+            add("default exit wall s", d["exit_wall"])
+            add("in-recorder conv cpu us/ev", 1e6 * float(m.group(3)) / max(1, n_in))
+            add("in-recorder conv wall s", float(m.group(2)))
+            add("converted B/ev", out.stat().st_size / max(1, n_in))
+            add("startup s", d["startup"])
+            win, total = window_events(out, *d["window"])  # the load: as with --defer-convert
+            add("ours load us/ev", 1e6 * d["load_cpu"] / max(1, win))
+            add("ours load CPU s", d["load_cpu"])
+            add("ours events", total)
+            add("ours lost", sum(c.get("lost", 0) for c in open_recording(out).metadata["counts"].values()))
+            out.unlink()
+            # ours, --defer-convert: chunks only; converted afterwards by `convert`
             raw = tmp / f"ours{i}.parquet"
             o = measure("ours", CLI + ["record", *EVENTS, "-m", str(args.pages), "--defer-convert",
                                        "-o", str(raw)], "recording", load, args, tmp)
@@ -149,14 +169,11 @@ def main() -> int:
             add("ours events", total)
             add("ours lost", lost)
             add("ours exit us/ev", 1e6 * o["total_cpu"] / max(1, total))
-            add("ours exit+conv us/ev", 1e6 * (o["total_cpu"] + conv_cpu) / max(1, total))
             add("ours exit wall s", o["exit_wall"])
             add("conv cpu us/ev", 1e6 * conv_cpu / max(1, n_conv))
             add("conv wall us/ev", 1e6 * conv_wall / max(1, n_conv))
             add("startup s", o["startup"])
             add("raw B/ev", raw_size / max(1, total))
-            add("converted B/ev", raw.stat().st_size / max(1, total))
-            add("conv wall s", conv_wall)
             raw.unlink()
             # perf record, same events and ring size, kernel call chains, CLOCK_MONOTONIC times
             pdata = tmp / f"perf{i}.data"
@@ -174,7 +191,8 @@ def main() -> int:
             add("perf lost", sum(c.get("lost", 0) for c in meta["counts"].values()))
             add("perf exit us/ev", 1e6 * p["total_cpu"] / max(1, total))
             add("perf exit wall s", p["exit_wall"])
-            add("ratio load", res["ours load us/ev"][-1] / res["perf load us/ev"][-1])
+            add("ratio load", (res["ours load us/ev"][-1] + res["ours load us/ev"][-2]) / 2
+                / res["perf load us/ev"][-1])
             pdata.unlink()
             imported.unlink()
             print(f"run {i + 1}/{args.repeat}: ours {res['ours load us/ev'][-1]:.3f} us/event during "
@@ -198,12 +216,15 @@ def main() -> int:
         print(f"  {label:<44} {fmt_spread(res[key], fmt, unit)}")
 
     print(f"\nkmem:kmalloc + kmem:kfree, kernel call chains, -m {args.pages}, system-wide; load: "
-          f"{args.procs} x socket()+close() for {args.seconds:g} s; {args.repeat} runs (median, min, max)")
+          f"{args.procs} x socket()+close() for {args.seconds:g} s; {args.repeat} runs (median, min, max;"
+          " ours: 2 runs per repeat, default and --defer-convert)")
     print("kmemleak-offline record:")
     row("CPU per event during the load", "ours load us/ev", unit=" us")
     row("CPU during the load", "ours load CPU s", unit=" s")
+    row("CPU per event to exit (default: converting)", "default exit us/ev", unit=" us")
+    row("wall from the stop to exit (default)", "default exit wall s", unit=" s")
     row("CPU per event to exit (--defer-convert)", "ours exit us/ev", unit=" us")
-    row("CPU per event to exit, converting (default)", "ours exit+conv us/ev", unit=" us")
+    row("wall from the stop to exit (--defer-convert)", "ours exit wall s", unit=" s")
     row("events", "ours events", lambda x: f"{x:,.0f}")
     row("lost", "ours lost", lambda x: f"{x:,.0f}")
     print("perf record:")
@@ -212,12 +233,13 @@ def main() -> int:
     row("CPU per event to exit", "perf exit us/ev", unit=" us")
     row("events", "perf events", lambda x: f"{x:,.0f}")
     row("lost", "perf lost", lambda x: f"{x:,.0f}")
-    print("ours / perf, CPU per event during the load:")
+    print("ours / perf, CPU per event during the load (ours: the mean of its 2 runs of a repeat):")
     row("ratio", "ratio load", lambda x: f"{x:.2f}", "x")
-    print("conversion of ours (`kmemleak-offline convert`, fresh process):")
-    row("CPU per event", "conv cpu us/ev", unit=" us")
-    row("wall per event", "conv wall us/ev", unit=" us")
-    row("wall (what the default adds to record's exit)", "conv wall s", unit=" s")
+    print("conversion:")
+    row("in the recorder after the stop, CPU per event", "in-recorder conv cpu us/ev", unit=" us")
+    row("in the recorder after the stop, wall", "in-recorder conv wall s", unit=" s")
+    row("`kmemleak-offline convert` (fresh process), CPU/ev", "conv cpu us/ev", unit=" us")
+    row("`kmemleak-offline convert` (fresh process), wall/ev", "conv wall us/ev", unit=" us")
     row("file size per event, raw (--defer-convert)", "raw B/ev", lambda x: f"{x:.1f}", " B")
     row("file size per event, converted (default)", "converted B/ev", lambda x: f"{x:.1f}", " B")
     print("start-up, exec to the 'recording' line (events enabled):")

@@ -477,7 +477,8 @@ class Session:
             # The converter is forked before anything is enabled; the slow work (kallsyms, the
             # /proc snapshot, imports) happens there, after enabling, away from the drain.
             self.writer = SpooledRecording(cfg.output, meta, self.traced_pids, embed,
-                                           self._close_in_converter, self._orphaned)
+                                           self._close_in_converter, self._orphaned,
+                                           verbose=bool(cfg.verbose))
             gc.collect()
             gc.freeze()  # set-up objects (typer, ...) never rescanned: no GC pause mid-drain
             self._realtime(True)

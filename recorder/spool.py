@@ -40,7 +40,9 @@ class Converter:
     """Child side: follows the recorder's commands on the control pipe (see the module doc)."""
 
     def __init__(self, folder: Path, out: Path, meta: dict[str, Any], traced_pids: Sequence[int],
-                 embed_symbols: bool, orphaned: Callable[[], None] | None = None) -> None:
+                 embed_symbols: bool, orphaned: Callable[[], None] | None = None,
+                 verbose: bool = False) -> None:
+        self.verbose = verbose
         self.folder = folder
         self.out = out
         self.meta = meta
@@ -127,7 +129,16 @@ class Converter:
 
         rec = open_recording(self.folder)
         if mode == CONVERT:
-            convert_recording(rec, self.out, extra_rows=usym)
+            import time
+
+            t, c = time.monotonic(), time.process_time()
+            res = convert_recording(rec, self.out, extra_rows=usym)
+            if self.verbose:
+                cpu = time.process_time() - c
+                sys.stderr.write(f"kmemleak-offline record: converted {res.events} events "
+                                 f"({res.chunk_bytes / 1e6:.1f} MB of ring chunks) in "
+                                 f"{time.monotonic() - t:.2f} s, {cpu:.2f} CPU s "
+                                 f"({1e6 * cpu / max(1, res.events):.3f} us/event)\n")
         else:
             rows = usym(mapped_files(rec)) if self.embed_symbols else []
             if rows:
@@ -143,7 +154,7 @@ class SpooledRecording:
 
     def __init__(self, out: Path, metadata: dict[str, Any], traced_pids: Sequence[int],
                  embed_symbols: bool, in_child: Callable[[], None],
-                 orphaned: Callable[[], None] | None = None) -> None:
+                 orphaned: Callable[[], None] | None = None, verbose: bool = False) -> None:
         self.path = out
         self.metadata = metadata
         try:
@@ -165,7 +176,7 @@ class SpooledRecording:
                 in_child()
                 os.nice(CONVERTER_NICE)  # background work: the workload and the drain come first
                 Converter(self.parts_dir, out, metadata, traced_pids, embed_symbols,
-                          orphaned).serve(ctrl_r)
+                          orphaned, verbose).serve(ctrl_r)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - report in one line, never a traceback
                 sys.stderr.write(f"kmemleak-offline record: converter: {exc}\n")
