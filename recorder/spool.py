@@ -205,18 +205,25 @@ class SpooledRecording:
         self.writer = chunks.ChunkWriter(self.parts_dir, self.n)
 
     def _end(self, line: str) -> int:
-        if self.writer is not None:
-            self.writer.add_metadata(self.metadata)
-            self.writer.close()
-            self.writer = None
+        try:
+            if self.writer is not None:
+                w, self.writer = self.writer, None
+                try:
+                    w.add_metadata(self.metadata)  # may fail (a full disk): the command still goes
+                finally:
+                    w.close()
+        finally:
+            self._send_and_close(line)
+        _, status, usage = os.wait4(self.pid, 0)
+        self.converter_cpu_s = usage.ru_utime + usage.ru_stime
+        return os.waitstatus_to_exitcode(status)
+
+    def _send_and_close(self, line: str) -> None:
         try:
             self._send(line)
         finally:
             os.close(self._ctrl)
             self._ctrl = -1
-        _, status, usage = os.wait4(self.pid, 0)
-        self.converter_cpu_s = usage.ru_utime + usage.ru_stime
-        return os.waitstatus_to_exitcode(status)
 
     def close(self, mode: str = CONVERT) -> Path:
         """Hand over the last part; the converter leaves the single file OUT. Waits for it."""
