@@ -9,6 +9,7 @@ beside the recording (`NAME.converted.parquet`) when its folder is writable, els
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -37,13 +38,20 @@ def _stem(rec) -> str:
     return name
 
 
-def cache_path(rec) -> Path:
+def cache_paths(rec) -> list[Path]:
+    """Where a cache file may be, in order: beside the recording when its folder is writable, and
+    under $XDG_CACHE_HOME (also the fallback when the disk beside it is full)."""
     folder = Path(rec.path).resolve().parent
-    if os.access(folder, os.W_OK | os.X_OK):
-        return folder / f"{_stem(rec)}.converted.parquet"
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kmemleak-offline"
     digest = hashlib.sha1(str(Path(rec.path).resolve()).encode()).hexdigest()[:16]
-    return base / f"{digest}-{_stem(rec)}.converted.parquet"
+    xdg = base / f"{digest}-{_stem(rec)}.converted.parquet"
+    if os.access(folder, os.W_OK | os.X_OK):
+        return [folder / f"{_stem(rec)}.converted.parquet", xdg]
+    return [xdg]
+
+
+def cache_path(rec) -> Path:
+    return cache_paths(rec)[0]
 
 
 def converted(rec):
@@ -54,23 +62,28 @@ def converted(rec):
     if not is_raw(rec):
         return rec
     src = _source_id(rec)
-    path = cache_path(rec)
-    if path.is_file():
-        try:
-            cached = open_recording(path)
-            if cached.metadata.get(CACHE_KEY) == src:
-                return cached
-        except RecordingError:
-            pass  # a damaged cache: make it again
+    paths = cache_paths(rec)
+    for path in paths:
+        if path.is_file():
+            try:
+                cached = open_recording(path)
+                if cached.metadata.get(CACHE_KEY) == src:
+                    return cached
+            except RecordingError:
+                pass  # a damaged cache: make it again
     mb = rec.size_bytes / 1e6
-    sys.stderr.write(f"kmemleak-offline: converting the ring chunks of {rec.path} ({mb:.0f} MB) "
-                     f"into {path} (once: later runs reuse it)\n")
-    sys.stderr.flush()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _convert(rec, path, {CACHE_KEY: src})
-    except OSError as exc:
-        fail(f"cannot write the converted recording {path}: {exc.strerror or exc}")
+    for i, path in enumerate(paths):
+        sys.stderr.write(f"kmemleak-offline: converting the ring chunks of {rec.path} ({mb:.0f} MB) "
+                         f"into {path} (once: later runs reuse it)\n")
+        sys.stderr.flush()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _convert(rec, path, {CACHE_KEY: src})
+            break
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) and i + 1 < len(paths):
+                continue  # no room beside it (a disk that filled up while recording): the cache
+            fail(f"cannot write the converted recording {path}: {exc.strerror or exc}")
     return open_recording(path)
 
 
