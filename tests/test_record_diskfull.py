@@ -3,10 +3,10 @@ when a test fails).
 
 The disk is filled deterministically by the traced command itself: it is exec'ed only once the
 events are on, fills the tmpfs with `dd` and then makes system calls (kmalloc/kfree events) until
-the recorder has had to stop. Expected (docs/behaviour.md, record): recording stops, what the spool
-held is converted into the room left (the rest counted), the stop reason is "disk full", exit
-status 1 with one line naming where the analysable data is, and nothing is left behind (spool
-segments, temporary files, uprobes).
+the recorder has had to stop. Expected (docs/behaviour.md, record): recording stops, what was
+written is sealed into the room set aside at the start (the events left in the rings counted),
+the stop reason is "disk full", exit status 1 with one line naming where the analysable data is,
+and nothing is left behind (open parts, temporary files, the reserve, uprobes).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def filler(d: Path) -> list[str]:
 
 def nothing_left_behind(parts: Path) -> None:
     assert not list(parts.glob("spool-*.bin")) and not list(parts.glob("*.tmp"))
+    assert not list(parts.glob(".ring-*"))  # every open part sealed
     assert not (parts / ".reserve").exists()
 
 
@@ -97,7 +98,7 @@ def test_disk_full_while_recording_keeps_what_fits(tmpfs, malloc) -> None:
     (d / "filler").unlink()  # room again: analyse in place
     an = cli(["analyze", str(out), "--format", "json"])
     assert an.returncode == 0, an.stderr
-    assert '"total_alloc": 0' not in an.stdout  # the allocations spooled before the disk filled
+    assert '"total_alloc": 0' not in an.stdout  # the allocations written before the disk filled
     assert our_probes() == []
 
 
