@@ -76,6 +76,16 @@ def make_reserve(folder: Path, free_bytes: int) -> int:
     return size
 
 
+def _say(line: str) -> None:
+    """One line on stderr from the converter; a closed stderr (EPIPE: the recorder's terminal or
+    pipe is gone) never stops it from saving the recording."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 class Converter:
     """Child side: follows the recorder's commands on the control pipe (see the module doc)."""
 
@@ -147,8 +157,8 @@ class Converter:
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            sys.stderr.write("kmemleak-offline record: converter: no room for the kallsyms and "
-                             "/proc snapshot (part 0): the disk is full\n")
+            _say("kmemleak-offline record: converter: no room for the kallsyms and /proc snapshot "
+                 "(part 0): the disk is full")
 
     def seal(self, n: int) -> None:
         _, meta = chunks.read_index(chunks.open_names(self.folder, n)[1])
@@ -205,7 +215,7 @@ class Converter:
             try:
                 self.orphaned()
             except Exception as exc:  # noqa: BLE001 - still save the data
-                sys.stderr.write(f"kmemleak-offline record: converter: {exc}\n")
+                _say(f"kmemleak-offline record: converter: {exc}")
         if not self.enabled:  # never recording: nothing to keep
             shutil.rmtree(self.folder, ignore_errors=True)
             return
@@ -309,7 +319,7 @@ class SpooledRecording:
                 code = Converter(self.parts_dir, out, metadata, traced_pids, embed_symbols,
                                  orphaned, verbose, self.recording).serve(ctrl_r)
             except BaseException as exc:  # noqa: BLE001 - report in one line, never a traceback
-                sys.stderr.write(f"kmemleak-offline record: converter: {exc}\n")
+                _say(f"kmemleak-offline record: converter: {exc}")
             finally:
                 os._exit(code)
         os.close(ctrl_r)

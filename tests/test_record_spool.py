@@ -262,3 +262,37 @@ def test_drain_to_copies_a_wrapping_ring_exactly(tmp_path: Path) -> None:
     assert off == len(data)
     assert kinds <= {pe.RECORD_COMM, pe.RECORD_FORK, pe.RECORD_EXIT, pe.RECORD_LOST}
     assert pe.RECORD_FORK in kinds and pe.RECORD_EXIT in kinds
+
+
+def test_converter_survives_epipe_and_still_cleans_up(tmp_path: Path) -> None:
+    """The recorder dies and its stderr pipe is gone: the converter's one-line complaints hit a
+    closed pipe (EPIPE). It must still run the clean-up, seal what was written and say why."""
+    import sys
+
+    def orphaned() -> None:
+        raise RuntimeError("could not remove uprobe x")  # said on the (closed) stderr
+
+    r, w = os.pipe()
+    os.close(r)  # nobody reads the converter's stderr: EPIPE
+    saved, saved_fd = sys.stderr, os.dup(2)
+    os.dup2(w, 2)  # the converter is forked with this stderr (fd 2 and Python's)
+    sys.stderr = os.fdopen(os.dup(w), "w")
+    try:
+        sp = SpooledRecording(tmp_path / "k.parquet", _meta(), [], False, lambda: None, orphaned)
+    finally:
+        sys.stderr.close()
+        sys.stderr = saved
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        os.close(w)
+    sp.start()
+    data, raws = _ring_bytes(0x7000, 30)
+    sp.writer.append(0, 0, 0, [memoryview(data)], len(data))
+    os.close(sp._ctrl)  # SIGKILL
+    _, status = os.waitpid(sp.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rec = open_recording(tmp_path / "k.parquet")
+    assert rec.metadata["stopped"] == "recorder killed" and rec.warnings == []
+    convert_recording(rec, tmp_path / "c.parquet")
+    c = open_recording(tmp_path / "c.parquet")
+    assert sorted(c.table(["sample"], ["raw"]).column("raw").to_pylist()) == sorted(raws)
