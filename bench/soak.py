@@ -15,7 +15,7 @@ some kills land before the events are enabled). Then, per run:
 - the stop reason in the metadata (always set when there is an output);
 - uprobes of the killed recorder left in tracefs (must be 0), and how long they outlived it;
 - stray processes (the recorder's converter or guard still running 60 s after the kill) and
-  leftovers (spool segments, temporary files) once they are done.
+  leftovers (open parts, spool segments of older recorders, temporary files) once they are done.
 
 Prints the machine, one line per run and a summary; exit status 1 if any check failed.
 """
@@ -108,6 +108,7 @@ def one_run(i: int, mode: str, sig: signal.Signals, delay: float, work: Path) ->
          "stderr": err.strip().splitlines()[-1][:160] if err.strip() else ""}
     parts = Path(str(out) + ".parts")
     leftovers = [p.name for p in (list(parts.glob("spool-*.bin")) + list(parts.glob("*.tmp"))
+                                  + list(parts.glob(".ring-*.idx"))
                                   + list(work.glob(f"run{i}.parquet.tmp")))] if parts.exists() else \
         [p.name for p in work.glob(f"run{i}.parquet.tmp")]
     r["leftovers"] = leftovers

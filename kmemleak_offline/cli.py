@@ -15,11 +15,12 @@ try:  # typer >= 0.2x vendors click as typer._click (click itself may not be ins
 except ImportError:  # older typer: plain click
     from click.exceptions import UsageError
 
-from recorder.command import record
+from recorder.command import record, record_fast
 
 from . import __version__
 from .commands.analyze import analyze
 from .commands.common import CommandError, silence_stdout
+from .commands.convert import convert
 from .commands.diff import diff
 from .commands.fleet import fleet
 from .commands.import_ import import_
@@ -66,6 +67,7 @@ app.command("info", short_help="Summarise a recording.")(info)
 app.command("record", short_help="Record alloc/free events on this machine (root).",
             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(record)
 app.command("import", short_help="Convert a perf.data into a recording.")(import_)
+app.command("convert", short_help="Turn a raw recording's ring chunks into events.")(convert)
 
 
 _SIGINT_SEEN = [False]
@@ -99,7 +101,10 @@ _SAID = [False]  # a command already said why it ended (its one line)
 
 def _main(argv: list[str] | None) -> int:
     _SAID[0] = False
+    args = sys.argv[1:] if argv is None else argv
     try:
+        if args[:1] == ["record"] and record_fast(args[1:]):  # start-up: no Typer machinery
+            return 0
         rc = app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
         sys.stdout.flush()  # a closed pipe (`| head`) shows up here, not at interpreter exit
     except typer.Exit as exc:

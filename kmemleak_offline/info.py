@@ -66,13 +66,19 @@ def _summary(rec: Recording, warnings: list[str]) -> str:
         line = (f"  {name:<32} samples {ev_counts.get(name, 0):>10}   kernel count "
                 f"{c.get('kernel_count', '-')}  lost {c.get('lost', '-')}")
         kc, lost = c.get("kernel_count"), c.get("lost")
-        if isinstance(kc, int) and isinstance(lost, int):  # docs/format.md (counts): count - samples - lost
+        if isinstance(kc, int) and isinstance(lost, int) and m.get("ring_chunks") is None:
+            # docs/format.md (counts): count - samples - lost (a raw recording has no samples yet)
             left = kc - ev_counts.get(name, 0) - lost
             if left >= 0:
                 line += f"  unaccounted {left}"
             else:  # counters read before the last samples were written (a killed recorder)
                 line += "  unaccounted ? (kernel count older than the samples)"
         lines.append(line)
+    if m.get("ring_chunks") is not None:
+        from .format.convert import chunk_bytes
+
+        lines.append(f"raw:         {by_kind.get('chunk', 0)} ring chunks, {_human(chunk_bytes(rec))}, not "
+                     "converted yet (samples above: 0); `convert` or `analyze` converts them")
     lines.append(f"lost:        {lost_sum} events in {by_kind.get('lost', 0)} LOST records"
                  + ("  (per-event split estimated)" if m.get("lost_split") == "estimated" else ""))
     if m.get("probes"):

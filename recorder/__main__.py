@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from recorder.command import record
+from recorder.command import record, record_fast
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 app.command("record", context_settings={"allow_extra_args": True,
@@ -17,4 +19,10 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    try:
+        if args[:1] == ["record"] and record_fast(args[1:]):  # start-up: no Typer machinery
+            sys.exit(0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
     app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import signal
 import sys
@@ -56,17 +57,30 @@ def record(
     embed_symbols: Annotated[bool, typer.Option("--embed-symbols/--no-embed-symbols",
                                                 help="with --malloc: embed the symbol tables of the "
                                                 "ELF files the traced processes mapped")] = True,
+    defer_convert: Annotated[bool, typer.Option("--defer-convert", help="exit right after the stop, "
+                                                "leaving the ring chunks unconverted (3-5x larger): "
+                                                "`convert` or `analyze` converts them later, anywhere")] = False,
 ) -> None:
     """Record alloc/free tracepoints (as root) into a recording; `-- CMD ARGS...` traces a command.
 
     `--malloc` records a user-space program's allocator calls instead (uprobes, removed at exit).
     """
+    run_record(list(ctx.args), alloc=alloc, free=free, cpus=cpus, pids=pids, tids=tids,
+               mmap_pages=mmap_pages, call_graph=call_graph, duration=duration, output=output,
+               verbose=verbose, malloc=malloc, malloc_lib=malloc_lib, malloc_prefix=malloc_prefix,
+               embed_symbols=embed_symbols, defer_convert=defer_convert)
+
+
+def run_record(cmd: list[str], *, alloc: str, free: str, cpus: str | None, pids: str | None,
+               tids: str | None, mmap_pages: int, call_graph: bool, duration: str | None,
+               output: Path, verbose: int, malloc: bool, malloc_lib: str | None,
+               malloc_prefix: str, embed_symbols: bool, defer_convert: bool) -> None:
+    """The command's work, whichever parser read the options."""
     from recorder.errors import RecordError
     from recorder.procfs import parse_cpu_list
     from recorder.session import RecordConfig, Session
 
     try:
-        cmd = list(ctx.args)
         unknown = [a for a in cmd if a.startswith("-")] if cmd and cmd[0].startswith("-") else []
         if unknown:
             raise ValueError(f"unknown option {unknown[0]} (a command to trace goes after --)")
@@ -77,7 +91,7 @@ def record(
             mmap_pages=mmap_pages, call_graph=call_graph,
             duration_s=parse_duration(duration) if duration is not None else None,
             command=cmd, verbose=verbose, malloc=malloc, malloc_lib=malloc_lib,
-            malloc_prefix=malloc_prefix, embed_symbols=embed_symbols)
+            malloc_prefix=malloc_prefix, embed_symbols=embed_symbols, defer_convert=defer_convert)
         code = Session(cfg).run()
     except ValueError as exc:  # spec / option syntax
         _fail(str(exc), 2)
@@ -91,6 +105,61 @@ def record(
         _fail("interrupted before recording started", 128 + signal.SIGTERM)
     if code:
         raise typer.Exit(code)
+
+
+class _NotFast(Exception):
+    """argparse could not read the options: Typer will, and say what is wrong."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise _NotFast(message)
+
+
+def _fast_parser() -> argparse.ArgumentParser:
+    """The options of `record` above, for argparse (tests/test_record_split.py checks they match)."""
+    p = _Parser(add_help=False, allow_abbrev=False, prog="kmemleak-offline record")
+    p.add_argument("--alloc", default="")
+    p.add_argument("--free", default="")
+    p.add_argument("-C", "--cpus", default=None)
+    p.add_argument("-p", "--pids", default=None)
+    p.add_argument("-t", "--tids", default=None)
+    p.add_argument("-m", "--mmap-pages", type=int, default=128)
+    p.add_argument("-g", "--call-graph", action="store_true", default=False)
+    p.add_argument("--duration", default=None)
+    p.add_argument("-o", "--output", type=Path, default=Path("kmemleak.parquet"))
+    p.add_argument("--order", action="store_true", default=False)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--malloc", action="store_true", default=False)
+    p.add_argument("--malloc-lib", default=None)
+    p.add_argument("--malloc-prefix", default="")
+    p.add_argument("--embed-symbols", dest="embed_symbols", action="store_true", default=True)
+    p.add_argument("--no-embed-symbols", dest="embed_symbols", action="store_false")
+    p.add_argument("--defer-convert", action="store_true", default=False)
+    return p
+
+
+def record_fast(argv: list[str]) -> bool:
+    """Run `record ARGV` without Typer when argparse reads every option; False: use Typer.
+
+    Why: Typer >= 0.2x builds a pydantic adapter per option when it parses, 0.25 CPU s of
+    start-up before the events can be enabled. --help and anything argparse does not read go to
+    Typer, which prints the usual help and errors."""
+    if "--" in argv:
+        i = argv.index("--")
+        opts, cmd = argv[:i], argv[i + 1:]
+    else:
+        opts, cmd = argv, []
+    if any(a in ("--help", "-h") for a in opts):
+        return False
+    try:
+        ns = _fast_parser().parse_args(opts)
+    except _NotFast:
+        return False
+    kw = vars(ns)
+    kw.pop("order")
+    run_record(cmd, **kw)
+    return True
 
 
 def _fail(msg: str, code: int) -> None:

@@ -26,10 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Self
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
-
 DEFAULT_LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 GROUP_PREFIX = "kmlo_"
@@ -91,8 +87,10 @@ def default_group() -> str:
     return f"{GROUP_PREFIX}{os.getpid()}"
 
 
-def _func_symbols(elf: ELFFile, wanted: set[str]) -> dict[str, int]:
+def _func_symbols(elf: Any, wanted: set[str]) -> dict[str, int]:
     """name -> st_value of defined function symbols (.dynsym first, then .symtab)."""
+    from elftools.elf.sections import SymbolTableSection
+
     found: dict[str, int] = {}
     for secname in (".dynsym", ".symtab"):
         sec = elf.get_section_by_name(secname)
@@ -105,7 +103,7 @@ def _func_symbols(elf: ELFFile, wanted: set[str]) -> dict[str, int]:
     return found
 
 
-def _vaddr_to_offset(elf: ELFFile, vaddr: int) -> int:
+def _vaddr_to_offset(elf: Any, vaddr: int) -> int:
     for seg in elf.iter_segments():
         if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= vaddr < seg["p_vaddr"] + seg["p_filesz"]:
             return vaddr - seg["p_vaddr"] + seg["p_offset"]
@@ -169,6 +167,9 @@ def allocator_probes(lib_path: str = DEFAULT_LIBC, prefix: str = "", group: str 
 
 def _probes_from_elf(stream: BinaryIO, lib_path: str, path: str, prefix: str, group: str,
                      want: list[str]) -> list[ProbeDef]:
+    from elftools.common.exceptions import ELFError  # only --malloc pays for pyelftools
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(stream)
         syms = _func_symbols(elf, {prefix + f for f in want})

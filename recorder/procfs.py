@@ -10,7 +10,6 @@ import os
 import subprocess
 from pathlib import Path
 
-from kmemleak_offline.format.symrows import ksym_rows
 from recorder.errors import RecordError, RecordInputError
 
 TRACEFS_ENV = "KMEMLEAK_OFFLINE_TRACEFS"
@@ -152,6 +151,10 @@ def initial_maps(pid: int, time_ns: int) -> dict[str, list]:
 
 
 def kallsyms() -> dict[str, list]:
-    """`ksym` rows: every /proc/kallsyms symbol (text and data), with its module."""
+    """`ksym` rows: every /proc/kallsyms symbol (text and data), with its module. (Run by the
+    converter after enabling: the row builder's pyarrow import stays out of the recorder's
+    start-up.)"""
+    from kmemleak_offline.format.symrows import ksym_rows
+
     with open("/proc/kallsyms", "rb") as f:
         return ksym_rows(f.read())

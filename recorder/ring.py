@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
-import struct
+
+from kmemleak_offline.format.chunks import ChunkWriter
 
 PAGE_SIZE = mmap.PAGESIZE
-FRAME = struct.Struct("<IIQ")  # spool frame header: ring id, kind (0 = ring bytes), length
 
 
 class Ring:
@@ -30,31 +29,12 @@ class Ring:
         self._view = memoryview(self._mm)
         self.bytes_read = 0
 
-    def drain(self) -> bytes | None:
-        """Copy [tail, head) out of the ring and release it to the kernel."""
-        head = self._head.value
-        tail = self._tail.value
-        if head == tail:
-            return None
-        size = self.size
-        start = tail % size
-        end = head % size
-        base = self._base
-        mm = self._mm
-        if head - tail >= size or end <= start:
-            data = mm[base + start: base + size] + mm[base: base + end]
-        else:
-            data = mm[base + start: base + end]
-        self._tail.value = head
-        self.bytes_read += len(data)
-        return data
-
-    def drain_to(self, fd: int, ring_id: int) -> int:
-        """Append [tail, head) as one spool frame to `fd` straight from the mmap, then release it.
+    def drain_to(self, out: ChunkWriter, ring_id: int, cpu: int) -> int:
+        """Append [tail, head) to the open part as one chunk straight from the mmap, then release it.
 
         No intermediate bytes object: writev copies from the ring into the page cache once, as
-        perf record does, so the hot loop costs one syscall per ring with data.
-        """
+        perf record does, so the hot loop costs one page write (and a small index write) per ring
+        with data."""
         head = self._head.value
         tail = self._tail.value
         n = head - tail
@@ -65,21 +45,33 @@ class Ring:
         base = self._base
         v = self._view
         if start + n > size:
-            bufs = [FRAME.pack(ring_id, 0, n), v[base + start: base + size],
-                    v[base: base + start + n - size]]
+            views = [v[base + start: base + size], v[base: base + start + n - size]]
         else:
-            bufs = [FRAME.pack(ring_id, 0, n), v[base + start: base + start + n]]
-        want = n + FRAME.size
-        done = os.writev(fd, bufs)
-        if done < want:  # short write (a signal, a full disk): finish the frame or raise
-            flat = b"".join(bytes(b) for b in bufs)
-            while done < want:
-                w = os.write(fd, flat[done:])
-                if w <= 0:
-                    raise OSError("the spool file accepts no more bytes")
-                done += w
+            views = [v[base + start: base + start + n]]
+        out.append(ring_id, cpu, self.bytes_read, views, n)
         self._tail.value = head
         self.bytes_read += n
+        return n
+
+    def unread_events(self) -> int:
+        """Events still in the ring (never written: the disk was full): its samples, plus the
+        events its LOST records count. A header walk from tail to head (records are 8-aligned,
+        so no header wraps); only run once, after the stop."""
+        head, pos = self._head.value, self._tail.value
+        size, base, mm = self.size, self._base, self._mm
+        n = 0
+        while pos + 8 <= head:
+            at = base + pos % size
+            typ = int.from_bytes(mm[at:at + 4], "little")
+            rsize = int.from_bytes(mm[at + 6:at + 8], "little")
+            if rsize < 8:
+                break
+            if typ == 9:  # PERF_RECORD_SAMPLE
+                n += 1
+            elif typ == 2 and rsize >= 24:  # PERF_RECORD_LOST: id, lost
+                lo = base + (pos + 16) % size
+                n += int.from_bytes(mm[lo:lo + 8], "little")
+            pos += rsize
         return n
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
-"""The record loop: open events, spool ring bytes, let a converter write parts, stop.
+"""The record loop: open events, write ring chunks, let a converter do the rest, stop.
 
-Processes: this one (SCHED_FIFO while draining) polls the rings and appends their bytes to a spool
-segment (recorder.spool), hands a segment over about every second, handles signals and decides when
-to stop; a forked, niced converter splits segments into rows (recorder.records) and writes the
-crash-safe parts, then the single file. Nothing here decodes tracepoint payloads.
+Processes: this one (SCHED_FIFO while draining) polls the rings and appends their bytes to the open
+part file as chunks (recorder.spool, format.chunks), starts a new part about every second, handles
+signals and decides when to stop; a forked, niced converter snapshots the initial state and
+kallsyms, seals the parts, and after the stop converts the chunks into event rows (or keeps them:
+--defer-convert). Nothing here splits records or decodes tracepoint payloads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kmemleak_offline import __version__
-from kmemleak_offline.format.recording import RecordingWriter, new_metadata
+from kmemleak_offline.format.chunks import ring_chunks_meta
+from kmemleak_offline.format.layout import new_metadata
 from recorder import perf_event as pe
 from recorder import procfs
 from recorder.errors import RecordError, RecordInputError
@@ -37,9 +39,8 @@ from recorder.probes import (
     probe_metadata,
     remove_stale_groups,
 )
-from recorder.records import EventInfo, Splitter
 from recorder.ring import PAGE_SIZE, Ring
-from recorder.spool import DISK_FULL, DiskFull, SpooledRecording, make_reserve
+from recorder.spool import CONVERT, DONE, FULL, KEEP, DiskFull, SpooledRecording, is_disk_full
 
 PRODUCER = f"kmemleak-offline {__version__} record"
 
@@ -68,6 +69,7 @@ class RecordConfig:
     malloc_lib: str | None = None  # default: the libc the target maps
     malloc_prefix: str = ""
     embed_symbols: bool = True  # usym rows for the ELF files traced processes mapped
+    defer_convert: bool = False  # leave the ring chunks for `convert`/`analyze` to convert
 
 
 @dataclass
@@ -92,7 +94,7 @@ class Session:
         self.stop_reason = ""
         self.child: int | None = None
         self.child_status: int | None = None
-        self.writer: RecordingWriter | None = None
+        self.writer: SpooledRecording | None = None
         self._usr1 = False
         self._unread_warned: set[str] = set()
         self._hup: set[int] = set()
@@ -210,25 +212,6 @@ class Session:
                                    "record them separately or choose one with --malloc-lib")
         return next(v for v in libs.values() if v)
 
-    def _embed_symbols(self) -> None:
-        """usym rows for the ELF files the traced processes mapped, so user frames name functions
-        on a machine without those files (per-task recordings with call graphs only)."""
-        if not (self.cfg.embed_symbols and self.per_task and self.call_graph):
-            return
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        from kmemleak_offline.format.symrows import usym_rows
-
-        self.writer.flush_part()
-        names: set[str] = set()
-        for part in sorted(self.writer.parts_dir.glob("part-*.parquet")):
-            t = pq.read_table(part, columns=["kind", "filename"])
-            kind = t.column("kind").cast("string")
-            names.update(x for x in pc.unique(t.filter(pc.equal(kind, "mmap")).column("filename"))
-                         .to_pylist() if x and x.startswith("/"))
-        self.writer.write(usym_rows(sorted(names)))
-
     # ----------------------------------------------------------------- open
     def _attr(self, *, tracepoint: TracedEvent | None, leader: bool, inherit: bool) -> pe.PerfEventAttr:
         a = pe.PerfEventAttr()
@@ -280,7 +263,7 @@ class Session:
 
     def open_events(self) -> None:
         """One ring per CPU (on a side-band dummy leader); every other event SET_OUTPUT to it."""
-        self.ids: dict[int, EventInfo] = {}
+        self.ids: dict[int, tuple[str | None, bool]] = {}  # kernel id -> (event, call chains)
         self.kernel_filters: dict[str, str] = {}
         self.userspace_filters: dict[str, str] = {}
         tasks = self.targets or ([_Target(-1, False)] if not self.per_task else [])
@@ -291,7 +274,7 @@ class Session:
             for task in tasks:
                 fd = self._open(self._attr(tracepoint=None, leader=leader < 0, inherit=task.inherit),
                                 task.tid, cpu, "side-band dummy")
-                self.ids[pe.event_id(fd)] = EventInfo(None, False)
+                self.ids[pe.event_id(fd)] = (None, False)
                 self.sideband_fds.append(fd)
                 if leader < 0:
                     leader = fd
@@ -308,7 +291,7 @@ class Session:
                                     task.tid, cpu, ev.name)
                     self._apply_filter(ev, fd)
                     pe.set_output(fd, leader)
-                    self.ids[pe.event_id(fd)] = EventInfo(ev.name, ev.callchain)
+                    self.ids[pe.event_id(fd)] = (ev.name, ev.callchain)
                     self.event_fds.setdefault(ev.name, []).append(fd)
         for name, flt in self.userspace_filters.items():
             print(f"{name} filters '{flt}' in userspace", flush=True)
@@ -371,6 +354,7 @@ class Session:
         if cfg.malloc:
             meta["options"]["malloc"] = {"lib": self.probe_defs[0].path if self.probe_defs else None,
                                          "prefix": cfg.malloc_prefix}
+        meta["ring_chunks"] = ring_chunks_meta(self.ids, self.per_task)
         return meta
 
     @staticmethod
@@ -409,18 +393,27 @@ class Session:
 
     # ----------------------------------------------------------------- loop
     def _drain_rings(self) -> None:
-        """Append every ring's new bytes to the spool (no splitting, no Arrow: see spool.py)."""
-        self.writer.drain(self.rings)
+        """Append every ring's new bytes to the open part (no splitting, no Arrow: see spool.py).
+        A full disk raises DiskFull; the ring keeps what could not be written."""
+        out = self.writer.writer
+        cpus = self.ring_cpu
+        try:
+            for i, ring in enumerate(self.rings):
+                ring.drain_to(out, i, cpus[i])
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(exc.errno, "no room for ring chunks") from None
+            raise
 
     def _disk_full(self) -> None:
-        """No room for the spool: stop recording; what the spool holds is converted at the end
-        into the room left (spool.Converter.save_full)."""
+        """No room for the ring chunks: stop recording; the converter seals what was written
+        and writes the last metadata into the room set aside (spool.Converter.full)."""
         self.disk_full = True
         self.stop_reason = "disk full"
         self.stop.set()
 
     def _rotate(self) -> None:
-        """Hand the last second's segment to the converter, which writes it as a part."""
+        """Finish the last second's part; the converter seals it."""
         self._refresh_counts()
         self.writer.rotate()
 
@@ -500,36 +493,29 @@ class Session:
 
     def _record(self) -> int:
         cfg = self.cfg
-        self.splitter = Splitter(self.ids, per_task=self.per_task)
-        # Slow work first, with nothing enabled yet: kallsyms, the traced processes' build-ids
-        # (cached: the snapshot taken once the side-band is on only re-reads /proc), the fork.
-        ksyms = procfs.kallsyms()
-        for pid in self.traced_pids:
-            procfs.initial_maps(pid, 0)
         self._check_early()
         self._keep_old_outputs()
         start = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # provisional: set again at enable
         meta = self._metadata()
         meta["clock"].update(start_ns=start, stop_ns=start)
-        self.writer = RecordingWriter(cfg.output, meta, parts=True)
+        embed = cfg.embed_symbols and self.per_task and self.call_graph
         old = {s: signal.signal(s, self._on_signal)
                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
         if self._early_signal:  # between the last check and the handlers: stop at once
             self.stop_reason = self._early_signal
             self.stop.set()
         try:
-            self._start_parts(ksyms)
-            del ksyms
-            self.writer = SpooledRecording(self.writer, self.splitter, self.ring_cpu,
-                                           self._close_in_converter, self._orphaned)
-            # Everything slow happens before the events are on: a ring holds a few ms of events.
+            # The converter is forked before anything is enabled; the slow work (kallsyms, the
+            # /proc snapshot, imports) happens there, after enabling, away from the drain.
+            self.writer = SpooledRecording(cfg.output, meta, self.traced_pids, embed,
+                                           self._close_in_converter, self._orphaned,
+                                           verbose=bool(cfg.verbose))
             gc.collect()
-            gc.freeze()  # set-up objects (typer, pyarrow, ...) never rescanned: no GC pause mid-drain
+            gc.freeze()  # set-up objects (typer, ...) never rescanned: no GC pause mid-drain
             self._realtime(True)
             self._t0 = time.monotonic()
             try:
                 self._enable()
-                self.writer.events_enabled()
                 self._t0 = time.monotonic()
                 self._announce()
                 self.release_child()
@@ -555,59 +541,32 @@ class Session:
                 sys.stderr.write("\r\033[K")
             if cfg.verbose:
                 print(self._stats(), f"(stopped: {self.stop_reason})", file=sys.stderr)
-            self._release_events()  # uprobes gone now: symbols and the stitch take seconds
-            if not self.disk_full:
-                try:
-                    self._embed_symbols()
-                except DiskFull:
-                    self._disk_full()
-                    self.writer.metadata["stopped"] = self.stop_reason
-            answer = self.writer.close_full() if self.disk_full else self.writer.close()
+            not_kept = sum(ring.unread_events() for ring in self.rings) if self.disk_full else 0
+            self._cleanup()  # events closed, uprobes gone now: not after the conversion
+            t = time.monotonic()
+            answer = (self.writer.close_full() if self.disk_full
+                      else self.writer.close(KEEP if cfg.defer_convert else CONVERT))
             if cfg.verbose:
+                what = "kept the ring chunks" if cfg.defer_convert else "converted"
                 print(f"kmemleak-offline record: converter process {self.writer.converter_cpu_s:.2f} "
-                      "CPU s", file=sys.stderr)
+                      f"CPU s; {what} in {time.monotonic() - t:.2f} s after the stop", file=sys.stderr)
         finally:
             if isinstance(self.writer, SpooledRecording):
-                self.writer.abandon()  # no-op after close; on errors the converter saves the parts
-            elif not self.writer.closed:  # failed before the converter existed: nothing recorded
-                shutil.rmtree(self.writer.parts_dir, ignore_errors=True)
+                self.writer.abandon()  # no-op after close; on errors the converter seals the parts
             for s, h in old.items():
                 signal.signal(s, h)
-        return self._outcome(answer)
+        return self._outcome(answer, not_kept)
 
-    def _start_parts(self, ksyms) -> None:
-        """The first part (the kallsyms snapshot) and the room set aside for the last one; a
-        disk without room for them stops here, leaving nothing behind."""
-        w = self.writer
-        try:
-            free = os.statvfs(w.parts_dir)
-            make_reserve(w.parts_dir, free.f_bavail * free.f_frsize)
-            w.write(ksyms)
-            # until the converter exists nobody could write a stop reason: the first part says it
-            # (a later part, with the real one, always follows once the converter runs)
-            w.metadata["stopped"] = "recorder killed before the events were enabled"
-            try:
-                w.flush_part()
-            finally:
-                del w.metadata["stopped"]
-        except OSError as exc:
-            if exc.errno not in DISK_FULL:
-                raise
-            shutil.rmtree(w.parts_dir, ignore_errors=True)
-            raise RecordError(f"no room to record in {w.parts_dir.parent} (disk full): nothing "
-                              "was recorded") from None
-
-    def _outcome(self, answer: str) -> int:
-        """The converter's answer -> the exit status; one line when the recording is not the
+    def _outcome(self, answer: int, not_kept: int) -> int:
+        """The converter's outcome -> the exit status; one line when the recording is not the
         single file OUT (docs/behaviour.md: record, disk full)."""
         out, parts = self.cfg.output, self.writer.parts_dir
-        if answer.startswith("full"):
-            n = answer.split()[1] if len(answer.split()) > 1 else "?"
+        if answer == FULL:
             print(f"kmemleak-offline record: disk full: recording stopped after "
                   f"{time.monotonic() - self._t0:.0f} s; the analysable data is in {parts} "
-                  f"({n} events could not be kept)", file=sys.stderr, flush=True)
+                  f"({not_kept} events could not be kept)", file=sys.stderr, flush=True)
             return 1
-        if answer == "parts":
+        if answer != DONE:
             print(f"kmemleak-offline record: no room left to join the parts into {out}: the "
                   f"complete recording is {parts} (analyse it as it is)", file=sys.stderr, flush=True)
             return 1
@@ -615,8 +574,9 @@ class Session:
 
     def _enable(self) -> None:
         """Start the clock and the /proc snapshot right at enable time: the side-band (comm, fork,
-        exec, mmap) is switched on first, then /proc is read (rows at start_ns, through the spool),
-        then the tracepoints: a process started at any time has its comm in the recording.
+        exec, mmap) is switched on first, then the converter is told to read /proc (rows at
+        start_ns), and the tracepoints go on: a process started at any time has its comm in the
+        recording (from /proc, or from its own COMM record).
         With -- CMD every event is enable-on-exec and the command is still held."""
         start = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         self.writer.metadata["clock"].update(start_ns=start, stop_ns=start, anchor={
@@ -624,10 +584,7 @@ class Session:
         if not self.cfg.command:
             for fd in self.sideband_fds:
                 pe.enable(fd)
-        self.writer.write(procfs.initial_comms(start))
-        for pid in self.traced_pids:
-            self.writer.write(procfs.initial_maps(pid, start))
-        self.writer.write_metadata()
+        self.writer.start()  # the converter reads /proc now: later changes come as records
         if not self.cfg.command:
             side = set(self.sideband_fds)
             for fd in self.fds:
@@ -699,22 +656,6 @@ class Session:
             _, self.child_status = os.waitpid(self.child, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
-
-    def _release_events(self) -> None:
-        """Unmap the rings, close every perf fd, then remove the uprobes (not before: EBUSY)."""
-        for ring in self.rings:
-            try:
-                ring.close()
-            except (BufferError, ValueError):
-                pass
-        self.rings.clear()
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds.clear()
-        self._remove_uprobes()
 
     def _remove_uprobes(self) -> None:
         if self.uprobes is not None:

@@ -19,7 +19,8 @@ def test_top_level_help_lists_every_command_uncut():
                           "sys.exit(main(['--help']))")], capture_output=True, text=True,
                          env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"}, check=True).stdout
     listed = out.split("Commands:")[1].strip().splitlines()
-    assert [line.split()[0] for line in listed] == ["analyze", "diff", "fleet", "info", "record", "import"]
+    assert [line.split()[0] for line in listed] == ["analyze", "diff", "fleet", "info", "record", "import",
+                                                   "convert"]
     assert not any(line.rstrip().endswith("...") for line in listed), listed
 
 

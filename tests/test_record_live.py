@@ -7,6 +7,7 @@ ksym rows, so these tests check the recorder, not the analyser.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -81,9 +82,27 @@ def record_then_go(args: list[str], workloads: list[subprocess.Popen],
     return subprocess.CompletedProcess(rec.args, rec.returncode, out, first + err)
 
 
+def events(path: Path):
+    """The recording with event rows: a raw one (killed recorder) converted as `analyze` does."""
+    from kmemleak_offline.commands.convert import converted
+
+    return converted(open_recording(path))
+
+
+def wait_marked_killed(out: Path, timeout: float = 60) -> None:
+    """The converter outlives a killed recorder: wait until it has sealed the parts and said so."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with contextlib.suppress(Exception):  # a part being renamed in: look again
+            if open_recording(out).metadata.get("stopped") == "recorder killed":
+                return
+        time.sleep(0.1)
+    raise AssertionError("the converter never marked the recording 'recorder killed'")
+
+
 def samples(path: Path) -> tuple[dict, list[dict]]:
     """Metadata and the decoded samples (event, time, pid, tid, cpu, ptr, stack names)."""
-    rec = open_recording(path)
+    rec = events(path)
     meta = rec.metadata
     ks = rec.table(["ksym"], ["addr", "name"]).sort_by("addr")
     kaddr = ks.column("addr").to_numpy()
@@ -289,12 +308,14 @@ def test_sigint_sigusr1_and_sigkill_partial_recording(tmp_path: Path) -> None:
             time.sleep(0.1)  # initial state part + two 1 s batches
         rec.send_signal(signal.SIGUSR1)
         time.sleep(0.5)
-        rec.kill()  # SIGKILL: no chance to stitch
+        rec.kill()  # SIGKILL: no chance to convert
         _, err = rec.communicate(timeout=10)
         assert "events" in err  # live stats on SIGUSR1
-        assert parts.is_dir() and not out.exists()
-        r = open_recording(out)  # the parts folder is a recording
-        assert r.partial
+        wait_marked_killed(out)
+        assert parts.is_dir() and not out.exists() and not list(parts.glob(".ring-*"))
+        r = open_recording(out)  # the parts folder is a (raw) recording
+        assert r.partial and r.table(["chunk"], ["ring"]).num_rows > 0
+        r = events(out)  # converted as analyze does
         n = r.table(["sample"], ["time"]).num_rows
         assert n > 1000 and r.table(["ksym"], ["addr"]).num_rows > 1000
         assert r.metadata["counts"]["kmem:kmalloc"]["samples"] > 0
@@ -519,15 +540,9 @@ def test_recorder_killed_during_setup_never_runs_the_command(tmp_path: Path) -> 
     assert not flag.exists(), "the held command ran untraced after the recorder died"
 
 
-def _children_gone(pattern: Path, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while list(pattern.parent.glob(pattern.name)) and time.monotonic() < end:
-        time.sleep(0.1)
-
-
-def test_group_sigkill_leaves_every_segment_converted(tmp_path: Path) -> None:
-    """kill -9 -PGID: the converter (own session) still converts every spooled segment, and the
-    parts carry a stop time covering their records and say the recorder was killed."""
+def test_group_sigkill_leaves_every_part_sealed(tmp_path: Path) -> None:
+    """kill -9 -PGID: the converter (own session) still seals every part, the open one too, and
+    the recording says the recorder was killed; converted, its stop time covers its records."""
     loads = [_loader(6) for _ in range(2)]
     try:
         out = tmp_path / "g.parquet"
@@ -538,17 +553,18 @@ def test_group_sigkill_leaves_every_segment_converted(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while len(list(parts.glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(0.5)  # mid-segment: spooled bytes not handed over yet
+        time.sleep(0.5)  # mid-part: chunks written, the part not finished yet
         os.killpg(rec.pid, signal.SIGKILL)
         rec.wait(timeout=10)
-        _children_gone(parts / "spool-*.bin", 20)
+        wait_marked_killed(out)
     finally:
         for p in loads:
             p.kill()
             p.wait()
-    assert not list(parts.glob("spool-*.bin")), "a spooled segment was left unconverted"
+    assert not list(parts.glob(".ring-*")), "a part was left unsealed"
     r = open_recording(out)
     assert r.partial and r.metadata["stopped"] == "recorder killed"
+    r = events(out)
     times = r.table(["sample"], ["time"]).column("time").to_pylist()
     assert len(times) > 1000
     assert r.metadata["clock"]["stop_ns"] >= max(times)  # --than must not see young as old

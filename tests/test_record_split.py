@@ -1,18 +1,22 @@
-"""Unit tests of the record splitter on hand-built perf records (no root needed)."""
+"""The conversion of ring chunks into rows (format.convert), on hand-built perf records (no root).
+
+Expected rows are worked out here: from what was put in, or by a plain record-by-record walk
+(`_reference`), never by the code under test."""
 
 from __future__ import annotations
 
 import struct
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from kmemleak_offline.format.convert import ChunkConverter, ConvertError
 from kmemleak_offline.format.recording import to_table
 from recorder import perf_event as pe
 from recorder.command import parse_duration
 from recorder.errors import RecordInputError
 from recorder.procfs import parse_cpu_list
-from recorder.records import EventInfo, RingBatch, Splitter
 
 
 def _sample(ident: int, pid: int, tid: int, t: int, cpu: int, chain: list[int] | None,
@@ -55,8 +59,25 @@ def _mmap2(pid: int, addr: int, length: int, pgoff: int, bid: bytes, name: bytes
     return struct.pack("=IHH", pe.RECORD_MMAP2, pe.MISC_MMAP_BUILD_ID, 8 + len(body)) + body
 
 
-EVENTS = {7: EventInfo("kmem:kmalloc", True), 8: EventInfo("kmem:kfree", False),
-          99: EventInfo(None, False)}
+EVENTS = {7: ("kmem:kmalloc", True), 8: ("kmem:kfree", False), 99: (None, False)}
+
+
+def _chunks(items: list[tuple[int, int, int, bytes]]) -> pa.Table:
+    """Chunk rows (ring, cpu, offset, bytes), in drain order."""
+    return pa.table({"ring": pa.array([i[0] for i in items], pa.uint32()),
+                     "cpu": pa.array([i[1] for i in items], pa.uint32()),
+                     "offset": pa.array([i[2] for i in items], pa.uint64()),
+                     "raw": pa.array([i[3] for i in items], pa.binary())})
+
+
+def _convert(windows: list[list[tuple[int, int, int, bytes]]], per_task: bool = False,
+             conv: ChunkConverter | None = None) -> tuple[ChunkConverter, list[dict]]:
+    out: list = []
+    conv = conv or ChunkConverter(EVENTS, per_task, out.append)
+    conv.write = out.append
+    for w in windows:
+        conv.add(_chunks(w))
+    return conv, [r for t in out for r in to_table(t).to_pylist()]
 
 
 def test_split_samples_stacks_lost_and_sideband() -> None:
@@ -71,11 +92,9 @@ def test_split_samples_stacks_lost_and_sideband() -> None:
             + _sample(7, 20, 21, 1005, 1, chain_a, raws[3])
             + _fork(40, 30, 41, 31, 1006)
             + _mmap2(30, 0x400000, 0x1000, 0x2000, b"\xab" * 20, b"/usr/bin/x", 1007))
-    sp = Splitter(EVENTS, per_task=True)
-    parts = [to_table(r) for r in sp.split(RingBatch(ring=3, cpu=1, data=data))]
-    # a second batch of the same ring continues seq and reuses stack ids
-    parts += [to_table(r) for r in sp.split(RingBatch(3, 1, _sample(7, 1, 1, 2000, 1, chain_b, b"xy")))]
-    rows = [r for t in parts for r in t.to_pylist()]
+    # a second window of the same ring continues seq and reuses stack ids
+    more = _sample(7, 1, 1, 2000, 1, chain_b, b"xy")
+    sp, rows = _convert([[(3, 1, 0, data)], [(3, 1, len(data), more)]], per_task=True)
     samples = [r for r in rows if r["kind"] == "sample"]
     assert [r["seq"] for r in samples] == [0, 1, 3, 5, 8]
     assert [r["raw"] for r in samples] == raws + [b"xy"]
@@ -100,12 +119,31 @@ def test_split_samples_stacks_lost_and_sideband() -> None:
         0x400000, 0x1000, 0x2000, "/usr/bin/x", b"\xab" * 20)
     assert sp.samples == {"kmem:kmalloc": 4, "kmem:kfree": 1}
     assert sp.max_time == 2000  # the latest record of any kind (clock.stop_ns is never older)
+    assert sp.mmap_names == {"/usr/bin/x"} and sp.gaps == {}
 
 
 def test_unknown_ids_are_dropped_and_cpu_mode_has_no_ring() -> None:
     data = _sample(7, 1, 1, 5, 0, [1, 2], b"abc") + _sample(12345, 1, 1, 6, 0, None, b"zz")
-    rows = to_table(Splitter(EVENTS).split(RingBatch(0, 0, data))[0]).to_pylist()
-    assert len(rows) == 1 and rows[0]["ring"] is None and rows[0]["raw"] == b"abc"
+    _, rows = _convert([[(0, 0, 0, data)]])
+    assert len(rows) == 2 and rows[0]["ring"] is None and rows[0]["raw"] == b"abc"
+    assert rows[1]["kind"] == "stack"
+
+
+def test_gaps_are_counted_and_disorder_refused() -> None:
+    a = _sample(8, 1, 1, 5, 0, None, b"abcd")
+    conv, rows = _convert([[(0, 0, 0, a), (0, 0, len(a) + 64, a)]])  # 64 bytes never written
+    assert conv.gaps == {0: 64} and [r["seq"] for r in rows] == [0, 1]
+    meta = conv.finish_metadata({"counts": {"kmem:kfree": {"lost": 0}}, "ring_chunks": {}})
+    assert meta["chunk_gaps"] == [{"ring": 0, "bytes": 64}] and "ring_chunks" not in meta
+    assert meta["counts"]["kmem:kfree"]["samples"] == 2
+    with pytest.raises(ConvertError, match="out of order"):
+        _convert([[(0, 0, 100, a), (0, 0, 0, a)]])
+    with pytest.raises(ConvertError, match="whole records|corrupt record"):
+        _convert([[(0, 0, 0, a[:40]), (0, 0, 40, a)]])  # a record running into the next chunk
+    bad = bytearray(a)
+    bad[6:8] = (4).to_bytes(2, "little")  # a record of 4 bytes
+    with pytest.raises(ConvertError, match="corrupt record"):
+        _convert([[(0, 0, 0, bytes(bad))]])
 
 
 def test_option_parsers() -> None:
@@ -119,42 +157,112 @@ def test_option_parsers() -> None:
     assert np.uint64(pe.PerfEventAttr().size) == 0 and pe.ctypes.sizeof(pe.PerfEventAttr) == 136
 
 
-def _rows_of(sp: Splitter, batch: RingBatch) -> list[dict]:
-    return [r for t in sp.split(batch) for r in to_table(t).to_pylist()]
+def _reference(ring: int, data: bytes) -> list[tuple]:
+    """(seq, kind, time, event, raw, chain) of each record of one ring's bytes, walked one record
+    at a time with struct (an independent reading of the layout)."""
+    out, off, seq = [], 0, 0
+    while off < len(data):
+        typ, _misc, size = struct.unpack_from("=IHH", data, off)
+        if typ == pe.RECORD_SAMPLE:
+            ident, _pid, _tid, t, _cpu, _res = struct.unpack_from("=QIIQII", data, off + 8)
+            p = off + 40
+            chain = None
+            if EVENTS[ident][1]:
+                (nr,) = struct.unpack_from("=Q", data, p)
+                chain = list(struct.unpack_from(f"={nr}Q", data, p + 8))
+                p += 8 + 8 * nr
+            (n,) = struct.unpack_from("=I", data, p)
+            out.append((seq, "sample", t, EVENTS[ident][0], data[p + 4:p + 4 + n], chain))
+        elif typ == pe.RECORD_COMM:
+            (t,) = struct.unpack_from("=Q", data, off + size - 24)
+            out.append((seq, "comm", t, None, None, None))
+        seq += 1
+        off += size
+    return out
 
 
 @pytest.mark.parametrize("sizes", ["few", "odd", "many"])
-def test_drain_spans_split_like_the_whole_ring(sizes: str) -> None:
-    """A segment interleaves many drains of two rings; splitting each ring's spans in lockstep must
-    give exactly what walking that ring's concatenated bytes record by record gives."""
+def test_interleaved_chunks_convert_like_a_record_walk(sizes: str) -> None:
+    """Many drains of two rings, interleaved as the recorder writes them and cut into windows:
+    the rows must be what walking each ring's bytes record by record gives. Random payloads make
+    words that read like record headers, so the chained boundaries are checked too."""
     rng = np.random.default_rng(5)
     chains = [[2**64 - 128, *rng.integers(2**63, 2**64 - 1, int(d), dtype=np.uint64).tolist()]
               for d in rng.integers(1, 30, 40)]
     pick = {"few": lambda: 24 if rng.random() < 0.5 else 48,  # one payload size per event type
-            "odd": lambda: int(rng.choice([5, 24, 37])),  # not whole u32s: the byte path
-            "many": lambda: int(rng.integers(4, 200) * 4)}[sizes]  # > 16 sizes: the ragged path
-    segment, spans, whole = bytearray(), {0: [], 1: []}, {0: bytearray(), 1: bytearray()}
-    raws: dict[int, list[bytes]] = {0: [], 1: []}
+            "odd": lambda: int(rng.choice([5, 24, 37])),  # not whole u32s
+            "many": lambda: int(rng.integers(4, 200) * 4)}[sizes]  # > 64 sizes: the ragged path
+    chunks: list[tuple[int, int, int, bytes]] = []
+    whole = {0: bytearray(), 1: bytearray()}
     t = 0
-    for _ in range(300):  # drains of random length, rings interleaved as the spool writes them
+    for _ in range(300):
         ring = int(rng.integers(0, 2))
-        start = len(segment)
-        for _ in range(int(rng.integers(0, 12))):
+        body = bytearray()
+        for _ in range(int(rng.integers(1, 12))):
             t += 1
             if rng.random() < 0.02:
                 rec = _comm(5, 6, b"x" * int(rng.integers(1, 15)), t, False)
             else:
-                raws[ring].append(rng.bytes(pick()))
                 chain = chains[int(rng.integers(0, len(chains)))] if rng.random() < 0.5 else None
-                rec = _sample(7 if chain else 8, 1, 2, t, ring, chain, raws[ring][-1])
-            segment += rec
-            whole[ring] += rec
-        spans[ring].append((start, len(segment)))
+                rec = _sample(7 if chain else 8, 1, 2, t, ring, chain, rng.bytes(pick()))
+            body += rec
+        chunks.append((ring, ring + 4, len(whole[ring]), bytes(body)))
+        whole[ring] += body
+    windows = [chunks[:97], chunks[97:98], chunks[98:]]
+    conv, rows = _convert(windows, per_task=True)
+    stacks = {r["stack_id"]: r["callchain"] for r in rows if r["kind"] == "stack"}
+    assert len(stacks) == len({tuple(c) for c in stacks.values()})  # one id per distinct chain
     for ring in (0, 1):
-        starts, ends = np.array(spans[ring], dtype=np.int64).reshape(-1, 2).T
-        a, b = Splitter(EVENTS), Splitter(EVENTS)
-        got = _rows_of(a, RingBatch(ring, ring, bytes(segment), starts, ends))
-        want = _rows_of(b, RingBatch(ring, ring, bytes(whole[ring])))
+        want = _reference(ring, bytes(whole[ring]))
+        got = sorted((r["seq"], r["kind"], r["time"], r["event"], r["raw"],
+                      stacks.get(r["stack_id"])) for r in rows
+                     if r["kind"] in ("sample", "comm") and (r["ring"] == ring or r["kind"] == "comm"
+                                                              and r["time"] in {w[2] for w in want}))
         assert len(want) > 500 and got == want
-        assert [r["raw"] for r in got if r["kind"] == "sample"] == raws[ring]
-        assert a.stacks == b.stacks and a.samples == b.samples
+        assert all(r["cpu"] == ring for r in rows if r["kind"] == "sample" and r["ring"] == ring)
+    assert conv.seq == {0: len(_reference(0, bytes(whole[0]))), 1: len(_reference(1, bytes(whole[1])))}
+
+
+def test_fast_option_parser_matches_the_typer_command() -> None:
+    """record_fast (argparse, for start-up) must know exactly the options the Typer command has."""
+    import typer.main
+
+    from kmemleak_offline.cli import app
+    from recorder.command import _fast_parser
+
+    cmd = typer.main.get_command(app).commands["record"]
+    typer_opts = {p.name: (sorted(p.opts + p.secondary_opts), p.default) for p in cmd.params
+                  if p.param_type_name == "option" and p.name != "help"}
+    fast: dict[str, tuple[list[str], object]] = {}
+    for a in _fast_parser()._actions:
+        opts, default = fast.get(a.dest, ([], a.default))
+        fast[a.dest] = (sorted(opts + a.option_strings), default)
+    assert typer_opts == fast
+
+
+@pytest.mark.parametrize("argv", [
+    ["--alloc", "kmem:kmalloc", "--free", "kmem:kfree", "-g", "-m", "64", "-o", "x.parquet"],
+    ["--malloc", "-gvv", "--no-embed-symbols", "--defer-convert", "--duration=2s", "--", "ls", "-l"],
+    ["-C", "0,1", "--alloc=a:b", "--free", "c:d", "--order", "--malloc-prefix", "je_"],
+])
+def test_fast_and_typer_parsers_give_one_config(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from recorder.__main__ import app
+    from recorder.command import record_fast
+
+    got = []
+
+    class Fake:
+        def __init__(self, cfg) -> None:
+            got.append(cfg)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr("recorder.session.Session", Fake)
+    assert record_fast(argv)
+    res = CliRunner().invoke(app, ["record", *argv])
+    assert res.exit_code == 0, res.output
+    assert len(got) == 2 and got[0] == got[1]
+    assert not record_fast(["--help"]) and not record_fast(["--nosuch"]) and not record_fast(["pos"])

@@ -15,7 +15,7 @@ import pytest
 
 from kmemleak_offline import __version__, synthetic
 from kmemleak_offline.format import tracefs
-from kmemleak_offline.format.recording import open_recording
+from kmemleak_offline.format.recording import FORMAT_VERSION, open_recording
 from kmemleak_offline.synthetic import (
     KERNEL_TEXT_START,
     PERF_CONTEXT_KERNEL,
@@ -208,7 +208,7 @@ def test_builder_writes_a_recording_with_expected_rows_and_metadata(tmp_path: Pa
 
     rec = open_recording(path)
     m = rec.metadata
-    assert m["producer"] == f"kmemleak-offline {__version__} synthetic" and m["format_version"] == 1
+    assert m["producer"] == f"kmemleak-offline {__version__} synthetic" and m["format_version"] == FORMAT_VERSION
     assert m["alloc"] == ["kmem:kmalloc//ptr=ptr/size=bytes_alloc/stack/"]
     assert m["free"] == ["kmem:kmem_cache_free//ptr=ptr/"]
     assert set(m["events"]) == {"kmem:kmalloc", "kmem:kmem_cache_free"}

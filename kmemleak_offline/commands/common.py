@@ -72,12 +72,18 @@ def check_dir(option: str, path: Path | None) -> None:
         fail(f"{option} {path}: not a directory")
 
 
-def load(path: Path):
-    """Open a recording file or parts folder; bad input is a CommandError."""
+def load(path: Path, convert: bool = True):
+    """Open a recording file or parts folder; bad input is a CommandError. A raw recording (ring
+    chunks) is converted first, once (commands/convert.py), unless `convert` is False."""
     from ..format.recording import RecordingError, open_recording
 
     try:
-        return open_recording(path)
+        rec = open_recording(path)
+        if convert:
+            from .convert import converted
+
+            rec = converted(rec)
+        return rec
     except RecordingError as exc:
         fail(str(exc))
     except OSError as exc:  # a name too long, a loop of links...

@@ -17,7 +17,7 @@ def info(recording: Annotated[Path, typer.Argument(metavar="RECORDING", help="re
     from ..plausible import implausible
     from ..roles import warn_failures
 
-    rec = load(recording)
+    rec = load(recording, convert=False)  # a raw recording is shown as it is
     warnings = list(rec.warnings)
     warn_failures(implausible(rec), warnings.append, fate="analyze leaves them out")
     for w in warnings:

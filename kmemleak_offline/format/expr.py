@@ -19,9 +19,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from kmemleak_offline.format import tracefs
+from kmemleak_offline.format.lazy import lazy
+
+np = lazy("numpy", globals(), "np")  # imported at first use: not by the recorder's checks
 
 __all__ = [
     "EvalResult", "Expr", "ExprEnv", "ExprError", "as_ptr", "as_size", "compile_expr",
@@ -36,7 +37,6 @@ CHAR, SHORT, INT, LONG, ARRAY, UNSIGNED, PTR = 0, 1, 2, 3, 4, 8, 16
 _STR_TK = ord('"')
 
 _M64 = (1 << 64) - 1
-_ALL1 = np.uint64(_M64)
 _DATA_BASE = 0x0000_5500_0000_0000  # fake address of the event's data area
 _STR_BASE = 0x0000_5600_0000_0000   # fake address of string literals
 _FUNC_BASE = 0x0000_5700_0000_0000  # fake address of strings returned by builtins
@@ -99,8 +99,8 @@ class ExprEnv:
 def _replace_bad(r: EvalResult, fill: int) -> np.ndarray:
     """r.values with -1 and failed rows replaced by fill (no new array when there are none)."""
     if r.values.shape != r.failed.shape:  # a constant: one value per row, as before
-        return np.where(r.failed | (r.values == _ALL1), np.uint64(fill), r.values).astype(np.uint64)
-    bad = r.values == _ALL1
+        return np.where(r.failed | (r.values == np.uint64(_M64)), np.uint64(fill), r.values).astype(np.uint64)
+    bad = r.values == np.uint64(_M64)
     if r.failed.any():
         bad |= r.failed
     if not bad.any():
@@ -983,7 +983,7 @@ class _Eval:
             q = x // yy  # floor division, then round toward zero like C
             q = q + (((x - q * yy) != 0) & ((x < 0) != (yy < 0)))
             res = x - q * yy if mod else q
-        fill = _ALL1 if x.dtype == np.uint64 else np.int64(-1)
+        fill = np.uint64(_M64) if x.dtype == np.uint64 else np.int64(-1)
         res = np.where(bad, fill, res).astype(x.dtype)
         return _Val(res.view(np.uint64) if res.dtype == np.int64 else res)
 

@@ -1,4 +1,4 @@
-"""Recording format v1 (docs/format.md): schema, streaming writer, reader.
+"""Recording format v2 (docs/format.md): schema, streaming writer, reader.
 
 The one module that knows the on-disk layout. `record` and `import` write through
 `RecordingWriter`; `analyze`, `info` and `diff` read through `open_recording`. A recording is one
@@ -24,17 +24,24 @@ import pyarrow.parquet as pq
 
 from kmemleak_offline.format import integrity
 from kmemleak_offline.format.integrity import INTEGRITY, IntegrityError, part_name, seal
+from kmemleak_offline.format.layout import (
+    FORMAT_VERSION,
+    MANIFEST,
+    METADATA_KEY,
+    PART_GLOB,
+    PART_KEY,
+    PARTS_SUFFIX,
+    PartsExistError,
+    new_metadata,
+    new_recording_id,
+    note_part,
+    part_key,
+)
+from kmemleak_offline.format.layout import make_parts_dir as _make_parts_dir
 from kmemleak_offline.format.metadata import Metadata, MetadataError
 from kmemleak_offline.format.stitch import stitch_files
 
-FORMAT_VERSION = 1
-METADATA_KEY = b"kmemleak_offline"
-PART_KEY = b"kmemleak_offline.part"  # a part's {"seq": N, "recording": ID}
-MANIFEST = "manifest"  # in a parts folder: one JSON line per part written
-PARTS_SUFFIX = ".parts"
-PART_GLOB = "part-*.parquet"
-
-KINDS = ("sample", "stack", "lost", "comm", "mmap", "fork", "exit", "ksym", "usym")
+KINDS = ("sample", "stack", "lost", "comm", "mmap", "fork", "exit", "ksym", "usym", "chunk")
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 
@@ -63,6 +70,7 @@ SCHEMA = pa.schema(
         pa.field("build_id", pa.binary()),
         pa.field("name", pa.string()),
         pa.field("module", pa.string()),
+        pa.field("offset", pa.uint64()),  # v2: chunk rows
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -70,23 +78,6 @@ COLUMNS = tuple(SCHEMA.names)
 
 class RecordingError(Exception):
     """A file that is not a usable recording (foreign, truncated, too new...). One-line message."""
-
-
-def new_metadata(producer: str) -> dict[str, Any]:
-    """A metadata skeleton with every required key, for writers to fill in."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "producer": producer,
-        "host": {},
-        "clock": {"perf_clock": "monotonic", "start_ns": 0, "stop_ns": 0,
-                  "anchor": {"perf_ns": 0, "realtime_ns": 0}},
-        "events": {},
-        "alloc": [],
-        "free": [],
-        "options": {},
-        "counts": {},
-        "probes": [],
-    }
 
 
 def const_column(value: str | None, n: int) -> pa.Array:
@@ -177,6 +168,43 @@ def _write_rows(w: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int
         w.write_table(pa.concat_tables(tables), row_group_size=row_group_rows)
 
 
+def make_parts_dir(path: str | os.PathLike) -> Path:
+    """layout.make_parts_dir; an existing folder is a RecordingError."""
+    try:
+        return _make_parts_dir(path)
+    except PartsExistError as exc:
+        raise RecordingError(str(exc)) from None
+
+
+def write_part(parts_dir: Path, n: int, tables: Iterable[Mapping[str, Any] | pa.Table], metadata: Mapping[str, Any],
+               row_group_rows: int = 1 << 20, compression: str = "zstd", recording: str | None = None) -> Path:
+    """`part-NNNNN.parquet` holding these rows and metadata, sealed (format/integrity.py) and
+    complete before it is renamed in; a failure (a full disk) leaves no torn part. With
+    `recording` (its id), the part carries its number and the folder's manifest gets its line."""
+    final = parts_dir / part_name(n)
+    tmp = parts_dir / f".part-{n:05d}.tmp"
+    tables = [to_table(t) for t in tables]
+    kv = _encode_meta(metadata)
+    if recording is not None:
+        kv[PART_KEY] = part_key(n, recording)
+    try:
+        w = parquet_writer(tmp, SCHEMA, compression)
+        try:
+            for rows in _by_kind(tables):  # samples in row groups of their own: readers skip by group
+                _write_rows(w, rows, row_group_rows)
+            w.add_key_value_metadata(kv)
+        finally:
+            w.close()
+        seal(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if recording is not None:
+        note_part(parts_dir, n, final.name, sum(t.num_rows for t in tables), recording)
+    return final
+
+
 class RecordingWriter:
     """Streaming writer: rows in batches, metadata at close.
 
@@ -200,13 +228,9 @@ class RecordingWriter:
         self._writer: pq.ParquetWriter | None = None
         self._part_no = 0
         self.closed = False
-        self.recording_id = os.urandom(8).hex()  # names the parts of this recording
+        self.recording_id = new_recording_id()  # names the parts of this recording
         if parts:
-            self.parts_dir = Path(str(self.path) + PARTS_SUFFIX)
-            if self.parts_dir.exists():  # never delete what a killed run left: say so
-                raise RecordingError(f"{self.parts_dir} exists (a killed recording?): analyse it, "
-                                     "or move it away first")
-            self.parts_dir.mkdir(parents=True)
+            self.parts_dir = make_parts_dir(self.path)
 
     def write(self, rows: Mapping[str, Any] | pa.Table | pa.RecordBatch) -> None:
         """Queue rows (any subset of columns); they reach disk at the next row group or part."""
@@ -255,32 +279,15 @@ class RecordingWriter:
         if not tables and self._part_no and not force:  # the first part is written even empty
             return None
         seq = self._part_no
-        final = self.parts_dir / part_name(seq)
-        tmp = self.parts_dir / f".part-{seq:05d}.tmp"
         rows_n = sum(t.num_rows for t in tables)
         try:
-            w = parquet_writer(tmp, SCHEMA, self.compression)
-            try:
-                for rows in _by_kind(tables):  # samples in row groups of their own
-                    _write_rows(w, rows, self.row_group_rows)
-                w.add_key_value_metadata({**_encode_meta(self.metadata), PART_KEY: json.dumps(
-                    {"seq": seq, "recording": self.recording_id}).encode()})
-            finally:
-                w.close()
-            seal(tmp)
-            os.replace(tmp, final)
+            final = write_part(self.parts_dir, seq, tables, self.metadata, self.row_group_rows,
+                               self.compression, recording=self.recording_id)
         except BaseException:  # e.g. a full disk: no torn part left, the rows stay queued
-            tmp.unlink(missing_ok=True)
             self._pending[:0] = tables
             self._pending_rows += rows_n
             raise
         self._part_no += 1
-        try:  # the manifest names every part written: a missing one is then noticed
-            with open(self.parts_dir / MANIFEST, "a") as f:
-                f.write(json.dumps({"seq": seq, "file": final.name, "rows": rows_n,
-                                    "recording": self.recording_id}) + "\n")
-        except OSError:
-            pass  # the part itself is complete and sealed; readers cope without its line
         return final
 
     def unwrite_last_part(self) -> None:

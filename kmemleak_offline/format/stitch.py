@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,53 +215,178 @@ def read_footer(path: str | os.PathLike) -> tuple[TStruct, int]:
         return _Reader(f.read(flen)).struct(), start
 
 
-def stitch(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
+@dataclass
+class Piece:
+    """Some row groups of a part (all when `groups` is None)."""
+
+    path: str | os.PathLike
+    groups: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A leaf column of the output schema: enough to write a page of nulls for it."""
+
+    path: tuple[str, ...]
+    physical: int  # Parquet physical type code
+    max_def: int
+    max_rep: int
+
+
+@dataclass
+class Target:
+    """The output schema (the FileMetaData schema and column-orders fields, and its leaves in
+    order), for parts that lack some of its columns (a lean sample part): those columns are
+    written as pages of nulls."""
+
+    schema: list
+    column_orders: list | None
+    leaves: Sequence[Leaf]
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> Target:
+        """The schema of a Parquet file."""
+        fmd, _ = read_footer(path)
+        schema = _field(fmd, _FMD_SCHEMA)
+        leaves: list[Leaf] = []
+        elements = iter(schema[2].items)
+
+        def walk(prefix: tuple[str, ...], dfn: int, rep: int) -> None:
+            el = next(elements)
+            name = _field(el, 4)[2].decode()
+            kind = _field(el, 3)[2] if _field(el, 3) else 0  # REQUIRED, OPTIONAL, REPEATED
+            d, r = dfn + (kind != 0), rep + (kind == 2)
+            children = _field(el, 5)
+            if children:
+                for _ in range(children[2]):
+                    walk((*prefix, name), d, r)
+            else:
+                leaves.append(Leaf((*prefix, name), _field(el, 1)[2], d, r))
+
+        root = next(elements)
+        for _ in range(_field(root, 5)[2]):
+            walk((), 0, 0)
+        return cls(schema, _field(fmd, 7), leaves)
+
+
+def _chunk_range(cc: TStruct) -> tuple[int, int]:
+    cmd = _field(cc, _CC_META)[2]
+    dict_off = _field(cmd, 11)
+    start = dict_off[2] if dict_off else _field(cmd, 9)[2]
+    return start, start + _field(cmd, 7)[2]
+
+
+def _leaf_paths(fmd: TStruct) -> list[tuple[bytes, ...]]:
+    groups = _field(fmd, _FMD_ROW_GROUPS)
+    if groups and groups[2].items:
+        return [tuple(_field(_field(cc, _CC_META)[2], 3)[2].items)
+                for cc in _field(groups[2].items[0], _RG_COLUMNS)[2].items]
+    return []
+
+
+def _null_chunk(leaf: Leaf, rows: int, at: int) -> tuple[bytes, TStruct]:
+    """A column chunk of `rows` nulls (one data page, levels only) placed at file offset `at`."""
+    def levels(n: int) -> bytes:
+        run = bytearray()
+        v = n << 1
+        while v >= 0x80:
+            run.append((v & 0x7F) | 0x80)
+            v >>= 7
+        run.append(v)
+        run.append(0)
+        return struct.pack("<I", len(run)) + bytes(run)
+
+    body = (levels(rows) if leaf.max_rep else b"") + levels(rows)
+    w = _Writer()
+    crc = zlib.crc32(body)  # the page checksum readers verify (format/integrity.py), signed i32
+    w.struct([[1, _I32, 0], [2, _I32, len(body)], [3, _I32, len(body)],
+              [4, _I32, crc - (1 << 32) if crc >= 1 << 31 else crc],
+              [5, _STRUCT, [[1, _I32, rows], [2, _I32, 0], [3, _I32, 3], [4, _I32, 3]]]])
+    page = bytes(w.out) + body
+    cmd = [[1, _I32, leaf.physical], [2, _LIST, TList(_I32, [0, 3])],
+           [3, _LIST, TList(_BINARY, [p.encode() for p in leaf.path])], [4, _I32, 0],
+           [5, _I64, rows], [6, _I64, len(page)], [7, _I64, len(page)], [9, _I64, at],
+           [12, _STRUCT, [[3, _I64, rows]]]]
+    return page, [[_CC_FILE_OFFSET, _I64, at], [_CC_META, _STRUCT, cmd]]
+
+
+def stitch(parts: Sequence[str | os.PathLike | Piece], out: str | os.PathLike,
            kv_metadata: Mapping[bytes, bytes] | None = None, chunk: int = 1 << 22,
-           drop_keys: Sequence[bytes] = ()) -> int:
+           target: Target | None = None, drop_keys: Sequence[bytes] = ()) -> int:
     """Write `out` holding every row group of `parts` (same schema), in order; returns its row count.
 
     `kv_metadata` replaces values of the first part's key-value metadata (other keys, such as
-    ARROW:schema, are kept); `drop_keys` are left out.
+    ARROW:schema, are kept); `drop_keys` are left out. A `Piece` takes only some row groups of its
+    file (their bytes are copied, offsets shifted). With `target`, the output has that schema and
+    parts may lack some of its columns, which are then written as pages of nulls (with their CRC).
     """
     if not parts:
         raise StitchError("nothing to stitch")
-    footers = [read_footer(p) for p in parts]
+    pieces = [p if isinstance(p, Piece) else Piece(p) for p in parts]
+    footers = [read_footer(p.path) for p in pieces]
     meta0 = footers[0][0]
-    schema0 = _encoded(_field(meta0, _FMD_SCHEMA))
-    for path, (fmd, _) in zip(parts[1:], footers[1:]):
-        if _encoded(_field(fmd, _FMD_SCHEMA)) != schema0:
-            raise StitchError(f"{path}: its schema differs from {parts[0]}'s; parts must share one")
+    if target is None:
+        schema0 = _encoded(_field(meta0, _FMD_SCHEMA))
+        for piece, (fmd, _) in zip(pieces[1:], footers[1:]):
+            if _encoded(_field(fmd, _FMD_SCHEMA)) != schema0:
+                raise StitchError(f"{piece.path}: its schema differs from {pieces[0].path}'s; "
+                                  "parts must share one")
     row_groups: list[Any] = []
     num_rows = 0
     with open(out, "wb") as dst:
         dst.write(MAGIC)
-        for path, (fmd, end) in zip(parts, footers):
-            delta = dst.tell() - len(MAGIC)
+        for piece, (fmd, end) in zip(pieces, footers):
             groups = _field(fmd, _FMD_ROW_GROUPS)
-            for rg in groups[2].items if groups else []:
-                _shift(rg, (_RG_FILE_OFFSET,), delta)
-                for cc in _field(rg, _RG_COLUMNS)[2].items:
+            items = groups[2].items if groups else []
+            if piece.groups is None and target is None:  # the whole part: one copy
+                _copy_all(piece, fmd, items, end, dst, row_groups, chunk)
+                rows = _field(fmd, _FMD_NUM_ROWS)
+                num_rows += rows[2] if rows else 0
+                continue
+            paths = _leaf_paths(fmd)
+            for g in (range(len(items)) if piece.groups is None else piece.groups):
+                rg = items[g]
+                ccs = _field(rg, _RG_COLUMNS)[2].items
+                lo = min(_chunk_range(cc)[0] for cc in ccs)
+                hi = max(_chunk_range(cc)[1] for cc in ccs)
+                delta = dst.tell() - lo
+                _copy_range(piece.path, lo, hi, dst, chunk)
+                for cc in ccs:
                     if _field(cc, _CC_FILE_PATH):
-                        raise StitchError(f"{path}: column chunks in another file")
+                        raise StitchError(f"{piece.path}: column chunks in another file")
                     _shift(cc, (_CC_FILE_OFFSET,), delta)
                     cc[:] = [f for f in cc if f[0] not in _CC_PAGE_INDEX]
                     _shift(_field(cc, _CC_META)[2], _CMD_OFFSETS, delta)
+                nrows = _field(rg, 3)[2]
+                if target is not None:
+                    have = dict(zip(paths, ccs, strict=True))
+                    want = [tuple(p.encode() for p in leaf.path) for leaf in target.leaves]
+                    if set(have) - set(want):
+                        raise StitchError(f"{piece.path}: columns the output schema lacks")
+                    out_ccs = []
+                    for leaf, key in zip(target.leaves, want, strict=True):
+                        if key in have:
+                            out_ccs.append(have[key])
+                            continue
+                        page, cc = _null_chunk(leaf, nrows, dst.tell())
+                        dst.write(page)
+                        out_ccs.append(cc)
+                    _field(rg, _RG_COLUMNS)[2] = TList(_STRUCT, out_ccs)
+                    metas = [_field(cc, _CC_META)[2] for cc in out_ccs]
+                    _field(rg, 2)[2] = sum(_field(m, 6)[2] for m in metas)  # total_byte_size
+                    if _field(rg, 6):
+                        _field(rg, 6)[2] = sum(_field(m, 7)[2] for m in metas)
+                _shift(rg, (_RG_FILE_OFFSET,), delta)
                 ordinal = _field(rg, _RG_ORDINAL)
                 if ordinal:
                     ordinal[2] = len(row_groups)
                 row_groups.append(rg)
-            rows = _field(fmd, _FMD_NUM_ROWS)
-            num_rows += rows[2] if rows else 0
-            with open(path, "rb") as src:
-                src.seek(len(MAGIC))
-                left = end - len(MAGIC)
-                while left > 0:
-                    buf = src.read(min(chunk, left))
-                    if not buf:
-                        raise StitchError(f"{path}: truncated")
-                    dst.write(buf)
-                    left -= len(buf)
+                num_rows += nrows
         fmd = [list(f) for f in meta0]
+        if target is not None:
+            fmd = [f for f in fmd if f[0] not in (_FMD_SCHEMA, 7)]
+            fmd += [list(target.schema)] + ([list(target.column_orders)] if target.column_orders else [])
+            fmd.sort(key=lambda f: f[0])
         for f in fmd:
             if f[0] == _FMD_NUM_ROWS:
                 f[2] = num_rows
@@ -275,6 +401,36 @@ def stitch(parts: Sequence[str | os.PathLike], out: str | os.PathLike,
         dst.write(w.out)
         dst.write(struct.pack("<I", len(w.out)) + MAGIC)
     return num_rows
+
+
+def _copy_all(piece: Piece, fmd: TStruct, items: list, end: int, dst, row_groups: list,
+              chunk: int) -> None:
+    delta = dst.tell() - len(MAGIC)
+    for rg in items:
+        _shift(rg, (_RG_FILE_OFFSET,), delta)
+        for cc in _field(rg, _RG_COLUMNS)[2].items:
+            if _field(cc, _CC_FILE_PATH):
+                raise StitchError(f"{piece.path}: column chunks in another file")
+            _shift(cc, (_CC_FILE_OFFSET,), delta)
+            cc[:] = [f for f in cc if f[0] not in _CC_PAGE_INDEX]
+            _shift(_field(cc, _CC_META)[2], _CMD_OFFSETS, delta)
+        ordinal = _field(rg, _RG_ORDINAL)
+        if ordinal:
+            ordinal[2] = len(row_groups)
+        row_groups.append(rg)
+    _copy_range(piece.path, len(MAGIC), end, dst, chunk)
+
+
+def _copy_range(path: str | os.PathLike, lo: int, hi: int, dst, chunk: int) -> None:
+    with open(path, "rb") as src:
+        src.seek(lo)
+        left = hi - lo
+        while left > 0:
+            buf = src.read(min(chunk, left))
+            if not buf:
+                raise StitchError(f"{path}: truncated")
+            dst.write(buf)
+            left -= len(buf)
 
 
 def _encoded(field: list | None) -> bytes:
@@ -321,15 +477,17 @@ def set_kv(fmd: TStruct, kv: Mapping[bytes, bytes]) -> None:
             items.append([[1, _BINARY, key], [2, _BINARY, value]])
 
 
-def stitch_files(parts: Sequence[Path], out: Path, kv_metadata: Mapping[bytes, bytes],
-                 drop_keys: Sequence[bytes] = (), seal=None) -> int:
-    """Stitch into a temporary name beside `out` (then `seal(tmp)`), then rename: `out` is whole
-    or absent (a failure, e.g. a full disk, removes the temporary file)."""
+def stitch_files(parts: Sequence[Path | Piece], out: Path, kv_metadata: Mapping[bytes, bytes],
+                 target: Target | None = None, drop_keys: Sequence[bytes] = (), seal=None) -> int:
+    """Stitch into a temporary name beside `out`, seal it (`seal`, by default the footer digest
+    of format/integrity.py: the parts' digests do not hold for the new footer), then rename: `out`
+    is whole or absent (a failure, e.g. a full disk, removes the temporary file)."""
+    if seal is None:
+        from kmemleak_offline.format.integrity import seal
     tmp = out.with_name(out.name + ".tmp")
     try:
-        rows = stitch(parts, tmp, kv_metadata, drop_keys=drop_keys)
-        if seal is not None:
-            seal(tmp)
+        rows = stitch(parts, tmp, kv_metadata, target=target, drop_keys=drop_keys)
+        seal(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -10,8 +10,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-import pyarrow as pa
+from kmemleak_offline.format.lazy import lazy
+
+# imported at first use: the recorder parses formats before enabling events and never decodes
+np = lazy("numpy", globals(), "np")
+pa = lazy("pyarrow", globals(), "pa")
 
 _FIELD_RE = re.compile(
     r"field:(?P<decl>.+?);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>-?\d+);"
@@ -139,11 +142,11 @@ def parse_format(text: str, system: str | None = None) -> EventFormat:
                        print_fmt=print_fmt, text=text)
 
 
-_INT_DTYPES = {
-    (1, False): np.uint8, (1, True): np.int8,
-    (2, False): np.uint16, (2, True): np.int16,
-    (4, False): np.uint32, (4, True): np.int32,
-    (8, False): np.uint64, (8, True): np.int64,
+_INT_DTYPES = {  # numpy dtype names: numpy is imported at first use
+    (1, False): "uint8", (1, True): "int8",
+    (2, False): "uint16", (2, True): "int16",
+    (4, False): "uint32", (4, True): "int32",
+    (8, False): "uint64", (8, True): "int64",
 }
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..format.gather import ragged
 from .errors import PerfDataError
-from .gather import ragged
 from .reader import (
     MISC_COMM_EXEC,
     MISC_MMAP_BUILD_ID,

@@ -23,12 +23,12 @@ from kmemleak_offline import __version__
 
 from .. import perfprobe
 from ..format import spec as specmod
+from ..format.background import BackgroundWriter
 from ..format.kernfile import KernelSymbolFile, kernel_map_pgoff
 from ..format.kernfile import check as check_kernel_file
 from ..format.recording import RecordingWriter, new_metadata
 from ..format.symrows import ksym_rows
 from . import formats as fmtsrc
-from .background import BackgroundWriter
 from .cmdline import record_target
 from .errors import PerfDataError
 from .pipe import absorb
@@ -235,7 +235,7 @@ def convert(pd_: PerfData, output: str | os.PathLike, alloc: list[str] | None = 
         w.abort()
         raise
     return Converted(output=path, samples=dict(rows.samples), skipped=rows.skipped,
-                     stacks=len(rows.stack_of), notices=notices, metadata=w.metadata)
+                     stacks=len(rows.stacks), notices=notices, metadata=w.metadata)
 
 
 class Formats:

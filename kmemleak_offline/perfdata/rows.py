@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from ..format.background import BackgroundWriter
+from ..format.gather import groups, payload_bytes
 from ..format.recording import RecordingWriter, const_column
-from .background import BackgroundWriter
+from ..format.stacks import StackTable
 from .columns import read_at, sample_columns, side_columns, which_attr
 from .errors import PerfDataError
-from .gather import fixed_rows, groups, offsets_of, payload_bytes
 from .reader import (
     REC_COMM,
     REC_EXIT,
@@ -45,7 +45,7 @@ class RowBuilder:
         self.pd_ = pd_
         self.w = writer
         self.next_seq: dict[int, int] = {}  # cpu (-1: none recorded) -> next seq
-        self.stack_of: dict[bytes, int] = {}  # call chain bytes -> stack id
+        self.stacks = StackTable()  # call chain bytes -> stack id
         self.samples: dict[str, int] = {}  # event -> samples written
         self.skipped = 0  # samples of events without a raw payload
         self.start: int | None = None
@@ -130,38 +130,15 @@ class RowBuilder:
                     "/sys/kernel/tracing/events")
 
     def _stacks(self, win: Window, cols: dict[str, Any]) -> pa.Array:
-        """Stack id per sample (null without a call chain); rows for chains not seen before.
-
-        Chains of one depth are rows of a fixed width: Arrow hashes them (dictionary_encode), and
-        only the distinct ones of the window meet the Python dict of all chains."""
+        """Stack id per sample (null without a call chain); rows for chains not seen before."""
         n = len(cols["rec"])
         if "cc_nr" not in cols:
             return pa.nulls(n, pa.uint32())
         self.call_graph = True
-        nr, start = cols["cc_nr"], cols["cc_start"]
-        sid = np.zeros(n, np.uint32)
-        new: list[bytes] = []
-        for k, sel in groups(nr):  # one step per distinct depth (<= 127 by default)
-            if not k:
-                continue
-            rows = fixed_rows(win.buf, start[sel], 8 * k)
-            enc = pc.dictionary_encode(pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(8 * k), len(sel), [None, pa.py_buffer(rows)]))
-            gid = np.empty(len(enc.dictionary), np.uint32)
-            for j, key in enumerate(enc.dictionary.to_pylist()):
-                g = self.stack_of.get(key)
-                if g is None:
-                    g = self.stack_of[key] = len(self.stack_of)
-                    new.append(key)
-                gid[j] = g
-            sid[sel] = gid[enc.indices.to_numpy(zero_copy_only=False)]
-        if new:
-            first = len(self.stack_of) - len(new)
-            offsets = offsets_of(np.array([len(k) // 8 for k in new], np.int64)).astype(np.int32)
-            flat = np.frombuffer(b"".join(new), "<u8").astype(np.uint64)
-            self.w.write({"kind": const_column("stack", len(new)),
-                          "stack_id": pa.array(np.arange(first, first + len(new)), pa.uint32()),
-                          "callchain": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))})
+        nr = cols["cc_nr"]
+        sid, new_rows = self.stacks.assign(win.buf, cols["cc_start"], nr)
+        if new_rows:
+            self.w.write(new_rows)
         return pa.array(sid, pa.uint32(), mask=nr == 0)
 
     def _keep_side(self, typ: int, c: dict[str, Any], seq: np.ndarray) -> None:

@@ -32,7 +32,10 @@ def ragged(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np
 
 def payload_bytes(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ragged() for byte ranges of a record window: the items of each distinct length (one per
-    tracepoint, a few per window) copied as the rows of a 2-D view, into rows of the output."""
+    tracepoint, a few per window) copied as the rows of a 2-D view, into rows of the output.
+    Rows are copied in the widest unit (8, 4 or 2 bytes) every start and length is a multiple of
+    (tracepoint payloads follow a u32 size in u64-aligned records: 4), not byte by byte; items of
+    one width that are neighbours in the output (callers may order them so) fill one block."""
     lengths = lengths.astype(np.int64)
     offsets = offsets_of(lengths)
     out = np.empty(int(offsets[-1]), np.uint8)
@@ -41,13 +44,24 @@ def payload_bytes(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> t
     by_width = groups(lengths)
     if len(by_width) > 64:  # payloads of many sizes (strings): one index per byte
         return ragged(buf, starts, lengths)
+    both = np.bitwise_or.reduce(starts.astype(np.int64)) | np.bitwise_or.reduce(lengths)
+    unit = next(u for u in (8, 4, 2, 1) if not both & (u - 1))
+    dt = np.dtype(f"u{unit}")
+    src_all = buf[: len(buf) - len(buf) % unit].view(dt)
+    out_all = out.view(dt)  # len(out) is a sum of multiples of unit
     for width, sel in by_width:
         if not width:
             continue
-        src = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width), strides=(1, 1),
-                                              writeable=False)
-        dst = np.lib.stride_tricks.as_strided(out, shape=(len(out) - width + 1, width), strides=(1, 1))
-        dst[offsets[sel]] = src[starts[sel]]
+        w = width // unit
+        src = np.lib.stride_tricks.as_strided(src_all, shape=(len(src_all) - w + 1, w),
+                                              strides=(unit, unit), writeable=False)
+        first = int(offsets[sel[0]]) // unit
+        if int(sel[-1]) - int(sel[0]) + 1 == len(sel):  # items of this width lie together: one block
+            out_all[first:first + w * len(sel)].reshape(-1, w)[:] = src[starts[sel] // unit]
+            continue
+        dst = np.lib.stride_tricks.as_strided(out_all, shape=(len(out_all) - w + 1, w),
+                                              strides=(unit, unit))
+        dst[offsets[sel] // unit] = src[starts[sel] // unit]
     return out, offsets
 
 

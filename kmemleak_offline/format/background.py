@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..format.recording import RecordingWriter
+from kmemleak_offline.format.recording import RecordingWriter
 
 _STOP = object()
 
@@ -24,7 +24,7 @@ class BackgroundWriter:
         self.writer = writer
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="import-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="recording-writer", daemon=True)
         self._thread.start()
 
     def write(self, rows: Mapping[str, Any]) -> None:
