@@ -11,7 +11,8 @@ some kills land before the events are enabled). Then, per run:
 
 - outcome: `analysable` (OUT or OUT.parts opens; `info` and `analyze` exit 0), `none` (no output:
   the kill came before the recording existed; for SIGINT the recorder must have said so), or a
-  failure (`unreadable`, `no stop reason`);
+  failure (`unreadable`, `no stop reason`, `SIGINT ignored`: the recording went on more than
+  0.5 s past the signal, by its own clock);
 - the stop reason in the metadata (always set when there is an output);
 - uprobes of the killed recorder left in tracefs (must be 0), and how long they outlived it;
 - stray processes (the recorder's converter or guard still running 60 s after the kill) and
@@ -80,6 +81,7 @@ def one_run(i: int, mode: str, sig: signal.Signals, delay: float, work: Path) ->
     had_probes = bool(probes_of(rec.pid))
     rec.send_signal(sig)
     killed_at = time.monotonic()
+    killed_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the recording's clock
     probes_gone_ms = None  # measured before waiting: the converter keeps stderr open while it saves
     end = time.monotonic() + 10
     while mode == "malloc" and time.monotonic() < end:
@@ -136,6 +138,9 @@ def one_run(i: int, mode: str, sig: signal.Signals, delay: float, work: Path) ->
                        f"{(info.stderr or an.stderr).strip()[:100]})"
     elif not r["stopped"]:
         r["outcome"] = "no stop reason"
+    elif (sig == signal.SIGINT and r["stopped"] != "SIGINT"
+          and int(rc.metadata["clock"]["stop_ns"]) > killed_ns + 500_000_000):
+        r["outcome"] = "SIGINT ignored"  # it recorded on, long after the signal
     else:
         r["outcome"] = "analysable"
     return r
