@@ -80,16 +80,16 @@ def write_text(recordings: list[dict[str, Any]], sites: list[dict[str, Any]], ou
           f"in {_n(s['recordings'], 'recording')}{growing}\n")
         for line in _lines(s["stack"]):
             w(line + "\n")
-        hw = max(len(h["host"] or "?") for h in s["per_host"])
+        nw = max(len(x or "?") for x in [*(h["host"] for h in s["per_host"]),
+                                         *(k["kernel_release"] for k in s["per_kernel"])])
         w("  per host:\n")
         for h in s["per_host"]:
             g = ""
             if h["growing"]:
                 g = "  growing" + (f" in {h['growing']} of {h['recordings']}" if h["recordings"] > 1 else "")
-            w(f"    {h['host'] or '?':<{hw}} {h['bytes']:>12} bytes {h['objects']:>10} objects"
+            w(f"    {h['host'] or '?':<{nw}} {h['bytes']:>12} bytes {h['objects']:>10} objects"
               f"{g}\n")
-        kw = max(len(k["kernel_release"] or "?") for k in s["per_kernel"])
         w("  per kernel release:\n")
         for k in s["per_kernel"]:
-            w(f"    {k['kernel_release'] or '?':<{kw}} {k['bytes']:>12} bytes {k['objects']:>10} "
+            w(f"    {k['kernel_release'] or '?':<{nw}} {k['bytes']:>12} bytes {k['objects']:>10} "
               f"objects on {_n(k['hosts'], 'host')}\n")
