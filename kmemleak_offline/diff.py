@@ -141,7 +141,7 @@ def recording_table(name: str, a: Analysis, stacks: StackResolver) -> Table:
     for r in a.reports:
         trend_of: dict[int, tuple[object, Series]] = {}
         if a.mode == LEAKED_BYTES:
-            items = [(g.stack_id, g.pid, g.bytes, g.objects) for g in r.groups]
+            items = [(g.stack_id, g.user_pid, g.bytes, g.objects) for g in r.groups]  # names user frames
             trend_of = {g.stack_id: (g.stack_id, Series(g.trend.cls, g.trend.t_ns, g.trend.bytes))
                         for g in r.groups if g.trend is not None}
         else:  # one item per distinct (stack, pid), in order of first appearance, with its count

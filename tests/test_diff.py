@@ -85,7 +85,7 @@ def test_diff_matches_kernel_chains_across_kaslr(tmp_path, capsys):
 PIE = "/usr/bin/leaky-pie"
 
 
-def _pie(path, base: int, n: int) -> object:
+def _pie(path, base: int, n: int, per_task: bool = True) -> object:
     """A PIE program mapped at `base` (recorded with -p 100) leaking n x 32 bytes: make_leak <- main.
 
     The program's symbols and PT_LOAD segment are embedded (usym rows), so no binary is needed.
@@ -99,7 +99,21 @@ def _pie(path, base: int, n: int) -> object:
                   {"ptr": [0x1000 + 64 * i for i in range(n)], "bytes_alloc": 32, "bytes_req": 32},
                   stack_id=sid)
     b.add_samples("kmem:kfree", START + 500 * MS, 0, 100, 100, {"ptr": 0x9000})
-    return b.write(path, [KMALLOC], [KFREE], start_ns=START, stop_ns=STOP, options={"pids": [100]})
+    return b.write(path, [KMALLOC], [KFREE], start_ns=START, stop_ns=STOP,
+                   options={"pids": [100]} if per_task else None)
+
+
+def test_diff_names_user_frames_of_system_wide_recordings(tmp_path, capsys):
+    """Groups of a system-wide recording print pid 0 (perf-prof's); their user frames are still
+    named through the latest allocation's process, in diff as in analyze."""
+    run1 = _pie(tmp_path / "a.parquet", 0x555555554000, 2, per_task=False)
+    run2 = _pie(tmp_path / "b.parquet", 0x5612AB000000, 3, per_task=False)
+    code, out, err = run(capsys, "diff", run1, run2, "--format", "json")
+    assert code == 0, err
+    (c,) = json.loads(out)["changes"]
+    assert c["status"] == "grown"
+    assert c["stack"][1:] == [f"00005612ab001234 make_leak+0x34 ({PIE})",
+                              f"00005612ab001150 main+0x50 ({PIE})"]
 
 
 def test_diff_matches_user_chains_across_pie_load_bases(tmp_path, capsys):
