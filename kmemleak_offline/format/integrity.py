@@ -87,6 +87,45 @@ def verify_footer(path: str | os.PathLike, required: bool) -> bool:
     return True
 
 
+# parquet.thrift PageHeader: 1 type, 3 compressed_page_size, 5 data_page_header (1 num_values),
+# 8 data_page_header_v2 (1 num_values); page types 0 DATA_PAGE, 3 DATA_PAGE_V2
+_DATA_PAGES = {0: 5, 3: 8}
+
+
+def check_pages(f, start: int, size: int, num_values: int) -> str | None:
+    """Walk the page headers of one column chunk (`size` bytes at `start` of the open binary
+    file `f`): they must tile the chunk and their values add up to the footer's `num_values`.
+    A page CRC covers its data, not its header nor which chunk it belongs to: a whole valid page
+    copied over another passes its CRC but not this. Returns what is wrong, or None."""
+    pos, end, values = start, start + size, 0
+    while pos < end:
+        window = 1 << 14
+        while True:
+            f.seek(pos)
+            head = f.read(min(window, end - pos))
+            try:
+                r = stitch._Reader(head)
+                fields = {fid: v for fid, _, v in r.struct()}
+                break
+            except (IndexError, stitch.StitchError):
+                if window >= end - pos or window >= 1 << 22:
+                    return f"an unreadable page header at byte {pos}"
+                window <<= 2
+        length = fields.get(3)
+        if not isinstance(length, int) or length < 0:
+            return f"a page header without a size at byte {pos}"
+        sub = _DATA_PAGES.get(fields.get(1))
+        if sub is not None:
+            inner = {fid: v for fid, _, v in fields.get(sub) or []}
+            values += inner.get(1, 0) if isinstance(inner.get(1), int) else 0
+        pos += r.pos + length
+    if pos != end:
+        return f"pages that end at byte {pos}, not {end}"
+    if values != num_values:
+        return f"pages holding {values} values, the footer says {num_values}"
+    return None
+
+
 def claims(meta: dict) -> bool:
     """The recording's JSON says its writer sealed it."""
     integ = meta.get("integrity")
