@@ -107,17 +107,23 @@ def check_pages(f, start: int, size: int, num_values: int) -> str | None:
                 r = stitch._Reader(head)
                 fields = {fid: v for fid, _, v in r.struct()}
                 break
-            except (IndexError, stitch.StitchError):
+            except (IndexError, stitch.StitchError, RecursionError, ValueError, TypeError):
                 if window >= end - pos or window >= 1 << 22:
                     return f"an unreadable page header at byte {pos}"
                 window <<= 2
-        length = fields.get(3)
-        if not isinstance(length, int) or length < 0:
-            return f"a page header without a size at byte {pos}"
-        sub = _DATA_PAGES.get(fields.get(1))
+        length, kind = fields.get(3), fields.get(1)
+        if not isinstance(length, int) or length < 0 or not isinstance(kind, int):
+            return f"a damaged page header at byte {pos}"
+        sub = _DATA_PAGES.get(kind)
         if sub is not None:
-            inner = {fid: v for fid, _, v in fields.get(sub) or []}
-            values += inner.get(1, 0) if isinstance(inner.get(1), int) else 0
+            inner = fields.get(sub)
+            if not isinstance(inner, list) or not all(isinstance(f, list) and len(f) == 3
+                                                      for f in inner):
+                return f"a damaged page header at byte {pos}"
+            n = next((v for fid, _, v in inner if fid == 1), None)
+            if not isinstance(n, int) or n < 0:
+                return f"a damaged page header at byte {pos}"
+            values += n
         pos += r.pos + length
     if pos != end:
         return f"pages that end at byte {pos}, not {end}"
