@@ -447,15 +447,19 @@ def read_group(path: str | os.PathLike, pf: pq.ParquetFile, group: int, columns:
     against them: null count, min and max (exact; within them for dictionary columns)."""
     rg = pf.metadata.row_group(group)
     want = set(columns)
+    crcs = [0, 0]  # pages with a CRC, without
     with open(path, "rb") as f:
         for j in range(rg.num_columns):
             cc = rg.column(j)
             if cc.path_in_schema.split(".")[0] not in want:
                 continue
             start = cc.dictionary_page_offset if cc.has_dictionary_page else cc.data_page_offset
-            bad = integrity.check_pages(f, start, cc.total_compressed_size, cc.num_values)
+            bad = integrity.check_pages(f, start, cc.total_compressed_size, cc.num_values, crcs)
             if bad:
                 raise StatisticsMismatch(f"row group {group}: column {cc.path_in_schema} has {bad}")
+    if all(crcs):
+        raise StatisticsMismatch(f"row group {group}: {crcs[1]} of its pages lost their CRC "
+                                 "(damaged page headers)")
     t = pf.read_row_group(group, columns=columns, use_threads=use_threads)
     if t.num_rows != rg.num_rows:  # pyarrow can return fewer rows from a damaged chunk, silently
         raise StatisticsMismatch(f"row group {group}: {t.num_rows} rows decoded, its footer says "
