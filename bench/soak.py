@@ -4,7 +4,7 @@
     sudo python3 bench/soak.py --kills 30            # kernel and --malloc, SIGKILL and SIGINT
     sudo python3 bench/soak.py --kills 10 --mode malloc --signal KILL --seed 3
 
-Each run records a workload (`sh` exec'ing /bin/true every 10 ms for ~4 s, traced with
+Each run records a workload (`sh` exec'ing /bin/true every 10 ms for ~10 s, traced with
 `-- CMD`: kmalloc/kfree with -g, or `--malloc -g`) and sends the signal at a moment drawn
 uniformly from 0..--window seconds after the recorder started (start-up takes about a second, so
 some kills land before the events are enabled). Then, per run:
@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 CLI = [sys.executable, "-m", "kmemleak_offline"]
-WORKLOAD = ["sh", "-c", "i=0; while [ $i -lt 300 ]; do /bin/true; sleep 0.01; i=$((i+1)); done"]
+WORKLOAD = ["sh", "-c", "i=0; while [ $i -lt 800 ]; do /bin/true; sleep 0.01; i=$((i+1)); done"]
 TRACEFS = "/sys/kernel/tracing"
 
 

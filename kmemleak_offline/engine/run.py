@@ -24,6 +24,7 @@ from ..format.recording import (
     _short,
     kind_mask,
     open_parquet,
+    read_group,
 )
 from ..load import SAMPLE_COLUMNS, samples_from_table, time_limit
 from ..replay import U64_MAX, Lost, Report
@@ -84,7 +85,7 @@ def sample_units(rec: Recording) -> tuple[list[scan.Unit], int | None]:
             mask = None
             if k is None:
                 try:
-                    kind = pf.read_row_group(g, columns=["kind"]).column("kind")
+                    kind = read_group(f, pf, g, ["kind"]).column("kind")
                 except (OSError, pa.ArrowException) as exc:
                     raise RecordingError(f"{f}: cannot read recording data ({_short(exc)}); "
                                          "the file is truncated or corrupt") from None

@@ -74,10 +74,10 @@ def partition_of(key: np.ndarray, bits: int) -> np.ndarray:
 
 
 def read_unit(u: Unit, columns: list[str]) -> pa.Table:
-    from ..format.recording import RecordingError, _short, open_parquet
+    from ..format.recording import RecordingError, _short, open_parquet, read_group
 
     try:
-        t = open_parquet(u.file).read_row_group(u.group, columns=columns, use_threads=False)
+        t = read_group(u.file, open_parquet(u.file), u.group, columns)
     except (OSError, pa.ArrowException) as exc:
         raise RecordingError(f"{u.file}: cannot read recording data ({_short(exc)}); "
                              "the file is truncated or corrupt") from None

@@ -87,6 +87,58 @@ def verify_footer(path: str | os.PathLike, required: bool) -> bool:
     return True
 
 
+# parquet.thrift PageHeader: 1 type, 3 compressed_page_size, 4 crc, 5 data_page_header (1 num_values),
+# 8 data_page_header_v2 (1 num_values); page types 0 DATA_PAGE, 3 DATA_PAGE_V2
+_DATA_PAGES = {0: 5, 3: 8}
+_DICTIONARY_PAGE = 2  # its header: field 7
+
+
+def check_pages(f, start: int, size: int, num_values: int, crcs: list[int]) -> str | None:
+    """Walk the page headers of one column chunk (`size` bytes at `start` of the open binary
+    file `f`): they must tile the chunk, each must carry the header of its page type, and their
+    values add up to the footer's `num_values`. `crcs` counts [pages with a CRC, pages without]:
+    a writer checksums every page or none, so a mix means a damaged header dropped a CRC (its
+    page would then go unchecked). A page CRC covers its data, not its header nor which chunk it
+    belongs to: a whole valid page copied over another passes its CRC but not this. Returns
+    what is wrong, or None."""
+    pos, end, values = start, start + size, 0
+    while pos < end:
+        window = 1 << 14
+        while True:
+            f.seek(pos)
+            head = f.read(min(window, end - pos))
+            try:
+                r = stitch._Reader(head)
+                fields = {fid: v for fid, _, v in r.struct()}
+                break
+            except (IndexError, stitch.StitchError, RecursionError, ValueError, TypeError):
+                if window >= end - pos or window >= 1 << 22:
+                    return f"an unreadable page header at byte {pos}"
+                window <<= 2
+        length, kind = fields.get(3), fields.get(1)
+        if not isinstance(length, int) or length < 0 or not isinstance(kind, int):
+            return f"a damaged page header at byte {pos}"
+        crcs[0 if isinstance(fields.get(4), int) else 1] += 1
+        if kind == _DICTIONARY_PAGE and not isinstance(fields.get(7), list):
+            return f"a damaged page header at byte {pos}"
+        sub = _DATA_PAGES.get(kind)
+        if sub is not None:
+            inner = fields.get(sub)
+            if not isinstance(inner, list) or not all(isinstance(f, list) and len(f) == 3
+                                                      for f in inner):
+                return f"a damaged page header at byte {pos}"
+            n = next((v for fid, _, v in inner if fid == 1), None)
+            if not isinstance(n, int) or n < 0:
+                return f"a damaged page header at byte {pos}"
+            values += n
+        pos += r.pos + length
+    if pos != end:
+        return f"pages that end at byte {pos}, not {end}"
+    if values != num_values:
+        return f"pages holding {values} values, the footer says {num_values}"
+    return None
+
+
 def claims(meta: dict) -> bool:
     """The recording's JSON says its writer sealed it."""
     integ = meta.get("integrity")

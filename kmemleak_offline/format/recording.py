@@ -429,13 +429,80 @@ def read_row_groups(path: Path, groups: list[int], columns: list[str]) -> pa.Tab
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> pa.Table:
-        return open_parquet(path).read_row_group(i, columns=columns, use_threads=False)
+        return read_group(path, open_parquet(path), i, columns, use_threads=False)
 
     workers = min(len(groups), os.cpu_count() or 1)
     if workers <= 1:
-        return open_parquet(path).read_row_groups(groups, columns=columns, use_threads=True)
+        pf = open_parquet(path)
+        if len(groups) == 1:
+            return read_group(path, pf, groups[0], columns, use_threads=True)
+        return pa.concat_tables([read_group(path, pf, i, columns, use_threads=True) for i in groups])
     with ThreadPoolExecutor(workers) as ex:
         return pa.concat_tables(list(ex.map(one, groups)))
+
+
+class StatisticsMismatch(OSError):
+    """Decoded values that contradict the (digest-checked) footer of their row group: its row
+    count, or a column's statistics (a whole valid page from elsewhere in the file over this one,
+    which its CRC cannot tell)."""
+
+
+def read_group(path: str | os.PathLike, pf: pq.ParquetFile, group: int, columns: list[str],
+               use_threads: bool = False) -> pa.Table:
+    """One row group (pages CRC-checked as they decode) whose chunks' page headers add up to
+    the footer (integrity.check_pages), then each column that has footer statistics checked
+    against them: null count, min and max (exact; within them for dictionary columns)."""
+    rg = pf.metadata.row_group(group)
+    want = set(columns)
+    crcs = [0, 0]  # pages with a CRC, without
+    with open(path, "rb") as f:
+        for j in range(rg.num_columns):
+            cc = rg.column(j)
+            if cc.path_in_schema.split(".")[0] not in want:
+                continue
+            start = cc.dictionary_page_offset if cc.has_dictionary_page else cc.data_page_offset
+            bad = integrity.check_pages(f, start, cc.total_compressed_size, cc.num_values, crcs)
+            if bad:
+                raise StatisticsMismatch(f"row group {group}: column {cc.path_in_schema} has {bad}")
+    if all(crcs):
+        raise StatisticsMismatch(f"row group {group}: {crcs[1]} of its pages lost their CRC "
+                                 "(damaged page headers)")
+    t = pf.read_row_group(group, columns=columns, use_threads=use_threads)
+    if t.num_rows != rg.num_rows:  # pyarrow can return fewer rows from a damaged chunk, silently
+        raise StatisticsMismatch(f"row group {group}: {t.num_rows} rows decoded, its footer says "
+                                 f"{rg.num_rows}")
+    for j in range(rg.num_columns):
+        cc = rg.column(j)
+        name = cc.path_in_schema
+        st = cc.statistics
+        if name not in t.column_names or st is None:
+            continue
+        col = t.column(name)
+        if st.has_null_count and col.null_count != st.null_count:
+            raise StatisticsMismatch(f"row group {group}: column {name} holds {col.null_count} "
+                                     f"nulls, its statistics say {st.null_count}")
+        if not st.has_min_max or col.null_count == len(col):
+            continue
+        lo, hi = _min_max(col)
+        want_lo, want_hi = st.min, st.max
+        if isinstance(want_lo, bytes) and isinstance(lo, str):
+            want_lo, want_hi = want_lo.decode("utf-8", "replace"), want_hi.decode("utf-8", "replace")
+        # a dictionary column's statistics may cover its whole dictionary (pyarrow computes them
+        # so when given dictionary arrays): the values used lie within them; others are exact
+        exact = not pa.types.is_dictionary(col.type)
+        if (lo, hi) != (want_lo, want_hi) if exact else not (want_lo <= lo and hi <= want_hi):
+            raise StatisticsMismatch(f"row group {group}: column {name} spans {lo!r}..{hi!r}, its "
+                                     f"statistics say {want_lo!r}..{want_hi!r}")
+    return t
+
+
+def _min_max(col: pa.ChunkedArray) -> tuple[Any, Any]:
+    """min and max of a column; a dictionary column through the dictionary values it uses."""
+    if pa.types.is_dictionary(col.type):
+        used = [c.dictionary.take(pc.unique(c.indices.drop_null())) for c in col.chunks if len(c)]
+        col = pa.chunked_array(used, col.type.value_type)
+    mm = pc.min_max(col).as_py()
+    return mm["min"], mm["max"]
 
 
 def _group_kind(rg: pq.RowGroupMetaData, col: int | None) -> str | None:
@@ -471,7 +538,7 @@ def _read_kinds(path: Path, pf: pq.ParquetFile, kinds: list[str], columns: list[
             whole.append(i)
     masks: dict[int, np.ndarray] = {}
     if unsure:
-        kind = pf.read_row_groups(unsure, columns=["kind"]).column("kind")
+        kind = pa.concat_tables([read_group(path, pf, i, ["kind"]) for i in unsure]).column("kind")
         mask = kind_mask(kind, kinds).to_numpy(zero_copy_only=False)
         pos = 0
         for i in unsure:
