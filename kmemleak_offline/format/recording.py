@@ -434,6 +434,8 @@ def read_row_groups(path: Path, groups: list[int], columns: list[str]) -> pa.Tab
     workers = min(len(groups), os.cpu_count() or 1)
     if workers <= 1:
         pf = open_parquet(path)
+        if not groups:  # a part with no row groups (a raw recorder's metadata-only part)
+            return pf.read_row_groups([], columns=columns)
         if len(groups) == 1:
             return read_group(path, pf, groups[0], columns, use_threads=True)
         return pa.concat_tables([read_group(path, pf, i, columns, use_threads=True) for i in groups])
