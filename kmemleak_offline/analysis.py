@@ -37,7 +37,7 @@ from .roles import (
 )
 from .symbols.kernel import KernelSymbols
 from .symbols.machine import Machine
-from .trend import Parts, Trend, contributions, trends
+from .trend import Grid, Parts, Trend, contributions, trends
 from .trend import grid as trend_grid
 
 LEAKED_BYTES = "leaked-bytes"
@@ -346,7 +346,7 @@ def _in_memory(rec, meta, roles, names, mode, malloc, opts, warn, ksyms, comms, 
         start = rec.meta.clock.start_ns or int(res.time[0])
         bounds = interval_grid(start, stop_ns, opts.interval_ms) if opts.interval_ms else None
         g = trend_grid(start, stop_ns, bounds)
-        attach_trends(reports, _trend_parts(stream, res, g), g, start)
+        attach_trends(reports, _trend_parts(stream, res, g.times), g)
     return Analysis(mode=mode, stream=stream, result=res, reports=reports, stacks=stacks,
                     samples=sm, intervals=intervals, lost_total=_lost_total(lost, rec.meta), **common)
 
@@ -467,9 +467,9 @@ def _trend_parts(stream: Stream, res: ReplayResult, g: np.ndarray) -> Parts:
                          res.time[nxt[ends]], ends)
 
 
-def attach_trends(reports: list[ReportView], parts: Parts, g: np.ndarray, start: int) -> None:
+def attach_trends(reports: list[ReportView], parts: Parts, g: Grid) -> None:
     """Each leaked-bytes group's Trend over the whole recording."""
-    by_sid = trends(parts, sorted({gr.stack_id for r in reports for gr in r.groups}), g, start)
+    by_sid = trends(parts, sorted({gr.stack_id for r in reports for gr in r.groups}), g)
     for r in reports:
         for gr in r.groups:
             gr.trend = by_sid.get(gr.stack_id)

@@ -31,18 +31,25 @@ class Trend:
     bytes: np.ndarray  # outstanding bytes of the chain at each grid time
 
 
-def grid(start: int, stop: int, bounds: np.ndarray | None = None) -> np.ndarray:
-    """Absolute grid times (int64 ns): the `-i` bounds when given (thinned to MAX_POINTS), else
-    GRID_POINTS evenly from start to stop."""
+@dataclass
+class Grid:
+    start: int  # the recording's start: series times are relative to it
+    times: np.ndarray  # absolute grid times, int64 ns
+
+
+def grid(start: int, stop: int, bounds: np.ndarray | None = None) -> Grid:
+    """The `-i` bounds when given (thinned to MAX_POINTS), else GRID_POINTS evenly from start to
+    stop."""
     if bounds is not None and len(bounds):
         g = np.asarray(bounds, np.int64)
         if len(g) > MAX_POINTS:
             g = g[np.unique(np.linspace(0, len(g) - 1, MAX_POINTS).round().astype(np.int64))]
-        return g
-    if stop <= start:
-        return np.array([start], np.int64)
-    return start + ((stop - start) * np.arange(1, GRID_POINTS + 1, dtype=np.float64)
-                    / GRID_POINTS).astype(np.int64)
+    elif stop <= start:
+        g = np.array([start], np.int64)
+    else:
+        g = start + ((stop - start) * np.arange(1, GRID_POINTS + 1, dtype=np.float64)
+                     / GRID_POINTS).astype(np.int64)
+    return Grid(int(start), g)
 
 
 @dataclass
@@ -69,12 +76,11 @@ CHUNK = 1 << 18  # allocations per step: temporaries stay in cache and reuse the
 
 
 def contributions(g: np.ndarray, sid: np.ndarray, size: np.ndarray, t_alloc: np.ndarray,
-                  t_end: np.ndarray | None = None, ends: np.ndarray | None = None,
-                  count: bool = True) -> Parts:
+                  t_end: np.ndarray | None = None, ends: np.ndarray | None = None) -> Parts:
     """Allocations (stack id, size, time) starting to count at their time and, for those in
     `ends` (a mask; all when None), stopping at `t_end`. Summed per (chain, column)."""
     c_end = None if t_end is None else columns(g, t_end)
-    return column_contributions(len(g), sid, size, columns(g, t_alloc), c_end, ends, count)
+    return column_contributions(len(g), sid, size, columns(g, t_alloc), c_end, ends)
 
 
 def columns(g: np.ndarray, t: np.ndarray, t_sorted: bool = False) -> np.ndarray:
@@ -89,8 +95,7 @@ def columns(g: np.ndarray, t: np.ndarray, t_sorted: bool = False) -> np.ndarray:
 
 
 def column_contributions(p: int, sid: np.ndarray, size: np.ndarray, c_alloc: np.ndarray,
-                         c_end: np.ndarray | None = None, ends: np.ndarray | None = None,
-                         count: bool = True) -> Parts:
+                         c_end: np.ndarray | None = None, ends: np.ndarray | None = None) -> Parts:
     """`contributions` with grid columns already known (`columns`). A chunk at a time: fresh
     pages cost more than the arithmetic on this kind of VM."""
     w = p + 2
@@ -108,9 +113,8 @@ def column_contributions(p: int, sid: np.ndarray, size: np.ndarray, c_alloc: np.
         if c_end is not None:
             m = slice(None) if ends is None else ends[lo:hi]
             pieces.append((base[m] + c_end[e_at[lo]:e_at[hi]], -sz[m]))
-        if count:
-            base += w - 1
-            pieces.append((base, None))
+        base += w - 1  # the allocation count
+        pieces.append((base, None))
         if len(pieces) >= 24:  # bound what is held: fold into one summed piece
             pieces = [_cells_piece(_sum_cells(pieces, w), w)]
     return _sum_cells(pieces, w)
@@ -163,13 +167,12 @@ def series(parts: Parts, stacks: np.ndarray, p: int) -> tuple[np.ndarray, np.nda
     return np.cumsum(acc[:, :p], axis=1), acc[:, p + 1]
 
 
-def classify(y: np.ndarray, t_s: np.ndarray, allocs: np.ndarray,
-             first: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Class, slope (bytes/s) and confidence of each row of `y` (bytes at times `t_s`, seconds),
-    judged on the points from `first` on (after the last early report: the tree was emptied
-    there). See docs/trends.md for the rule."""
+def classify(y: np.ndarray, t_s: np.ndarray, allocs: np.ndarray) -> tuple[list[str], np.ndarray,
+                                                                         np.ndarray]:
+    """Class, slope (bytes/s) and confidence of each row of `y` (bytes at times `t_s`, seconds).
+    See docs/trends.md for the rule."""
     n = len(y)
-    seg, ts = y[:, first:], t_s[first:]
+    seg, ts = y, t_s
     m = seg.shape[1]
     cls = np.full(n, "insufficient", dtype=object)
     slope = np.zeros(n)
@@ -199,17 +202,14 @@ def classify(y: np.ndarray, t_s: np.ndarray, allocs: np.ndarray,
     return cls.tolist(), slope, conf
 
 
-def trends(parts: Parts, stacks: list[int], g: np.ndarray, start: int,
-           resets: list[int] | None = None) -> dict[int, Trend]:
-    """The Trend of every stack id in `stacks`, judged after the last of `resets` (times) if
-    any."""
+def trends(parts: Parts, stacks: list[int], g: Grid) -> dict[int, Trend]:
+    """The Trend of every stack id in `stacks`."""
     if not stacks:
         return {}
     ids = np.unique(np.asarray(stacks, np.int64))
-    y, allocs = series(parts, ids, len(g))
-    first = int(np.searchsorted(g, max(resets), side="left")) if resets else 0
-    cls, slope, conf = classify(y, (g - start) / 1e9, allocs, first)
-    rel = (g - start).astype(np.int64)
+    y, allocs = series(parts, ids, len(g.times))
+    rel = (g.times - g.start).astype(np.int64)
+    cls, slope, conf = classify(y, rel / 1e9, allocs)
     y = np.clip(y, -(2.0 ** 63), 2.0 ** 63 - 2048)  # float sums: exact below 2**53 bytes
     return {int(s): Trend(cls=cls[i], slope_bytes_per_s=float(slope[i]), confidence=float(conf[i]),
                           t_ns=rel, bytes=y[i].astype(np.int64)) for i, s in enumerate(ids.tolist())}

@@ -76,17 +76,6 @@ def test_rule_insufficient_too_few_allocations_or_points():
     assert (cls, slope, conf) == ("insufficient", 0.0, 0.0)
 
 
-def test_rule_judges_after_the_last_early_report():
-    y = np.concatenate([1000 * _t(100), np.full(100, 0.0) + 50])  # rose, reset, then flat
-    t = np.linspace(0.3, 60, 200)
-    cls, _, _ = classify(np.atleast_2d(y), t, np.array([1000]), first=0)
-    after, _, _ = classify(np.atleast_2d(y), t, np.array([1000]), first=100)
-    assert cls == ["bounded"] and after == ["bounded"]
-    cls, _, _ = classify(np.atleast_2d(np.r_[np.full(100, 900.0), 1000 * _t(100)]), t,
-                         np.array([1000]), first=100)
-    assert cls == ["growing"]
-
-
 # ------------------------------------------------------------------ recordings
 
 CHAINS = {"leak": 1, "cache": 2, "burst": 3, "few": 4, "churn": 5}

@@ -62,8 +62,8 @@ class Merged:
     fail_counts: dict
     units: list[scan.Unit]
     sample_max_time: int = 0  # largest (clamped = raw) time of any sample row
-    trend: trend.Parts | None = None  # growth trends: every partition's, plus early reclaims
-    trend_grid: np.ndarray | None = None
+    trend: trend.Parts | None = None  # growth trends: every partition's sums
+    trend_grid: trend.Grid | None = None
 
 
 def sample_units(rec: Recording) -> tuple[list[scan.Unit], int | None]:
@@ -143,7 +143,7 @@ def run(rec: Recording, plan: Plan, *, evaluate: Callable, role_is_alloc: np.nda
         lost_ring: np.ndarray, lost_seq: np.ndarray, lost_count: np.ndarray, lost_time: np.ndarray,
         start_ns: int, interval: Callable[[int | None, int | None], np.ndarray] | None,
         tmpdir: str | None, progress: Progress,
-        trend_grid: Callable[..., np.ndarray | None] | None = None) -> Merged | None:
+        trend_grid: Callable[..., trend.Grid | None] | None = None) -> Merged | None:
     """The streaming analysis; None when the file's rings are not in seq order (the caller then
     analyses in memory)."""
     spill = SpillDir(tmpdir) if plan.spill else None
@@ -216,7 +216,7 @@ def _passes(plan, spill, setup, workers, lost_ring, lost_count, lost_time, start
     if trend_grid is not None and tgrid is None:
         tgrid = trend_grid(_replayed_span(rsetup, nparts, mem)[0], smax, bounds)
     rsetup.interval_bounds = bounds
-    rsetup.trend_grid = tgrid
+    rsetup.trend_grid = tgrid.times if tgrid is not None else None
     progress.stage("replaying", sum(r.events for r in rr))
     results: list[partition.PartResult] = []
     tasks2 = [(rsetup, p, mem.get(p) if mem is not None else None) for p in range(nparts)]

@@ -103,14 +103,9 @@ def streamed(rec, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
             return None
         return interval_grid(start, stop, int(opts.interval_ms))
 
-    trend_start: list[int] = []
-
-    def tgrid(first: int | None, last: int, bounds: np.ndarray | None) -> np.ndarray | None:
+    def tgrid(first: int | None, last: int, bounds: np.ndarray | None) -> trend.Grid | None:
         start = start_meta or first
-        if start is None:
-            return None
-        trend_start.append(start)
-        return trend.grid(start, max(meta_stop, last), bounds)
+        return None if start is None else trend.grid(start, max(meta_stop, last), bounds)
 
     try:
         with Progress(enabled=opts.progress) as progress:
@@ -158,7 +153,7 @@ def streamed(rec, roles, names, mode, opts, warn, ksyms, comms, side, l_cpu,
     reports = [_report_view(r, stream, mode, common["per_task"], opts, comms, lost)
                for r in res.reports]
     if m.trend is not None:
-        attach_trends(reports, m.trend, m.trend_grid, trend_start[-1])
+        attach_trends(reports, m.trend, m.trend_grid)
     intervals = []
     prev_a = prev_f = 0
     for b, objs, byts, ta, tf in m.interval_stats or []:
