@@ -39,10 +39,10 @@ from typing import Any
 
 from kmemleak_offline.format import chunks
 from kmemleak_offline.format.layout import (
-    MANIFEST,
     PartsExistError,
     make_parts_dir,
     new_recording_id,
+    unwrite_part,
 )
 from recorder.errors import RecordError, RecordInputError
 
@@ -194,19 +194,8 @@ class Converter:
             except OSError as exc:
                 if not is_disk_full(exc) or self.last < 1:
                     raise
-                self._unwrite(self.last)  # the stop reason and counts matter more than its chunks
+                unwrite_part(self.folder, self.last)  # the stop reason and counts matter more than its chunks
                 self.last -= 1
-
-    def _unwrite(self, n: int) -> None:
-        """Remove part n and its manifest line (its number is used again)."""
-        (self.folder / chunks.part_name(n)).unlink(missing_ok=True)
-        manifest = self.folder / MANIFEST
-        try:
-            keep = [ln for ln in manifest.read_text().splitlines(keepends=True)
-                    if f'"seq": {n},' not in ln]
-            manifest.write_text("".join(keep))
-        except OSError:
-            pass
 
     def died(self, reason: str, orphan: bool) -> None:
         from kmemleak_offline.format.recording import write_part

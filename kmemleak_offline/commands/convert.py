@@ -50,10 +50,6 @@ def cache_paths(rec) -> list[Path]:
     return [xdg]
 
 
-def cache_path(rec) -> Path:
-    return cache_paths(rec)[0]
-
-
 def converted(rec):
     """`rec` itself when it holds no ring chunks; else its converted copy (made once, cached)."""
     from ..format.convert import is_raw

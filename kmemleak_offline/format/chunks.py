@@ -29,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from kmemleak_offline.format.layout import part_name
 from kmemleak_offline.format.stitch import MAGIC, TList, _Reader, _Writer
 
 # Thrift compact codes used below (stitch has the codec)
@@ -70,10 +71,6 @@ def page_header(nbytes: int) -> bytes:
     size = _varint((len(_ONE_DEFINED) + 4 + nbytes) << 1)  # i32 zigzag of a positive number
     return (b"\x15\x00\x15" + size + b"\x15" + size + b"\x2c\x15\x02\x15\x00\x15\x06\x15\x06\x00\x00"
             + _ONE_DEFINED + struct.pack("<I", nbytes))
-
-
-def part_name(n: int) -> str:
-    return f"part-{n:05d}.parquet"
 
 
 def open_names(folder: Path, n: int) -> tuple[Path, Path]:

@@ -145,9 +145,5 @@ def claims(meta: dict) -> bool:
     return isinstance(integ, dict) and integ.get("footer") == "sha256"
 
 
-def part_name(seq: int) -> str:
-    return f"part-{seq:05d}.parquet"
-
-
-__all__ = ["DIGEST_KEY", "INTEGRITY", "IntegrityError", "claims", "part_name", "seal",
+__all__ = ["DIGEST_KEY", "INTEGRITY", "IntegrityError", "claims", "seal",
            "verify_footer"]

@@ -61,6 +61,28 @@ def part_key(seq: int, recording: str) -> bytes:
     return json.dumps({"seq": seq, "recording": recording}).encode()
 
 
+def part_name(seq: int) -> str:
+    return f"part-{seq:05d}.parquet"
+
+
+def unwrite_part(parts_dir: Path, seq: int) -> None:
+    """Remove part `seq` and its manifest line, giving its room back (its number is used again)."""
+    (parts_dir / part_name(seq)).unlink(missing_ok=True)
+    manifest = parts_dir / MANIFEST
+    try:
+        lines = manifest.read_text().splitlines(keepends=True)
+        manifest.write_text("".join(ln for ln in lines if _manifest_seq(ln) != seq))
+    except OSError:
+        pass
+
+
+def _manifest_seq(line: str) -> int | None:
+    try:
+        return json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return None
+
+
 def note_part(parts_dir: Path, seq: int, name: str, rows: int, recording: str) -> None:
     """Append a part's line to the folder's manifest (a missing part is then noticed). A line that
     cannot be written is left out: the part itself is complete and sealed; readers cope."""

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kmemleak_offline.format import integrity
-from kmemleak_offline.format.integrity import INTEGRITY, IntegrityError, part_name, seal
+from kmemleak_offline.format.integrity import INTEGRITY, IntegrityError, seal
 from kmemleak_offline.format.layout import (
     FORMAT_VERSION,
     MANIFEST,
@@ -36,6 +36,7 @@ from kmemleak_offline.format.layout import (
     new_recording_id,
     note_part,
     part_key,
+    part_name,
 )
 from kmemleak_offline.format.layout import make_parts_dir as _make_parts_dir
 from kmemleak_offline.format.metadata import Metadata, MetadataError
@@ -246,14 +247,6 @@ class RecordingWriter:
         tables, self._pending, self._pending_rows = self._pending, [], 0
         return tables
 
-    def take_pending(self) -> list[pa.Table]:
-        """The rows queued and not yet written (they are no longer queued)."""
-        return self._take_pending()
-
-    @property
-    def pending_rows(self) -> int:
-        return self._pending_rows
-
     def _open_single(self) -> pq.ParquetWriter:
         if self._writer is None:
             self._tmp = self.path.with_name(self.path.name + ".tmp")
@@ -268,15 +261,10 @@ class RecordingWriter:
             _write_rows(self._open_single(), samples, self.row_group_rows)
         self._side.extend(side)
 
-    @property
-    def parts_written(self) -> int:
-        return self._part_no
-
-    def flush_part(self, force: bool = False) -> Path | None:
-        """Parts mode: write what is queued as one complete part file (atomically renamed).
-        `force`: even with nothing queued (a part that carries new metadata only)."""
+    def flush_part(self) -> Path | None:
+        """Parts mode: write what is queued as one complete part file (atomically renamed)."""
         tables = self._take_pending()
-        if not tables and self._part_no and not force:  # the first part is written even empty
+        if not tables and self._part_no:  # the first part is written even empty
             return None
         seq = self._part_no
         rows_n = sum(t.num_rows for t in tables)
@@ -289,21 +277,6 @@ class RecordingWriter:
             raise
         self._part_no += 1
         return final
-
-    def unwrite_last_part(self) -> None:
-        """Parts mode: remove the newest part (and its manifest line), giving its room back;
-        its number is used again by the next part."""
-        if not self._part_no:
-            return
-        self._part_no -= 1
-        (self.parts_dir / part_name(self._part_no)).unlink(missing_ok=True)
-        manifest = self.parts_dir / MANIFEST
-        try:
-            keep = [ln for ln in manifest.read_text().splitlines(keepends=True)
-                    if f'"seq": {self._part_no},' not in ln]
-            manifest.write_text("".join(keep))
-        except OSError:
-            pass
 
     def close(self) -> Path:
         """Finish: one Parquet file at `path` with the final metadata.

@@ -15,11 +15,12 @@ import struct
 
 import numpy as np
 
+from .chain import REC_HEADER_TRACING_DATA
 from .errors import PerfDataError
 from .reader import F_BUILD_ID, F_TRACING_DATA, PerfData, _build_ids, parse_attr
 from .stream import Window
 
-REC_HEADER_ATTR, REC_HEADER_TRACING_DATA, REC_HEADER_BUILD_ID = 64, 66, 67
+REC_HEADER_ATTR, REC_HEADER_BUILD_ID = 64, 67
 REC_EVENT_UPDATE, REC_HEADER_FEATURE = 78, 80
 HEADER_RECORDS = (REC_HEADER_ATTR, REC_HEADER_TRACING_DATA, REC_HEADER_BUILD_ID, REC_EVENT_UPDATE,
                   REC_HEADER_FEATURE)

@@ -23,6 +23,8 @@ from ..symbols.callchain import Frame, StackResolver
 from .profile_proto import Profile
 from .profile_samples import NO_CHAIN, profile_samples
 
+NO_CHAIN_FRAME = Frame(0, NO_CHAIN, 0, None, "none")  # allocations recorded without a call chain
+
 _SHARED_LIB = re.compile(r"\.so(\.[0-9.]+)?$|/ld-linux")
 BINARY = True  # reports.open_output: written to a file (or a pipe), never to a terminal
 
@@ -73,14 +75,6 @@ class _Builder:
                 loc.line.add(function_id=self.function(f.symbol))
         return i
 
-    def no_chain(self) -> int:
-        key = (0, NO_CHAIN, None)
-        i = self.locations.get(key)
-        if i is None:
-            i = self.locations[key] = len(self.locations) + 1
-            self.p.location.add(id=i).line.add(function_id=self.function(NO_CHAIN))
-        return i
-
     def finish_mappings(self) -> None:
         """Mappings in pprof's order: the first is taken for the main binary (`File:`), so the
         program comes first, then shared libraries, then `[kernel.kallsyms]` and the like; each
@@ -128,7 +122,7 @@ def build(a: Analysis, stacks: StackResolver, recording: str) -> Profile:
     v_host = b.s(host)
     for ps in profile_samples(a, stacks):
         s = p.sample.add()
-        s.location_id.extend([b.location(f) for f in ps.frames] if ps.frames else [b.no_chain()])
+        s.location_id.extend([b.location(f) for f in ps.frames] if ps.frames else [b.location(NO_CHAIN_FRAME)])
         s.value.extend([ps.objects, ps.bytes] if sizes else [ps.objects])
         s.label.add(key=k_comm, str=b.s(ps.comm))
         s.label.add(key=k_pid, str=b.s(str(ps.pid)))

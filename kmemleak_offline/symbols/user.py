@@ -143,12 +143,13 @@ class Dsos:
             if why is not None:
                 problems.append((filename, why))
         # no recorded build-id (perf.data without one): the local file's names its debug file
-        for cand in debug_candidates(bid or real_bid, filename, self.symfs):
+        want = bid or real_bid
+        for cand in debug_candidates(want, filename, self.symfs):
             c = str(cand)
             if not cand.is_file():
                 continue
             cbid = read_build_id(c)
-            if bid is not None and cbid is not None and cbid != bid:
+            if want is not None and cbid is not None and cbid != want:  # another build's
                 continue
             t = load_symbols(c)
             if t is None:
