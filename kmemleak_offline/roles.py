@@ -129,7 +129,7 @@ def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_l
         rows = np.flatnonzero(role_r == role.code)
         if not len(rows):
             continue
-        short = sm.payload_lengths(rows) < payload_size(role.fmt)
+        short = sm.payload_lengths(rows) < role.fmt.min_payload
         if short.any():  # the kernel delivers every field: a damaged or foreign row
             if keep is None:
                 keep = role_r >= 0
@@ -161,11 +161,6 @@ def evaluate_roles(sm: Samples, roles: list[EventRole], names: list[str], role_l
                 k = (role.spec.full_name, "huge size")
                 fail_counts[k] = fail_counts.get(k, 0) + n_huge
     return Evaluated(role=role_r, key=key, size=size, keep=keep, fail_counts=fail_counts)
-
-
-def payload_size(fmt: EventFormat) -> int:
-    """The fewest payload bytes the kernel writes for an event: up to its last fixed field."""
-    return max((f.offset + (4 if f.data_loc else f.size) for f in fmt.fields), default=0)
 
 
 def warn_failures(fail_counts: dict[tuple[str, str], int], warn: Callable[[str], None],

@@ -455,7 +455,7 @@ class Session:
         lost = sum(v.get("lost", 0) for v in counts)
         n = sum(v.get("kernel_count", 0) for v in counts) - lost
         drained = sum(r.bytes_read for r in self.rings)
-        mb = sum(f.stat().st_size for f in self.writer.parts_dir.glob("*.parquet")) / 1e6
+        mb = self.writer.bytes_written / 1e6
         return (f"kmemleak-offline record: {el:.0f}s, {n} events ({n / el:.0f}/s), "
                 f"{drained / 1e6:.1f} MB drained, {mb:.1f} MB written, {lost} lost")
 

@@ -293,6 +293,7 @@ class SpooledRecording:
         self.recording = new_recording_id()
         self.n = 1
         self.writer: chunks.ChunkWriter | None = None
+        self._closed_bytes = 0  # ring bytes in parts already handed to the converter
         self.converter_cpu_s = 0.0
         ctrl_r, self._ctrl = os.pipe()
         self.pid = os.fork()
@@ -336,6 +337,7 @@ class SpooledRecording:
         try:
             self.writer.add_metadata(self.metadata)
             self.writer.close()
+            self._closed_bytes += self.writer.pos
             self.writer = None
             self._send(f"seal {self.n}")
             self.n += 1
@@ -344,6 +346,11 @@ class SpooledRecording:
             if is_disk_full(exc):
                 raise DiskFull(exc.errno, f"no room for part {self.n}") from None
             raise
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written to part files so far (counted, not stat()ed: asked every second)."""
+        return self._closed_bytes + (self.writer.pos if self.writer is not None else 0)
 
     def _end(self, line: str, meta: bool = True) -> int:
         try:

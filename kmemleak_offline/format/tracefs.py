@@ -78,6 +78,12 @@ class EventFormat:
     def has_field(self, name: str) -> bool:
         return any(f.name == name for f in self.fields)
 
+    @property
+    def min_payload(self) -> int:
+        """The fewest payload bytes the kernel writes for this event: up to the end of its last
+        fixed field (a __data_loc field is its 4-byte offset/length word)."""
+        return max((f.offset + (4 if f.data_loc else f.size) for f in self.fields), default=0)
+
 
 def _parse_decl(decl: str) -> tuple[str, str, int | None, bool]:
     """Split `unsigned long call_site` / `char comm[16]` / `__data_loc char[] name` into parts."""

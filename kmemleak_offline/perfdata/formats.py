@@ -6,7 +6,7 @@ format a payload cannot be decoded. A format is taken for a tracepoint attr by t
 when the file still names it (a pipe stream's EVENT_DESC), else by its tracepoint id (the attr's
 config) — ids are the target kernel's own, so an id only names the right event with formats of
 the same kernel build: the target's tracefs copied as `--formats DIR`, or the formats bundled with
-kmemleak-offline (kmem, percpu) when they match. A sanity check on the payloads (`fixed_size`)
+kmemleak-offline (kmem, percpu) when they match. A sanity check on the payloads (`EventFormat.min_payload`)
 catches most wrong guesses later.
 """
 
@@ -65,11 +65,6 @@ def events_dir(path: Path) -> FormatSource:
     return FormatSource(f"--formats {path}", out)
 
 
-def fixed_size(fmt: tracefs.EventFormat) -> int:
-    """Bytes every payload of this format has at least (fixed fields and __data_loc words)."""
-    return max((f.offset + f.size for f in fmt.fields), default=0)
-
-
 @dataclass
 class Guess:
     """A format taken from outside the file for one attr, to check against its payloads."""
@@ -99,7 +94,7 @@ def fill(formats: dict[int, tracefs.EventFormat], wanted: list[tuple[int, str | 
                 note(f"formats: {name} has id {config} in the perf.data but {fmt.id} in {src.label}: "
                      "taken by name; its layout is checked against the payloads")
             formats[config] = replace(fmt, id=config)
-            guessed[config] = Guess(src.label, fixed_size(fmt), by)
+            guessed[config] = Guess(src.label, fmt.min_payload, by)
             used.setdefault(src.label, []).append(fmt.full_name)
             break
         else:

@@ -1,7 +1,8 @@
 """The call chains and processes of an analysis, as the HTML report lists them.
 
 A chain that leaked in several reports (early reports after lost events, then the final one) is
-one row with its bytes and objects summed, as `diff` counts it. Its headline is the first frame
+one row with its bytes and objects summed. Rows are recorded call chains (stack ids), as the text
+report's groups are; `diff` and `fleet` further merge stack ids whose frames symbolise alike. Its headline is the first frame
 that is not the allocator itself (kmalloc, kmem_cache_alloc, malloc, operator new...): the
 function a reader recognises.
 """
