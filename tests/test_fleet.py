@@ -130,7 +130,7 @@ def expected(capsys, paths: list[str]) -> dict:
         recs.append({"path": path, "host": host, "kernel_release": kernel,
                      "events": doc["stats"]["total_alloc"] + doc["stats"]["total_free"],
                      "lost": doc["stats"]["lost_events"]})
-        trend: dict[tuple, str | None] = {}
+        trend: dict[tuple, tuple[str, float]] = {}
         for rep in doc["reports"]:
             items = ([(g["stack"], g["bytes"], g["objects"], g["trend"]) for g in rep["groups"]]
                      if doc["mode"] == "leaked-bytes" else
@@ -152,9 +152,9 @@ def expected(capsys, paths: list[str]) -> dict:
                 kk[2].add(host)
                 kk[3].add(path)
                 if tr is not None:
-                    trend[k] = tr["class"]  # the latest report holding the chain wins
-        for k, cls in trend.items():
-            sites[k]["trend"][path] = (host, cls)
+                    trend[k] = (tr["class"], tr["slope_bytes_per_s"])  # the latest report wins
+        for k, (cls, slope) in trend.items():
+            sites[k]["trend"][path] = (host, cls, slope)
     return {"recordings": recs, "sites": sites}
 
 
@@ -175,10 +175,15 @@ def check_json(doc: dict, want: dict) -> None:
         assert {x["kernel_release"]: (x["bytes"], x["objects"], x["hosts"], x["recordings"])
                 for x in s["per_kernel"]} == \
             {kr: (b, n, len(hs), len(rs)) for kr, (b, n, hs, rs) in w["kernels"].items()}, k
-        classes = [c for _, c in w["trend"].values()]
+        classes = [c for _, c, _ in w["trend"].values()]
+        slopes = [sl for _, c, sl in w["trend"].values() if c == "growing"]
+        if slopes:
+            assert s["trend"]["max_slope_bytes_per_s"] == pytest.approx(max(slopes), abs=0.01), k
+        else:
+            assert s["trend"]["max_slope_bytes_per_s"] is None, k
         assert (s["trend"]["growing"], s["trend"]["bounded"], s["trend"]["insufficient"]) == \
             (classes.count("growing"), classes.count("bounded"), classes.count("insufficient")), k
-        growing_by_host = {h: sum(1 for hh, c in w["trend"].values() if hh == h and c == "growing")
+        growing_by_host = {h: sum(1 for hh, c, _ in w["trend"].values() if hh == h and c == "growing")
                            for h in w["hosts"]}
         assert {h["host"]: h["growing"] for h in s["per_host"]} == growing_by_host, k
         assert sum(c["bytes"] for c in s["comms"]) == s["bytes"]

@@ -154,7 +154,7 @@ def test_read_only_folders(tmpfs) -> None:
     sample = ROOT / "samples" / "pipe-leak.parquet"
     for args, what in ((["-o", str(ro / "report.txt")], "-o"),
                        (["--flame-graph", str(ro / "leak")], "flame graph"),
-                       (["--tmpdir", str(ro), "--partitions", "4"], "")):
+                       (["--tmpdir", str(ro), "--partitions", "4"], "--tmpdir")):
         res = cli(["analyze", str(sample), *args])
         assert res.returncode == 2, (args, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr

@@ -269,7 +269,10 @@ def test_converter_survives_epipe_and_still_cleans_up(tmp_path: Path) -> None:
     closed pipe (EPIPE). It must still run the clean-up, seal what was written and say why."""
     import sys
 
-    def orphaned() -> None:
+    ran = tmp_path / "cleanup-ran"
+
+    def orphaned() -> None:  # runs in the converter
+        ran.touch()
         raise RuntimeError("could not remove uprobe x")  # said on the (closed) stderr
 
     r, w = os.pipe()
@@ -291,6 +294,7 @@ def test_converter_survives_epipe_and_still_cleans_up(tmp_path: Path) -> None:
     os.close(sp._ctrl)  # SIGKILL
     _, status = os.waitpid(sp.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    assert ran.exists()  # the clean-up (uprobe removal) ran despite EPIPE
     rec = open_recording(tmp_path / "k.parquet")
     assert rec.metadata["stopped"] == "recorder killed" and rec.warnings == []
     convert_recording(rec, tmp_path / "c.parquet")

@@ -149,7 +149,8 @@ def test_recording_classes_and_series_against_direct_count(three, engine):
 
 
 def test_engines_agree_on_trends_with_lost_windows(tmp_path):
-    """A LOST record in the middle gives an early report; every engine judges after it alike."""
+    """A LOST record in the middle gives an early report; every engine gives the same series,
+    equal to a direct count."""
     b_path = tmp_path / "lost.parquet"
     b = RecordingBuilder()
     ids = b.add_stacks([[PERF_CONTEXT_KERNEL, KERNEL_TEXT_START + 0x100, KERNEL_TEXT_START + 0x9000]])
@@ -172,6 +173,19 @@ def test_engines_agree_on_trends_with_lost_windows(tmp_path):
         got.append(trs)
     assert got[0] == got[1] == got[2]
     assert got[0][-1][0] == "growing"
+    # against a direct count: the LOST record on ring 0 drops every ring's events strictly between
+    # ring 0's samples around it; the series runs on across the early report (frees end entries)
+    t0 = ts[::2]  # ring 0's samples (allocs on cpu 0)
+    lo, hi = t0[t0 < START + 5 * SEC].max(), t0[t0 > START + 5 * SEC].min()
+    g = START + a.reports[-1].groups[0].trend.t_ns
+    want = np.zeros(len(g), np.int64)
+    for i, ta in enumerate(ts):
+        if lo < ta < hi:
+            continue  # dropped with the lost window
+        tf = ta + SEC // 2 if i % 3 == 0 else None
+        end = g < tf if tf is not None and not lo < tf < hi else np.ones(len(g), bool)
+        want += 64 * ((ta <= g) & end)
+    assert got[0][-1][2] == want.tolist()
 
 
 def test_an_early_report_late_in_the_recording_does_not_make_caches_grow(tmp_path):
