@@ -360,6 +360,62 @@ def successors(k: np.ndarray) -> np.ndarray:
     return nxt
 
 
+def alloc_ends(k: np.ndarray, alloc: np.ndarray, stops: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What becomes of each alloc among events with keys `k` (stream order), for trends:
+    (alloc positions, which of them a later event of the same key ends, those events' positions,
+    the ascending positions of the allocs that no later event in the same stretch ends).
+    `stops`: the stretch boundaries (an early report empties the tree, not the memory).
+
+    The allocs come in (key, position) order: trends only sum them, so the scatter into a full
+    successor array that `successors` makes is never needed. Same packing as `_live_allocs`."""
+    n = len(k)
+    if n == 0:
+        z = np.zeros(0, np.int64)
+        return z, np.zeros(0, bool), z, z
+    kmin, kmax = int(k.min()), int(k.max())
+    c = k - np.uint64(kmin)
+    x = int(np.bitwise_or.reduce(c))
+    tz = (x & -x).bit_length() - 1 if x else 0
+    pbits = max(1, (n - 1).bit_length())
+    if ((kmax - kmin) >> tz).bit_length() + pbits + 1 > 64:
+        pos = np.argsort(k, kind="stable")
+        ks = k[pos]
+        same = ks[1:] == ks[:-1]
+        del ks
+        is_a = alloc[pos]
+    else:
+        if tz:
+            c >>= np.uint64(tz)
+        c <<= np.uint64(pbits + 1)
+        c |= np.arange(0, 2 * n, 2, dtype=np.uint64)
+        c |= alloc
+        c.sort()
+        low = c.view(np.uint8)[:: 8] if sys.byteorder == "little" else c.view(np.uint8)[7:: 8]
+        is_a = (low & 1).view(bool)
+        del low
+        kk = c >> np.uint64(pbits + 1)
+        same = kk[1:] == kk[:-1]
+        del kk
+        c >>= np.uint64(1)
+        c &= np.uint64((1 << pbits) - 1)
+        pos = c.view(np.int64)
+    a_next = np.zeros(n, bool)  # an alloc followed by an event of its key
+    np.logical_and(is_a[:-1], same, out=a_next[:-1])
+    del same
+    apos = pos[is_a]
+    ended = a_next[is_a]
+    epos = pos[1:][a_next[:-1]]
+    del pos, is_a, a_next
+    later = ended.copy()
+    if len(stops) > 2:  # ended within its own stretch
+        ae = apos[ended]
+        later[ended] = epos < stops[np.searchsorted(stops, ae, side="right")]
+    surv = apos[~later]
+    surv.sort()
+    return apos, ended, epos, surv
+
+
 def _death_positions(kept: np.ndarray, key: np.ndarray, bounds: np.ndarray, n: int) -> np.ndarray:
     """Per stream position: where its tree entry disappears (`-i` needs it).
 

@@ -73,6 +73,7 @@ class Parts:
 
 
 CHUNK = 1 << 18  # allocations per step: temporaries stay in cache and reuse their pages
+MAX_CHUNK = 1 << 21
 
 
 def contributions(g: np.ndarray, sid: np.ndarray, size: np.ndarray, t_alloc: np.ndarray,
@@ -100,12 +101,17 @@ def column_contributions(p: int, sid: np.ndarray, size: np.ndarray, c_alloc: np.
     pages cost more than the arithmetic on this kind of VM."""
     w = p + 2
     n = len(sid)
+    if n == 0:
+        return Parts.empty()
+    # summing a chunk into dense cells touches every cell: chunks at least that long keep this
+    # within the chunk's own work (at most MAX_CHUNK: beyond DENSE_CELLS the sums hash instead)
+    step = min(max(CHUNK, (int(np.max(sid)) + 2) * w), MAX_CHUNK)
     e_at = np.zeros(n + 1, np.int64)  # where each chunk's ends start in c_end
     if c_end is not None:
         e_at[1:] = np.cumsum(ends) if ends is not None else np.arange(1, n + 1)
     pieces: list[tuple[np.ndarray, np.ndarray | None]] = []
-    for lo in range(0, n, CHUNK):
-        hi = min(n, lo + CHUNK)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
         base = np.asarray(sid[lo:hi], np.int64) + 1
         base *= w
         sz = np.asarray(size[lo:hi], np.float64)

@@ -261,3 +261,34 @@ def test_successors_against_a_walk(seed, wide):
         last[int(keys[i])] = i
     np.testing.assert_array_equal(nxt, want)
     np.testing.assert_array_equal(np.flatnonzero(alloc & (nxt < 0)), _live_allocs(keys, alloc))
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("wide", [False, True])
+def test_alloc_ends_against_a_walk(seed, wide):
+    """The partition replay's fates of allocs for trends (packed sort and the wide-key fallback):
+    which a later event of the same key ends, where, and which survive their stretch (no later
+    event of the key before the stretch's early report)."""
+    from kmemleak_offline.replay import alloc_ends
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    keys = rng.integers(0, 50, n).astype(np.uint64) * np.uint64(64)
+    if wide:
+        keys = keys * np.uint64(1 << 40) + rng.integers(0, 2, n).astype(np.uint64)
+    alloc = rng.random(n) < 0.6
+    cuts = np.sort(rng.integers(0, n + 1, int(rng.integers(0, 4))))
+    stops = np.concatenate(([0], cuts, [n])).astype(np.int64)
+    apos, ended, epos, surv = alloc_ends(keys, alloc, stops)
+    want_end: dict[int, int] = {}
+    want_surv = []
+    for i in np.flatnonzero(alloc):
+        later = [j for j in range(i + 1, n) if keys[j] == keys[i]]
+        if later:
+            want_end[int(i)] = later[0]
+        stop = stops[np.searchsorted(stops, i, side="right")]
+        if not later or later[0] >= stop:
+            want_surv.append(int(i))
+    assert sorted(apos.tolist()) == np.flatnonzero(alloc).tolist()
+    assert dict(zip(apos[ended].tolist(), epos.tolist())) == want_end
+    assert surv.tolist() == want_surv
