@@ -51,13 +51,19 @@ def record_starts(buf: np.ndarray, end: int, where: str = "records", base: int =
     >= len(candidates) never are); `size_of` sizes a record the walk meets. `where` and `base`
     (buf's offset in its stream) only make error messages."""
     n8 = end // 8
-    words = np.frombuffer(buf.data, "<u2", count=n8 * 4).reshape(n8, 4)  # type lo, type hi, misc, size
-    size = words[:, 3]
-    cand = np.flatnonzero(((size & 7) == 0) & (size != 0))  # cheap test first: few pass
-    lo = words[cand, 0]
+    head = np.frombuffer(buf.data, "<u8", count=n8)  # u32 type, u16 misc, u16 size
+    bits = (len(candidates) - 1).bit_length()
+    # one test per word: the type below 2**bits, the size a non-zero multiple of 8 (few pass)
+    zero = np.uint64((7 << 48) | (0xFFFFFFFF & ~((1 << bits) - 1)))
+    ok = (head & zero) == 0
+    ok &= head >= np.uint64(1 << 48)
+    cand = np.flatnonzero(ok)
+    h = head[cand]
+    lo = (h & np.uint64(0xFFFF)).astype(np.intp)
     top = len(candidates) - 1
-    cand = cand[(words[cand, 1] == 0) & (lo <= top) & candidates[np.minimum(lo, top)]]
-    nxt = cand * 8 + size[cand]  # byte offset of the record after each candidate
+    keep = candidates[np.minimum(lo, top)] & (lo <= top)
+    cand = cand[keep]
+    nxt = cand * 8 + (h[keep] >> np.uint64(48)).astype(np.int64)  # the record after each
     cand = cand * 8
     broken = np.ones(len(cand), bool)  # link i -> i+1 does not hold (the last has no successor)
     if len(cand) > 1:

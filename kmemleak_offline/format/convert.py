@@ -4,9 +4,11 @@ Why here and vectorised: the conversion runs wherever it is cheapest (after the 
 target, or on the analysis machine: `convert`, or `analyze` transparently), always this code.
 A window is the chunk rows of one row group (about a second of recording). Its chunks are whole
 records (a drain never cuts one), so the window's bytes laid end to end are a record stream:
-`chain.record_starts` finds every boundary with numpy. Samples are split in bulk (one gather per
-field over all samples), payloads copied per payload width (`gather.payload_bytes`), call chains
-deduplicated per depth (`stacks.StackTable`); only LOST and side-band records (few) are walked.
+`chain.record_starts` finds every boundary with numpy. Samples are split in bulk: the fixed words
+of every sample in one gather, the rows of one event together so that their payloads are copied
+as one block (`gather.payload_bytes`), call chains deduplicated per depth (`stacks.StackTable`);
+a record's seq comes from its chunk (chunks are whole records of one ring, in ring order). Only
+LOST and side-band records (few) are walked.
 What spans windows is carried: the next `seq` and expected byte offset of each ring, stack ids,
 counts, the latest time.
 """
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 
 from kmemleak_offline.format.chain import ChainError, record_starts
 from kmemleak_offline.format.chunks import RING_CHUNKS, ring_chunks_meta  # noqa: F401
-from kmemleak_offline.format.gather import groups, payload_bytes
+from kmemleak_offline.format.gather import fixed_rows, groups, payload_bytes
 from kmemleak_offline.format.recording import (
     KINDS,
     PART_KEY,
@@ -49,6 +51,10 @@ CHUNK_COLUMNS = ["ring", "cpu", "offset", "raw"]
 RECORD_MMAP2, RECORD_LOST, RECORD_COMM, RECORD_EXIT, RECORD_FORK, RECORD_SAMPLE = 10, 2, 3, 4, 7, 9
 MISC_COMM_EXEC = 1 << 13
 MISC_MMAP_BUILD_ID = 1 << 14
+# a sample of our attrs: header, id, {pid, tid}, time, {cpu, res}, then nr + call chain (if
+# asked), then the raw payload (u32 size, bytes, padding to 8): 6 words at least
+SAMPLE_WORDS = 6
+SAMPLE_MIN = 8 * SAMPLE_WORDS
 TRAILER = 32  # sample_id_all trailer of our attrs: {pid, tid} {time} {cpu, res} {identifier}
 
 # the columns a sample row uses: samples are written without the others (the "lean" layout),
@@ -114,7 +120,8 @@ class ChunkConverter:
     # ------------------------------------------------------------------------------ windows
     def add(self, chunks: pa.Table) -> None:
         """One window: chunk rows (ring, cpu, offset, raw) in the order they were drained."""
-        raw = chunks.column("raw").combine_chunks()
+        col = chunks.column("raw")
+        raw = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()  # no copy if one
         n = len(raw)
         if n == 0:
             return
@@ -137,22 +144,24 @@ class ChunkConverter:
             offs, ends, consumed = record_starts(data, len(data), self.where)
         except ChainError as exc:
             raise ConvertError(str(exc)) from None
-        at = np.searchsorted(offs, starts).clip(0, max(0, len(offs) - 1))
-        if consumed != len(data) or not len(offs) or (offs[at] != starts).any():
+        at = np.searchsorted(offs, starts)  # each chunk's first record
+        if (consumed != len(data) or not len(offs)
+                or (offs[at.clip(0, len(offs) - 1)] != starts).any()):
             raise ConvertError(f"{self.where}: ring chunks that are not whole records "
                                "(a damaged raw recording)")
-        chunk_of = np.searchsorted(starts, offs, side="right") - 1
-        rings = ring[chunk_of]
-        seqs = self._seqs(rings)
-        a8 = data.view(np.uint64)
-        typ = (a8[offs >> 3] & 0xFFFFFFFF).astype(np.uint32)
+        per_chunk = np.diff(np.r_[at, len(offs)])  # records of each chunk
+        rings = np.repeat(ring, per_chunk)
+        seqs = self._seqs(ring, at, per_chunk)
+        typ = data.view(np.uint32)[offs >> 2]  # the header's u32 type
         is_sample = typ == RECORD_SAMPLE
-        if is_sample.any() and self.samples_too:
-            self._samples(data, offs[is_sample], ends[is_sample], rings[is_sample], seqs[is_sample])
+        if self.samples_too and is_sample.any():
+            s, k = self._by_event(data, offs, ends, is_sample)
+            if len(s):
+                self._samples(data, offs[s], ends[s], rings[s], seqs[s], k)
         other = np.flatnonzero(~is_sample)
         if len(other):
-            self._others(data, offs[other], ends[other], rings[other], cpu[chunk_of[other]],
-                         seqs[other])
+            chunk_of = np.searchsorted(starts, offs[other], side="right") - 1
+            self._others(data, offs[other], ends[other], rings[other], cpu[chunk_of], seqs[other])
 
     def _continuity(self, ring: np.ndarray, offset: np.ndarray, lens: np.ndarray) -> None:
         """Chunks of a ring must follow each other; a gap (bytes a killed recorder never wrote)
@@ -167,46 +176,51 @@ class ChunkConverter:
                 self.gaps[r] = self.gaps.get(r, 0) + gap
             self.next_offset[r] = int(o[-1] + ln[-1])
 
-    def _seqs(self, rings: np.ndarray) -> np.ndarray:
-        """seq: every record's position in its ring (samples, LOST, side-band), across windows."""
-        seq = np.empty(len(rings), np.uint64)
-        for r, sel in groups(rings):  # radix order: stable, so file order within a ring
-            first = self.seq.get(r, 0)
-            seq[sel] = np.arange(first, first + len(sel), dtype=np.uint64)
-            self.seq[r] = first + len(sel)
-        return seq
+    def _seqs(self, ring: np.ndarray, first: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """seq: every record's position in its ring (samples, LOST, side-band), across windows;
+        chunk i holds records first[i] .. first[i] + count[i] of the window, all of ring[i]."""
+        base = np.empty(len(ring), np.int64)  # seq of each chunk's first record
+        for r, sel in groups(ring):  # chunks (few), in window order within a ring
+            c = np.cumsum(count[sel])
+            base[sel] = self.seq.get(r, 0) + c - count[sel]
+            self.seq[r] = self.seq.get(r, 0) + int(c[-1])
+        return (np.repeat(base - first, count) + np.arange(int(count.sum()))).astype(np.uint64)
+
+    def _by_event(self, data: np.ndarray, offs: np.ndarray, ends: np.ndarray,
+                  is_sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(records, their index in the id table): the window's samples of the events we opened
+        (other ids: never expected, dropped), those of one event together, so that their
+        payloads (one size per tracepoint) fill one block."""
+        s = np.flatnonzero(is_sample)
+        if (ends[s] - offs[s] < SAMPLE_MIN).any():
+            raise ConvertError(f"{self.where}: a sample record too short for its fields")
+        if not len(self._ids):
+            return s[:0], s[:0]
+        ident = data.view(np.uint64)[(offs[s] >> 3) + 1]
+        k = np.searchsorted(self._ids, ident).clip(0, len(self._ids) - 1)
+        name = np.where(self._ids[k] == ident, self._name_idx[k], -1)
+        parts = [sel for v, sel in groups(name + 1) if v]
+        o = np.concatenate(parts) if parts else s[:0]
+        return s[o], k[o]
 
     def _samples(self, data: np.ndarray, offs: np.ndarray, ends: np.ndarray, rings: np.ndarray,
-                 seqs: np.ndarray) -> None:
+                 seqs: np.ndarray, k: np.ndarray) -> None:
         a8 = data.view(np.uint64)
         w = offs >> 3
-        ident = a8[w + 1]
-        k = np.searchsorted(self._ids, ident).clip(0, max(0, len(self._ids) - 1))
-        known = (self._ids[k] == ident) if len(self._ids) else np.zeros(len(w), bool)
-        if not known.all():  # ids we did not open: not ours (never expected), dropped
-            w, ends, rings, seqs, k = w[known], ends[known], rings[known], seqs[known], k[known]
-        name_idx = self._name_idx[k]
-        if (name_idx < 0).any():
-            keep = name_idx >= 0
-            w, ends, rings, seqs, k, name_idx = (w[keep], ends[keep], rings[keep], seqs[keep],
-                                                 k[keep], name_idx[keep])
+        head = fixed_rows(a8, w, SAMPLE_WORDS)  # every sample's fixed words in one gather
         n = len(w)
-        if not n:
-            return
+        name_idx = self._name_idx[k]
         has_cc = self._cc[k]
-        nr = np.zeros(n, np.int64)
-        nr[has_cc] = a8[w[has_cc] + 5].astype(np.int64)
-        raw_word = w + 5 + np.where(has_cc, 1 + nr, 0)
+        if has_cc.all():
+            nr = head[:, 5].astype(np.int64)
+            raw_word = w + 6 + nr
+        else:
+            nr = np.where(has_cc, head[:, 5], 0).astype(np.int64)
+            raw_word = w + 5 + np.where(has_cc, 1 + nr, 0)
         if (raw_word * 8 + 4 > ends).any():
             raise ConvertError(f"{self.where}: a sample whose call chain runs past its record")
         raw_len = data.view(np.uint32)[raw_word * 2].astype(np.int64)
-        by_len = groups(raw_len)
-        if 1 < len(by_len) <= 64:  # rows of one payload size together: payloads copied per block
-            o = np.concatenate([sel for _, sel in by_len])
-            w, ends, rings, seqs, k, name_idx, has_cc, nr, raw_word, raw_len = (
-                x[o] for x in (w, ends, rings, seqs, k, name_idx, has_cc, nr, raw_word, raw_len))
-        pidtid = a8[w + 2]
-        time = a8[w + 3]
+        time = np.ascontiguousarray(head[:, 3])
         self.max_time = max(self.max_time, int(time.max()))
         raw_start = raw_word * 8 + 4
         if (raw_start + raw_len > ends).any():
@@ -222,15 +236,16 @@ class ChunkConverter:
             if c:
                 self.samples[self._names[i]] = self.samples.get(self._names[i], 0) + c
         self.events += n
+        h4 = head.view(np.uint32)  # (n, 12): pid, tid in u32 4, 5; cpu in 8
         cols = {
             "kind": const_column("sample", n),
             "time": pa.array(time, pa.uint64()),
-            "cpu": pa.array((a8[w + 4] & 0xFFFFFFFF).astype(np.uint32), pa.uint32()),
+            "cpu": pa.array(np.ascontiguousarray(h4[:, 8]), pa.uint32()),
             "ring": (pa.array(rings.astype(np.uint32), pa.uint32()) if self.per_task
                      else pa.nulls(n, pa.uint32())),
             "seq": pa.array(seqs, pa.uint64()),
-            "pid": pa.array((pidtid & 0xFFFFFFFF).astype(np.uint32).view(np.int32), pa.int32()),
-            "tid": pa.array((pidtid >> 32).astype(np.uint32).view(np.int32), pa.int32()),
+            "pid": pa.array(np.ascontiguousarray(h4[:, 4]).view(np.int32), pa.int32()),
+            "tid": pa.array(np.ascontiguousarray(h4[:, 5]).view(np.int32), pa.int32()),
             "event": pa.DictionaryArray.from_arrays(pa.array(name_idx.astype(np.int32)), self._event_dict),
             "raw": raw,
             "stack_id": pa.array(sid, pa.uint32(), mask=nr == 0),
