@@ -260,7 +260,7 @@ def _json_trend(g: dict, stack: list) -> tuple[object, Series] | None:
         t = np.asarray(tr["series"]["t_ns"], np.int64)
         y = np.asarray(tr["series"]["bytes"], np.int64)
         cls = str(tr["class"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: past int64, inf
         return None
     if t.shape != y.shape or t.ndim != 1:
         return None

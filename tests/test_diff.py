@@ -240,3 +240,26 @@ def test_diff_bad_json_side_is_one_line(tmp_path, capsys):
             assert code == 2 and out == "", name
             assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (name, err)
             assert err.startswith(f"kmemleak-offline: {p}: ") and message in err, (name, err)
+
+
+def test_diff_json_trend_series_out_of_range_is_read_as_no_trend(tmp_path, capsys):
+    """A hand-edited series (past int64, infinity) compares like a report without trends (fuzz
+    cases 1772, 3340 of bench/fuzz.py --seed 1 were internal errors)."""
+    rec = build(_allocs(3, "udp", 64, 0x1000), tmp_path / "a.parquet")
+    good = json.loads(_json(capsys, rec, tmp_path / "a.json").read_text())
+    group = good["reports"][0]["groups"][0]
+    assert group["trend"]["series"]["bytes"], "the report carries a series to damage"
+    no_trend = json.loads(json.dumps(good))
+    del no_trend["reports"][0]["groups"][0]["trend"]
+    (tmp_path / "none.json").write_text(json.dumps(no_trend))
+    code, want, err = run(capsys, "diff", tmp_path / "none.json", rec, "--format", "json")
+    assert code == 0, err
+    for field, value in (("bytes", 2**70), ("t_ns", float("inf")), ("bytes", -(2**64))):
+        bad = json.loads(json.dumps(good))
+        bad["reports"][0]["groups"][0]["trend"]["series"][field][0] = value
+        p = tmp_path / "bad.json"
+        p.write_text(json.dumps(bad))
+        code, out, err = run(capsys, "diff", p, rec, "--format", "json")
+        assert (code, err) == (0, ""), (field, value, err)
+        got, exp = json.loads(out), json.loads(want)
+        assert got["changes"] == exp["changes"], (field, value)
