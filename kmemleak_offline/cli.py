@@ -25,6 +25,7 @@ from .commands.diff import diff
 from .commands.fleet import fleet
 from .commands.import_ import import_
 from .commands.info import info
+from .format.hugepages import small_pages
 from .format.text import printable
 
 app = typer.Typer(
@@ -105,6 +106,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         if args[:1] == ["record"] and record_fast(args[1:]):  # start-up: no Typer machinery
             return 0
+        if args[:1] != ["record"]:  # record: its converter does it (never the traced command)
+            small_pages()
         rc = app(args=argv, standalone_mode=False, prog_name="kmemleak-offline")
         sys.stdout.flush()  # a closed pipe (`| head`) shows up here, not at interpreter exit
     except typer.Exit as exc:

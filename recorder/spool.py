@@ -106,8 +106,10 @@ class Converter:
     def serve(self, ctrl: int) -> int:
         """Follow the commands until the end; returns the outcome (DONE, PARTS_ONLY, FULL)."""
         from kmemleak_offline.format.convert import skip_pandas_probe
+        from kmemleak_offline.format.hugepages import small_pages
 
         skip_pandas_probe()  # this process never needs pandas: 0.3 CPU s saved
+        small_pages()
         pending = b""
         full: int | None = None
         while True:
