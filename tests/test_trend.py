@@ -240,6 +240,18 @@ def test_interval_grid_is_the_trend_grid(three, capsys):
 
 
 
+def _random_events(seed: int, wide: bool):
+    """(rng, n, keys, alloc mask): events on 50 pointers, 60% allocs; `wide` keys do not pack
+    into the sort key with the position (the fallback)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    keys = rng.integers(0, 50, n).astype(np.uint64) * np.uint64(64)
+    if wide:
+        keys = keys * np.uint64(1 << 40) + rng.integers(0, 2, n).astype(np.uint64)
+    alloc = rng.random(n) < 0.6
+    return rng, n, keys, alloc
+
+
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("wide", [False, True])
 def test_successors_against_a_walk(seed, wide):
@@ -247,12 +259,7 @@ def test_successors_against_a_walk(seed, wide):
     (packed-key sort and the wide-key fallback); the allocs without one are _live_allocs'."""
     from kmemleak_offline.replay import _live_allocs, successors
 
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 3000))
-    keys = rng.integers(0, 50, n).astype(np.uint64) * np.uint64(64)
-    if wide:
-        keys = keys * np.uint64(1 << 40) + rng.integers(0, 2, n).astype(np.uint64)
-    alloc = rng.random(n) < 0.6
+    _, n, keys, alloc = _random_events(seed, wide)
     nxt = successors(keys)
     want = np.full(n, -1)
     last: dict[int, int] = {}
@@ -271,12 +278,7 @@ def test_alloc_ends_against_a_walk(seed, wide):
     event of the key before the stretch's early report)."""
     from kmemleak_offline.replay import alloc_ends
 
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 3000))
-    keys = rng.integers(0, 50, n).astype(np.uint64) * np.uint64(64)
-    if wide:
-        keys = keys * np.uint64(1 << 40) + rng.integers(0, 2, n).astype(np.uint64)
-    alloc = rng.random(n) < 0.6
+    rng, n, keys, alloc = _random_events(seed, wide)
     cuts = np.sort(rng.integers(0, n + 1, int(rng.integers(0, 4))))
     stops = np.concatenate(([0], cuts, [n])).astype(np.int64)
     apos, ended, epos, surv = alloc_ends(keys, alloc, stops)
