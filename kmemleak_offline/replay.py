@@ -295,34 +295,53 @@ def dropped_mask(t: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarra
     return np.cumsum(diff[:-1]) == 0
 
 
-def _live_allocs(k: np.ndarray, alloc: np.ndarray) -> np.ndarray:
-    """Ascending positions of the allocs whose key does not occur again later: what stays in
-    perf-prof's tree. Keys that fit in a few dozen bits (slab pointers: one region, aligned) go
-    through one SIMD sort of (key, position, alloc) packed in a uint64; others through a hash."""
+def _packed_sort(k: np.ndarray, flag: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+    """Keys that fit in a few dozen bits (slab pointers: one region, aligned) sort with their
+    positions as one SIMD sort of uint64s: (key - min) >> the alignment common to all keys, then
+    the position, then (given `flag`) one bit of it. Returns (the sorted values, position bits),
+    or None when they do not fit in 64 bits. Positions are unique: the order is (key, position)."""
     n = len(k)
-    if n == 0:
-        return np.zeros(0, np.int64)
     kmin, kmax = int(k.min()), int(k.max())
     c = k - np.uint64(kmin)
     x = int(np.bitwise_or.reduce(c))
-    tz = (x & -x).bit_length() - 1 if x else 0  # alignment common to all keys
+    tz = (x & -x).bit_length() - 1 if x else 0
     pbits = max(1, (n - 1).bit_length())
-    if ((kmax - kmin) >> tz).bit_length() + pbits + 1 > 64:
-        dup = pd.Series(k, copy=False).duplicated(keep="last").to_numpy()
-        return np.flatnonzero(~dup & alloc)
+    fbits = 0 if flag is None else 1
+    if ((kmax - kmin) >> tz).bit_length() + pbits + fbits > 64:
+        return None
     if tz:
         c >>= np.uint64(tz)
-    c <<= np.uint64(pbits + 1)
-    c |= np.arange(0, 2 * n, 2, dtype=np.uint64)
-    c |= alloc  # bit 0: alloc; positions are unique, so sorting orders by (key, position)
+    c <<= np.uint64(pbits + fbits)
+    c |= np.arange(0, n << fbits, 1 << fbits, dtype=np.uint64)
+    if flag is not None:
+        c |= flag
     c.sort()
+    return c, pbits
+
+
+def _flag_bit(c: np.ndarray) -> np.ndarray:
+    """Bit 0 of each uint64, as a bool view of their low bytes (no uint64 temporary)."""
+    low = c.view(np.uint8)[:: 8] if sys.byteorder == "little" else c.view(np.uint8)[7:: 8]
+    return (low & 1).view(bool)
+
+
+def _live_allocs(k: np.ndarray, alloc: np.ndarray) -> np.ndarray:
+    """Ascending positions of the allocs whose key does not occur again later: what stays in
+    perf-prof's tree. Packed keys go through one SIMD sort (`_packed_sort`); others a hash."""
+    n = len(k)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    packed = _packed_sort(k, alloc)
+    if packed is None:
+        dup = pd.Series(k, copy=False).duplicated(keep="last").to_numpy()
+        return np.flatnonzero(~dup & alloc)
+    c, pbits = packed
     sel = np.empty(n, bool)  # the last event of its key, and an alloc
     kk = c >> np.uint64(pbits + 1)
     np.not_equal(kk[1:], kk[:-1], out=sel[:-1])
     del kk
     sel[-1] = True
-    low = c.view(np.uint8)[:: 8] if sys.byteorder == "little" else c.view(np.uint8)[7:: 8]
-    sel &= (low & 1).view(bool)
+    sel &= _flag_bit(c)
     e = c[sel]
     e >>= np.uint64(1)
     e &= np.uint64((1 << pbits) - 1)
@@ -332,27 +351,19 @@ def _live_allocs(k: np.ndarray, alloc: np.ndarray) -> np.ndarray:
 
 def successors(k: np.ndarray) -> np.ndarray:
     """Per position: the next position with the same key, -1 if none (the event that frees or
-    replaces an alloc). One sort of (key, position) packed in a uint64 when the keys allow it,
-    as `_live_allocs` does; else a stable sort by key."""
+    replaces an alloc). One packed sort (`_packed_sort`) when the keys allow it; else a stable
+    sort by key."""
     n = len(k)
     nxt = np.full(n, -1, np.int64)
     if n < 2:
         return nxt
-    kmin, kmax = int(k.min()), int(k.max())
-    c = k - np.uint64(kmin)
-    x = int(np.bitwise_or.reduce(c))
-    tz = (x & -x).bit_length() - 1 if x else 0
-    pbits = max(1, (n - 1).bit_length())
-    if ((kmax - kmin) >> tz).bit_length() + pbits > 64:
+    packed = _packed_sort(k)
+    if packed is None:
         o = np.argsort(k, kind="stable")
         same = k[o][1:] == k[o][:-1]
         nxt[o[:-1][same]] = o[1:][same]
         return nxt
-    if tz:
-        c >>= np.uint64(tz)
-    c <<= np.uint64(pbits)
-    c |= np.arange(n, dtype=np.uint64)
-    c.sort()
+    c, pbits = packed
     pos = (c & np.uint64((1 << pbits) - 1)).astype(np.int64)
     c >>= np.uint64(pbits)
     same = c[1:] == c[:-1]
@@ -368,32 +379,21 @@ def alloc_ends(k: np.ndarray, alloc: np.ndarray, stops: np.ndarray
     `stops`: the stretch boundaries (an early report empties the tree, not the memory).
 
     The allocs come in (key, position) order: trends only sum them, so the scatter into a full
-    successor array that `successors` makes is never needed. Same packing as `_live_allocs`."""
+    successor array that `successors` makes is never needed."""
     n = len(k)
     if n == 0:
         z = np.zeros(0, np.int64)
         return z, np.zeros(0, bool), z, z
-    kmin, kmax = int(k.min()), int(k.max())
-    c = k - np.uint64(kmin)
-    x = int(np.bitwise_or.reduce(c))
-    tz = (x & -x).bit_length() - 1 if x else 0
-    pbits = max(1, (n - 1).bit_length())
-    if ((kmax - kmin) >> tz).bit_length() + pbits + 1 > 64:
+    packed = _packed_sort(k, alloc)
+    if packed is None:
         pos = np.argsort(k, kind="stable")
         ks = k[pos]
         same = ks[1:] == ks[:-1]
         del ks
         is_a = alloc[pos]
     else:
-        if tz:
-            c >>= np.uint64(tz)
-        c <<= np.uint64(pbits + 1)
-        c |= np.arange(0, 2 * n, 2, dtype=np.uint64)
-        c |= alloc
-        c.sort()
-        low = c.view(np.uint8)[:: 8] if sys.byteorder == "little" else c.view(np.uint8)[7:: 8]
-        is_a = (low & 1).view(bool)
-        del low
+        c, pbits = packed
+        is_a = _flag_bit(c)
         kk = c >> np.uint64(pbits + 1)
         same = kk[1:] == kk[:-1]
         del kk
