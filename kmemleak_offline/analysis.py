@@ -374,7 +374,7 @@ def _kernel_stream(sm: Samples, order, roles: list[EventRole], names: list[str],
     is_alloc_role = np.array([r.is_alloc for r in roles], bool)
     res = replay_ordered(time=t, is_alloc=is_alloc_role[role_s], key=key_s, lost=lost,
                          stop_ns=stop_ns, than_ns=opts.than_ns,
-                         want_death=bool(opts.interval_ms), want_next=opts.trend)
+                         want_death=bool(opts.interval_ms), want_ends=opts.trend)
     stream = Stream(rows=st, samples=sm, is_alloc_role=is_alloc_role,
                     per_pos={"time": res.time, "kept": res.kept, "role": role_s, "ptr": key_s,
                              "size": size_s},
@@ -424,7 +424,7 @@ def _malloc_stream(rec: Recording, meta: dict, sm: Samples, roles: list[EventRol
     key = process_keys(sm.pid[rows[p]], ptr)
     res = replay_ordered(time=o.time, is_alloc=is_alloc, key=key, lost=lost,
                          stop_ns=stop_ns, than_ns=opts.than_ns,
-                         want_death=bool(opts.interval_ms), want_next=opts.trend)
+                         want_death=bool(opts.interval_ms), want_ends=opts.trend)
     prow = rows[p]
     # role code per event-name code (its first role); the last entry is for null events
     role_lut = np.array([names.index(e) if e in names else -1 for e in sm.event_names] + [-1],
@@ -460,11 +460,9 @@ def _site_check(comms: Machine, side: dict[str, pa.Table], symfs: str | None):
 def _trend_parts(stream: Stream, res: ReplayResult, g: np.ndarray) -> Parts:
     """Every kept allocation, ending where the next event of its key frees or replaces it, in
     whatever epoch: an early report empties the tree, not the process's memory."""
-    ap = np.flatnonzero(stream.kept & stream.column("is_alloc"))
-    nxt = res.next_pos[ap]
-    ends = nxt < len(stream)
+    ap, ends, ep = res.ends
     return contributions(g, stream.column("stack_id", ap), stream.column("size", ap), res.time[ap],
-                         res.time[nxt[ends]], ends)
+                         res.time[ep], ends)
 
 
 def attach_trends(reports: list[ReportView], parts: Parts, g: Grid) -> None:

@@ -58,8 +58,9 @@ class ReplayResult:
     total_free: int
     lost: Lost
     death: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per stream pos
-    # per stream pos: the next kept event of its key in any epoch, n if none (trends)
-    next_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # trends (want_ends): kept allocs, which a later kept event of their key ends (in any epoch),
+    # and where: kept_alloc_ends's first three arrays, in stream positions
+    ends: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def ring_seq_key(ring: np.ndarray, seq: np.ndarray) -> np.ndarray:
@@ -195,19 +196,19 @@ def _first_seq_at_least(by_ring: np.ndarray, seq: np.ndarray, lo: int, hi: int, 
 
 def replay(*, ring: np.ndarray, seq: np.ndarray, time: np.ndarray, is_alloc: np.ndarray,
            key: np.ndarray, lost: Lost, stop_ns: int, than_ns: int = 0,
-           want_death: bool = False, want_next: bool = False) -> ReplayResult:
+           want_death: bool = False, want_ends: bool = False) -> ReplayResult:
     """Order, then replay (convenience for callers holding unordered rows)."""
     o = order_samples(ring, seq, time)
     res = replay_ordered(time=o.time, is_alloc=is_alloc[o.stream], key=key[o.stream], lost=lost,
                          stop_ns=stop_ns, than_ns=than_ns, want_death=want_death,
-                         want_next=want_next)
+                         want_ends=want_ends)
     res.order = o.stream
     return res
 
 
 def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, lost: Lost,
                    stop_ns: int, than_ns: int = 0, want_death: bool = False,
-                   want_next: bool = False) -> ReplayResult:
+                   want_ends: bool = False) -> ReplayResult:
     """Replay alloc/free samples already in stream order (clamped times) and compute every report.
 
     `lost` windows must come from `lost_windows` over ALL sample rows (the ring really held them).
@@ -243,13 +244,7 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
         live_parts.append(kpos[_live_allocs(k[kpos], alloc[kpos])])
 
     death = _death_positions(kept, k, bounds, n) if want_death else np.zeros(0, np.int64)
-    next_pos = np.zeros(0, np.int64)
-    if want_next:
-        kpos = np.flatnonzero(kept)
-        nx = successors(k[kpos])
-        has = nx >= 0
-        next_pos = np.full(n, n, np.int64)
-        next_pos[kpos[has]] = kpos[nx[has]]
+    ends = kept_alloc_ends(k, alloc, kept)[:3] if want_ends else None
 
     ka = kept & alloc
     kf = kept & ~alloc
@@ -274,7 +269,7 @@ def replay_ordered(*, time: np.ndarray, is_alloc: np.ndarray, key: np.ndarray, l
                               **({} if final else {"lost_idx": windows_of[i]})))
     return ReplayResult(order=np.arange(n), time=t, kept=kept, reports=reports,
                         total_alloc=cum_alloc[-1], total_free=cum_free[-1], lost=lost, death=death,
-                        next_pos=next_pos)
+                        ends=ends)
 
 
 def dropped_mask(t: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -349,37 +344,16 @@ def _live_allocs(k: np.ndarray, alloc: np.ndarray) -> np.ndarray:
     return e.astype(np.int64)
 
 
-def successors(k: np.ndarray) -> np.ndarray:
-    """Per position: the next position with the same key, -1 if none (the event that frees or
-    replaces an alloc). One packed sort (`_packed_sort`) when the keys allow it; else a stable
-    sort by key."""
-    n = len(k)
-    nxt = np.full(n, -1, np.int64)
-    if n < 2:
-        return nxt
-    packed = _packed_sort(k)
-    if packed is None:
-        o = np.argsort(k, kind="stable")
-        same = k[o][1:] == k[o][:-1]
-        nxt[o[:-1][same]] = o[1:][same]
-        return nxt
-    c, pbits = packed
-    pos = (c & np.uint64((1 << pbits) - 1)).astype(np.int64)
-    c >>= np.uint64(pbits)
-    same = c[1:] == c[:-1]
-    nxt[pos[:-1][same]] = pos[1:][same]
-    return nxt
-
-
-def alloc_ends(k: np.ndarray, alloc: np.ndarray, stops: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def alloc_ends(k: np.ndarray, alloc: np.ndarray, stops: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """What becomes of each alloc among events with keys `k` (stream order), for trends:
     (alloc positions, which of them a later event of the same key ends, those events' positions,
-    the ascending positions of the allocs that no later event in the same stretch ends).
-    `stops`: the stretch boundaries (an early report empties the tree, not the memory).
+    the ascending positions of the allocs that no later event in the same stretch ends, or None
+    without `stops`). `stops`: the stretch boundaries (an early report empties the tree, not the
+    memory).
 
-    The allocs come in (key, position) order: trends only sum them, so the scatter into a full
-    successor array that `successors` makes is never needed."""
+    The allocs come in (key, position) order: trends only sum them, so no full successor array
+    (a scatter over every event) is ever made."""
     n = len(k)
     if n == 0:
         z = np.zeros(0, np.int64)
@@ -407,6 +381,8 @@ def alloc_ends(k: np.ndarray, alloc: np.ndarray, stops: np.ndarray
     ended = a_next[is_a]
     epos = pos[1:][a_next[:-1]]
     del pos, is_a, a_next
+    if stops is None:
+        return apos, ended, epos, None
     later = ended.copy()
     if len(stops) > 2:  # ended within its own stretch
         ae = apos[ended]
@@ -414,6 +390,19 @@ def alloc_ends(k: np.ndarray, alloc: np.ndarray, stops: np.ndarray
     surv = apos[~later]
     surv.sort()
     return apos, ended, epos, surv
+
+
+def kept_alloc_ends(k: np.ndarray, alloc: np.ndarray, kept: np.ndarray,
+                    stops: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """alloc_ends over the kept events only (lost windows drop the others), in stream positions
+    (`stops` too); without a dropped event, no gathers."""
+    if kept.all():
+        return alloc_ends(k, alloc, stops)
+    kall = np.flatnonzero(kept)
+    apos, ended, epos, surv = alloc_ends(k[kall], alloc[kall],
+                                         None if stops is None else np.searchsorted(kall, stops))
+    return kall[apos], ended, kall[epos], None if surv is None else kall[surv]
 
 
 def _death_positions(kept: np.ndarray, key: np.ndarray, bounds: np.ndarray, n: int) -> np.ndarray:

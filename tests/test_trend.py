@@ -254,19 +254,17 @@ def _random_events(seed: int, wide: bool):
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("wide", [False, True])
-def test_successors_against_a_walk(seed, wide):
-    """The partition replay's one sort for trends: each event's next event of the same key
-    (packed-key sort and the wide-key fallback); the allocs without one are _live_allocs'."""
-    from kmemleak_offline.replay import _live_allocs, successors
+def test_live_allocs_against_a_walk(seed, wide):
+    """What stays in the tree (packed-key sort and the wide-key fallback): the allocs no later
+    event of the same key frees or replaces."""
+    from kmemleak_offline.replay import _live_allocs
 
     _, n, keys, alloc = _random_events(seed, wide)
-    nxt = successors(keys)
-    want = np.full(n, -1)
+    nxt = np.full(n, -1)
     last: dict[int, int] = {}
     for i in range(n - 1, -1, -1):
-        want[i] = last.get(int(keys[i]), -1)
+        nxt[i] = last.get(int(keys[i]), -1)
         last[int(keys[i])] = i
-    np.testing.assert_array_equal(nxt, want)
     np.testing.assert_array_equal(np.flatnonzero(alloc & (nxt < 0)), _live_allocs(keys, alloc))
 
 
@@ -276,7 +274,7 @@ def test_alloc_ends_against_a_walk(seed, wide):
     """The partition replay's fates of allocs for trends (packed sort and the wide-key fallback):
     which a later event of the same key ends, where, and which survive their stretch (no later
     event of the key before the stretch's early report)."""
-    from kmemleak_offline.replay import alloc_ends
+    from kmemleak_offline.replay import alloc_ends, kept_alloc_ends
 
     rng, n, keys, alloc = _random_events(seed, wide)
     cuts = np.sort(rng.integers(0, n + 1, int(rng.integers(0, 4))))
@@ -294,3 +292,23 @@ def test_alloc_ends_against_a_walk(seed, wide):
     assert sorted(apos.tolist()) == np.flatnonzero(alloc).tolist()
     assert dict(zip(apos[ended].tolist(), epos.tolist())) == want_end
     assert surv.tolist() == want_surv
+    # without stretches (the in-memory replay): the same ends, no survivors computed
+    apos2, ended2, epos2, surv2 = alloc_ends(keys, alloc)
+    assert surv2 is None
+    assert dict(zip(apos2[ended2].tolist(), epos2.tolist())) == want_end
+
+    # only the kept events (a lost window drops the others), in stream positions
+    kept = rng.random(n) < 0.8
+    kapos, kended, kepos, ksurv = kept_alloc_ends(keys, alloc, kept, stops)
+    ka = np.flatnonzero(alloc & kept)
+    want_kend = {}
+    want_ksurv = []
+    for i in ka:
+        later = [j for j in range(i + 1, n) if kept[j] and keys[j] == keys[i]]
+        if later:
+            want_kend[int(i)] = later[0]
+        if not later or later[0] >= stops[np.searchsorted(stops, i, side="right")]:
+            want_ksurv.append(int(i))
+    assert sorted(kapos.tolist()) == ka.tolist()
+    assert dict(zip(kapos[kended].tolist(), kepos.tolist())) == want_kend
+    assert ksurv.tolist() == want_ksurv

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import trend
-from ..replay import _group_by_ring, _live_allocs, alloc_ends, dropped_mask
+from ..replay import _group_by_ring, _live_allocs, dropped_mask, kept_alloc_ends
 from . import spill
 
 ENTRY_COLUMNS = ("time", "rs", "key", "size", "stack_id", "pid", "role")
@@ -114,13 +114,7 @@ def replay_part(setup: ReplaySetup, part: int,
         # one sort over every epoch: trends follow a key across early reports (an allocation
         # made before a lost window and freed after it ends at that free), while what each
         # epoch leaves in the tree is what the replay keeps: no later event in the same epoch
-        if kept.all():  # no lost window here: positions among the kept are stream positions
-            apos, ends, epos, survivors = alloc_ends(key, alloc, eb)
-        else:
-            kall = np.flatnonzero(kept)
-            apos, ends, epos, surv = alloc_ends(key[kall], alloc[kall], np.searchsorted(kall, eb))
-            apos, epos, survivors = kall[apos], kall[epos], kall[surv]
-            del kall, surv
+        apos, ends, epos, survivors = kept_alloc_ends(key, alloc, kept, eb)
         tparts.append(_trend_part(len(tg), cols, order, tcol, apos, ends, epos))
         del apos, ends, epos
     for e in range(ne):
